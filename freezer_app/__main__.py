@@ -1,0 +1,3 @@
+from freezer_app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pure PyTorch core of Freezer. Nothing in this package may import Qt."""

@@ -1,0 +1,578 @@
+"""What models exist and how to build one.
+
+A model is named by one string, the same in the CLI, project files and the GUI:
+
+- ``timm:NAME``         any timm architecture (``NAME`` may carry a pretrained tag, ``resnet50.a1_in1k``)
+- ``torchvision:NAME``  a torchvision classification model
+- ``PATH.py:CALLABLE``  the user's own factory returning an ``nn.Module``
+- ``DIR``               an exported bundle (``config.json`` + ``model.safetensors``) or a run folder
+- ``FILE.safetensors`` / ``FILE.pth``  weights whose architecture is recorded beside them
+- ``NAME``              bare: timm first, then torchvision
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
+from timm.models import split_model_name_tag
+from torch import nn
+
+from freezer_app.core.errors import FreezerError, ModelNotFoundError, OfflineError, WeightsError
+from freezer_app.core.layout import find_head_paths
+from freezer_app.core.network import download_guard, host_reachable
+from freezer_app.core.weights import WEIGHT_SUFFIXES, load_weights, read_metadata, read_state_dict
+
+TIMM = "timm"
+TORCHVISION = "torchvision"
+FILE = "file"
+
+# safetensors metadata keys Freezer writes so a weights file names its own architecture.
+META_MODEL = "freezer.model"
+META_NUM_CLASSES = "freezer.num_classes"
+META_LABELS = "freezer.label_names"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture: where it comes from and its name (or factory file and callable)."""
+
+    kind: str
+    name: str
+    factory: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == FILE:
+            return f"{self.name}:{self.factory}"
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass
+class ModelSource:
+    """What a model string resolves to: an architecture, plus weights and labels if it names a
+    bundle, run folder or weights file."""
+
+    spec: ModelSpec
+    weights: Path | None = None
+    num_classes: int | None = None
+    label_names: list[str] | None = None
+    data_config: dict[str, Any] | None = None
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    spec: ModelSpec
+    num_classes: int
+    head_paths: tuple[str, ...]
+    data_config: dict[str, Any]
+    label_names: list[str] | None = None
+    weights_note: str = "randomly initialised"
+    dropped_head_keys: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- names
+@functools.cache
+def torchvision_names() -> tuple[str, ...]:
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+@functools.cache
+def timm_names() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def all_model_names() -> list[str]:
+    """Every architecture as a model string: timm's, then torchvision's."""
+    return [f"{TIMM}:{n}" for n in timm_names()] + [
+        f"{TORCHVISION}:{n}" for n in torchvision_names()
+    ]
+
+
+def search_models(query: str = "") -> list[str]:
+    """Model strings containing `query` (case-insensitive; `*` and `?` work as wildcards)."""
+    names = all_model_names()
+    q = query.strip().lower()
+    if not q:
+        return names
+    if any(c in q for c in "*?["):
+        import fnmatch
+
+        pattern = q if ":" in q else f"*:{q}"
+        return [n for n in names if fnmatch.fnmatch(n.lower(), pattern)]
+    return [n for n in names if q in n.lower()]
+
+
+def _timm_known(name: str) -> bool:
+    arch, _tag = split_model_name_tag(name)
+    return timm.is_model(arch)
+
+
+def _unknown(name: str, kind: str | None = None) -> ModelNotFoundError:
+    pool = {
+        TIMM: list(timm_names()),
+        TORCHVISION: list(torchvision_names()),
+    }.get(kind or "", list(timm_names()) + list(torchvision_names()))
+    close = difflib.get_close_matches(name, pool, n=5, cutoff=0.6)
+    if not close:
+        close = [n for n in pool if name.lower() in n.lower()][:5]
+    where = {TIMM: "timm", TORCHVISION: "torchvision"}.get(kind or "", "timm or torchvision")
+    hint = (
+        f"Did you mean: {', '.join(close)}?"
+        if close
+        else "List models with `freezer-app models SEARCH`."
+    )
+    return ModelNotFoundError(f"Unknown {where} model {name!r}.", hint)
+
+
+def parse_model(text: str) -> ModelSpec:
+    """Parse a model string naming an architecture (not a bundle or weights file)."""
+    text = text.strip()
+    if not text:
+        raise ModelNotFoundError(
+            "No model given.", "Name one, e.g. timm:resnet18 or torchvision:resnet18."
+        )
+    if ".py:" in text:
+        path, _, factory = text.rpartition(":")
+        if not factory.isidentifier():
+            raise ModelNotFoundError(
+                f"{factory!r} is not a Python name.",
+                "Write PATH.py:FUNCTION, e.g. mymodel.py:build.",
+            )
+        return ModelSpec(FILE, str(Path(path).expanduser()), factory)
+    kind, sep, name = text.partition(":")
+    if sep and kind == TIMM:
+        if not _timm_known(name):
+            raise _unknown(name, TIMM)
+        return ModelSpec(TIMM, name)
+    if sep and kind == TORCHVISION:
+        if name not in torchvision_names():
+            raise _unknown(name, TORCHVISION)
+        return ModelSpec(TORCHVISION, name)
+    if _timm_known(text):
+        return ModelSpec(TIMM, text)
+    if text in torchvision_names():
+        return ModelSpec(TORCHVISION, text)
+    raise _unknown(text)
+
+
+def resolve_source(text: str) -> ModelSource:
+    """Resolve any model string, including bundles, run folders and weights files."""
+    candidate = Path(text).expanduser()
+    if ".py:" not in text and (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
+        if not candidate.exists():
+            raise WeightsError(f"No such file or folder: {candidate}", "Check the path.")
+        return _source_from_path(candidate)
+    return ModelSource(parse_model(text))
+
+
+def _source_from_path(path: Path) -> ModelSource:
+    if path.is_dir():
+        config = path / "config.json"
+        project = path / "project.json"
+        weights = next(
+            (
+                path / n
+                for n in ("model.safetensors", "pytorch_model.bin", "model.pth")
+                if (path / n).exists()
+            ),
+            None,
+        )
+        if config.exists():
+            return _source_from_config(config, weights)
+        if project.exists():
+            return _source_from_project(project, weights)
+        raise WeightsError(
+            f"{path} is neither an exported bundle (config.json) nor a run folder (project.json).",
+            "Open the bundle folder, the run folder, or a weights file.",
+        )
+    meta = read_metadata(path)
+    if META_MODEL in meta:
+        labels = json.loads(meta[META_LABELS]) if META_LABELS in meta else None
+        n = int(meta[META_NUM_CLASSES]) if META_NUM_CLASSES in meta else None
+        return ModelSource(parse_model(meta[META_MODEL]), path, n, labels)
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "config.json").exists():
+            return _source_from_config(folder / "config.json", path)
+        if (folder / "project.json").exists():
+            return _source_from_project(folder / "project.json", path)
+    raise WeightsError(
+        f"Cannot tell which architecture {path.name} belongs to.",
+        "Name it: --model ARCH --weights FILE (e.g. --model timm:resnet18 --weights model.pth).",
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"Cannot read {path}: {e}", "The file may be damaged.") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} is not a JSON object.", "The file may be damaged.")
+    return data
+
+
+def _source_from_config(config_path: Path, weights: Path | None) -> ModelSource:
+    config = _read_json(config_path)
+    freezer = config.get("freezer", {}) if isinstance(config.get("freezer"), dict) else {}
+    model = freezer.get("model") or (
+        f"{TIMM}:{config['architecture']}" if "architecture" in config else None
+    )
+    if not model:
+        raise WeightsError(f"{config_path} names no architecture.", "Re-export the bundle.")
+    pcfg = config.get("pretrained_cfg") or {}
+    data_config = {
+        k: pcfg[k]
+        for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+        if k in pcfg
+    }
+    return ModelSource(
+        parse_model(model),
+        weights,
+        config.get("num_classes"),
+        config.get("label_names"),
+        data_config or None,
+    )
+
+
+def _source_from_project(project_path: Path, weights: Path | None) -> ModelSource:
+    project = _read_json(project_path)
+    model = project.get("model")
+    if not isinstance(model, str):
+        raise WeightsError(f"{project_path} names no model.", "The project file may be damaged.")
+    classes = (project.get("data") or {}).get("classes")
+    return ModelSource(
+        parse_model(model),
+        weights,
+        project.get("num_classes") or (len(classes) if classes else None),
+        classes,
+    )
+
+
+# ---------------------------------------------------------------------- building
+def _import_factory(spec: ModelSpec) -> Any:
+    path = Path(spec.name)
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"Model file not found: {path}", "Check the path to your .py file."
+        )
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"freezer_user_model_{digest}"
+    try:
+        mod_spec = importlib.util.spec_from_file_location(module_name, path)
+        assert mod_spec and mod_spec.loader
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[module_name] = module
+        mod_spec.loader.exec_module(module)
+    except Exception as e:
+        raise ModelNotFoundError(
+            f"Importing {path.name} failed: {type(e).__name__}: {e}",
+            "Fix the error in your model file and try again.",
+        ) from e
+    factory = getattr(module, spec.factory, None)
+    if not callable(factory):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        close = difflib.get_close_matches(spec.factory, names, n=3)
+        raise ModelNotFoundError(
+            f"{path.name} has no callable named {spec.factory!r}.",
+            f"Did you mean: {', '.join(close)}?"
+            if close
+            else f"Callables in it: {', '.join(names[:10])}",
+        )
+    return factory
+
+
+def _accepts_num_classes(factory: Any) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _build_user_model(spec: ModelSpec, num_classes: int | None) -> nn.Module:
+    factory = _import_factory(spec)
+    kwargs = {"num_classes": num_classes} if num_classes and _accepts_num_classes(factory) else {}
+    try:
+        model = factory(**kwargs)
+    except Exception as e:
+        raise ModelNotFoundError(
+            f"{spec.factory}() in {Path(spec.name).name} raised {type(e).__name__}: {e}",
+            "Fix your factory function and try again.",
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise ModelNotFoundError(
+            f"{spec.factory}() returned {type(model).__name__}, not a torch.nn.Module.",
+            "Return the model instance from your factory.",
+        )
+    if num_classes and not kwargs:
+        _resize_head(model, num_classes)
+    return model
+
+
+def _resize_head(model: nn.Module, num_classes: int) -> None:
+    """Give a user model without a num_classes argument a head of the right size."""
+    reset = getattr(model, "reset_classifier", None)
+    if callable(reset):
+        reset(num_classes)
+        return
+    paths, _ = find_head_paths(model)
+    for path in paths:
+        head = model.get_submodule(path)
+        if isinstance(head, nn.Linear) and head.out_features != num_classes:
+            new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+            model.set_submodule(path, new.to(head.weight.device))
+
+
+def _torchvision_state(name: str) -> dict[str, torch.Tensor]:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    filename = Path(weights.url).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    online = cached.exists() or host_reachable("download.pytorch.org")
+    if not online:
+        raise _offline_error(f"{TORCHVISION}:{name}", "download.pytorch.org", cached.parent)
+    try:
+        with download_guard(True):
+            return weights.get_state_dict(progress=True, check_hash=False)
+    except OSError as e:
+        raise _offline_error(
+            f"{TORCHVISION}:{name}", "download.pytorch.org", cached.parent, e
+        ) from None
+
+
+def _offline_error(
+    model: str, host: str, cache: Path | str, cause: Exception | None = None
+) -> OfflineError:
+    detail = f" ({cause})" if cause else f" ({host} is unreachable)"
+    return OfflineError(
+        f"Pretrained weights for {model} are not on this machine and cannot be downloaded{detail}.",
+        f"Connect to the internet once to cache them (in {cache}), use a local file with "
+        "--weights FILE, or train without --pretrained.",
+    )
+
+
+def _build_timm(spec: ModelSpec, num_classes: int | None, pretrained: bool) -> nn.Module:
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if not pretrained:
+        return timm.create_model(spec.name, **kwargs)
+    online = host_reachable("huggingface.co")
+    try:
+        with download_guard(online):
+            return timm.create_model(spec.name, pretrained=True, **kwargs)
+    except RuntimeError as e:
+        if "No pretrained weights" in str(e) or "no pretrained" in str(e).lower():
+            raise WeightsError(
+                f"timm has no pretrained weights for {spec.name!r}.",
+                "Pick a tagged variant (see `freezer-app models NAME`) or train without --pretrained.",
+            ) from None
+        raise
+    except OSError as e:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise _offline_error(
+            str(spec), "huggingface.co", HF_HUB_CACHE, None if not online else e
+        ) from None
+
+
+def _build_torchvision(
+    spec: ModelSpec, num_classes: int | None, pretrained: bool
+) -> tuple[nn.Module, list[str]]:
+    if not pretrained:
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        return torchvision.models.get_model(spec.name, weights=None, **kwargs), []
+    state = _torchvision_state(spec.name)
+    weights = torchvision.models.get_model_weights(spec.name).DEFAULT
+    n = num_classes or len(weights.meta["categories"])
+    # Pretrained torchvision models may need architecture flags their weights imply.
+    extra = (
+        {"aux_logits": True, "init_weights": False}
+        if spec.name in ("googlenet", "inception_v3")
+        else {}
+    )
+    with warnings_suppressed():
+        model = torchvision.models.get_model(spec.name, weights=None, num_classes=n, **extra)
+    if spec.name == "inception_v3":
+        model.transform_input = True
+    heads, _ = find_head_paths(model)
+    dropped = load_weights(model, state, heads, f"torchvision weights for {spec.name}")
+    return model, dropped
+
+
+@contextlib.contextmanager
+def warnings_suppressed():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _build_random(spec: ModelSpec, num_classes: int | None) -> nn.Module:
+    if spec.kind == TIMM:
+        return _build_timm(spec, num_classes, False)
+    if spec.kind == TORCHVISION:
+        return _build_torchvision(spec, num_classes, False)[0]
+    return _build_user_model(spec, num_classes)
+
+
+@contextlib.contextmanager
+def _initialisers_skipped():
+    """Make torch.nn.init functions no-ops, so building allocates but never fills tensors."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def _build_on_meta(spec: ModelSpec, num_classes: int | None) -> nn.Module:
+    """Build with every tensor on the meta device, so nothing is allocated.
+
+    A few constructors compute layer sizes with real tensor arithmetic (torchvision's RegNet
+    calls .tolist()); those are built on the CPU with initialisation skipped, then moved.
+    """
+    try:
+        with torch.device("meta"), warnings_suppressed():
+            return _build_random(spec, num_classes)
+    except NotImplementedError:
+        with _initialisers_skipped(), warnings_suppressed():
+            return _build_random(spec, num_classes).to("meta")
+
+
+def data_config_for(module: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    """Input size, mean/std, interpolation and crop the model expects (timm's data config)."""
+    if getattr(module, "pretrained_cfg", None):
+        return dict(resolve_data_config({}, model=module))
+    if spec.kind == TORCHVISION:
+        try:
+            t = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms()
+            crop = int(t.crop_size[0])
+            return {
+                "input_size": (3, crop, crop),
+                "interpolation": str(t.interpolation.value),
+                "mean": tuple(t.mean),
+                "std": tuple(t.std),
+                "crop_pct": round(crop / int(t.resize_size[0]), 4),
+                "crop_mode": "center",
+            }
+        except (ValueError, AttributeError, IndexError, TypeError):
+            pass
+    return {
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+    }
+
+
+def _count_classes(module: nn.Module, head_paths: tuple[str, ...]) -> int:
+    get = getattr(module, "num_classes", None)
+    if isinstance(get, int):
+        return get
+    for path in head_paths:
+        head = module.get_submodule(path)
+        for attr in ("out_features", "out_channels"):
+            if isinstance(getattr(head, attr, None), int):
+                return int(getattr(head, attr))
+    return 0
+
+
+def load_model(
+    text: str,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    meta: bool = False,
+) -> LoadedModel:
+    """Build a model from a model string.
+
+    num_classes: size of the classifier (None keeps the library's or the bundle's default).
+    pretrained: download (or take from cache) the library's pretrained weights.
+    weights: a local .safetensors/.pth file; head keys are dropped when the class count differs.
+    meta: allocate nothing (meta device), for an instant architecture preview. Weights are
+        checked against the architecture but not copied.
+    """
+    source = resolve_source(text)
+    spec = source.spec
+    if num_classes is None:
+        num_classes = source.num_classes
+    weights_path = Path(weights).expanduser() if weights else source.weights
+    if pretrained and weights_path is not None:
+        raise FreezerError(
+            "Choose either pretrained weights or a weights file, not both.",
+            "Drop --pretrained or --weights.",
+        )
+    note = "randomly initialised"
+    dropped: list[str] = []
+    try:
+        if meta:
+            module = _build_on_meta(spec, num_classes)
+            if pretrained:
+                note = "pretrained weights (preview)"
+        elif spec.kind == TIMM:
+            module = _build_timm(spec, num_classes, pretrained)
+            if pretrained:
+                note = "timm pretrained weights"
+        elif spec.kind == TORCHVISION:
+            module, dropped = _build_torchvision(spec, num_classes, pretrained)
+            if pretrained:
+                note = "torchvision pretrained weights"
+        else:
+            module = _build_user_model(spec, num_classes)
+    except FreezerError:
+        raise
+    except Exception as e:
+        raise ModelNotFoundError(
+            f"Building {spec} failed: {type(e).__name__}: {e}",
+            "Check the model name and the number of classes.",
+        ) from e
+    heads, _ = find_head_paths(module)
+    if weights_path is not None:
+        state = read_state_dict(weights_path)
+        dropped = load_weights(module, state, heads, str(weights_path.name))
+        note = f"weights from {weights_path.name}"
+        if dropped:
+            note += f" (head re-initialised for {num_classes} classes)"
+    module.eval()
+    labels = (
+        source.label_names
+        if source.label_names and len(source.label_names) == _count_classes(module, heads)
+        else None
+    )
+    return LoadedModel(
+        module=module,
+        spec=spec,
+        num_classes=_count_classes(module, heads),
+        head_paths=heads,
+        data_config=source.data_config or data_config_for(module, spec),
+        label_names=labels,
+        weights_note=note,
+        dropped_head_keys=dropped,
+    )
+
+
+def preview_model(text: str, num_classes: int | None = None) -> LoadedModel:
+    """The architecture without weights (meta device): instant even for billion-parameter models."""
+    source = resolve_source(text)
+    return load_model(
+        str(source.spec), num_classes if num_classes is not None else source.num_classes, meta=True
+    )

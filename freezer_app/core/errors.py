@@ -1,0 +1,42 @@
+"""Errors a user can act on: each says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class FreezerError(Exception):
+    """A problem caused by input the user controls (names, files, folders, settings).
+
+    The CLI prints these without a traceback; the GUI shows them in a dialog or the status bar.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+class ModelNotFoundError(FreezerError):
+    """The model name is not known to timm, torchvision, or the given file."""
+
+
+class WeightsError(FreezerError):
+    """A weights file is missing, unreadable, or does not fit the architecture."""
+
+
+class OfflineError(FreezerError):
+    """Pretrained weights must be downloaded but there is no network and no cached copy."""
+
+
+class SelectorError(FreezerError):
+    """A freeze selector or preset does not match anything in the model."""
+
+
+class DataError(FreezerError):
+    """The image folder cannot be used for training as it is."""
+
+
+class ProjectError(FreezerError):
+    """A project file or run folder is missing, malformed, or would be overwritten."""

@@ -1,0 +1,1 @@
+"""Icons and other assets shipped with the app."""
