@@ -177,6 +177,238 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK if names else EXIT_FAILED
 
 
+# ---------------------------------------------------------------------- train
+_TRAIN_FLAGS = {
+    # flag dest: (section, field)
+    "val_split": ("data", "val_split"),
+    "image_size": ("data", "image_size"),
+    "augment": ("data", "augmentation"),
+    "workers": ("data", "workers"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "optimizer": ("train", "optimizer"),
+    "weight_decay": ("train", "weight_decay"),
+    "schedule": ("train", "schedule"),
+    "warmup_epochs": ("train", "warmup_epochs"),
+    "grad_clip": ("train", "grad_clip"),
+    "head_lr_mult": ("train", "head_lr_mult"),
+    "layer_decay": ("train", "layer_decay"),
+    "label_smoothing": ("train", "label_smoothing"),
+    "early_stop": ("train", "early_stop_patience"),
+    "device": ("train", "device"),
+    "amp": ("train", "amp"),
+    "seed": ("train", "seed"),
+    "telemetry_every": ("train", "telemetry_every"),
+    "max_steps": ("train", "max_steps"),
+}
+
+
+def parse_schedule(text: str) -> list[Any]:
+    """`1:train-last:1,3:train-all` -> phases: after 1 epoch train-last:1, after 3 train-all."""
+    from freezer_app.core.freeze import Phase
+
+    phases = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        epoch, _, preset = part.partition(":")
+        if not epoch.strip().isdigit() or not preset:
+            raise FreezerError(
+                f"Bad schedule entry {part!r}.",
+                "Write EPOCHS:PRESET pairs, e.g. --unfreeze-schedule 1:train-last:1,3:train-all "
+                "(after 1 epoch train the last stage too, after 3 train everything).",
+            )
+        phases.append(Phase(epoch=int(epoch), preset=preset.strip()))
+    return phases
+
+
+def project_from_args(args: argparse.Namespace) -> Any:
+    from freezer_app.core.project import Project
+
+    if args.project:
+        project = Project.load(args.project)
+    elif args.resume:
+        project = Project.load(Path(args.resume) / "project.json")
+    else:
+        if not args.model or not args.data:
+            raise FreezerError(
+                "Say what to train: --model MODEL --data DIR (or a PROJECT.json).",
+                "Example: freezer-app train --model timm:resnet18 --data ./images --out runs/first",
+            )
+        project = Project()
+    if args.model:
+        project.model = args.model
+    if args.data:
+        project.data.path = str(Path(args.data).expanduser().resolve())
+    if args.pretrained:
+        project.pretrained, project.weights = True, None
+    if args.weights:
+        project.weights, project.pretrained = str(Path(args.weights).expanduser().resolve()), False
+    for dest, (section, name) in _TRAIN_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            setattr(getattr(project, section), name, value)
+    if args.no_grad_clip:
+        project.train.grad_clip = None
+    project.plan = plan_from_args(args, project.plan)
+    if args.unfreeze_schedule:
+        project.plan.schedule = parse_schedule(args.unfreeze_schedule)
+    return project
+
+
+def _default_out(project: Any) -> Path:
+    import time
+
+    stem = project.name or project.model.split(":")[-1].split("/")[-1].replace(".py", "")
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class _Progress:
+    """A per-epoch progress bar on stderr, and the run's log lines."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.steps_per_epoch = 0
+        self.epochs = 0
+
+    def __call__(self, event: Any) -> None:
+        from tqdm import tqdm
+
+        from freezer_app.core import events as ev
+
+        if isinstance(event, ev.RunStarted):
+            self.steps_per_epoch, self.epochs = event.steps_per_epoch, event.epochs
+            _err(
+                f"training {event.model} on {event.device} ({event.precision}): "
+                f"{event.trainable_params:,} of {event.total_params:,} parameters train, "
+                f"{len(event.classes)} classes, {event.steps_per_epoch} steps per epoch"
+            )
+            _err(f"run folder: {event.run_dir}")
+        elif isinstance(event, ev.StepEvent) and not self.quiet:
+            if self.bar is None:
+                done = (event.step - 1) % self.steps_per_epoch
+                self.bar = tqdm(
+                    total=self.steps_per_epoch,
+                    initial=done,
+                    desc=f"epoch {event.epoch}/{self.epochs}",
+                    unit="step",
+                    file=sys.stderr,
+                    leave=True,
+                    dynamic_ncols=True,
+                )
+            self.bar.update(1)
+            self.bar.set_postfix(
+                loss=f"{event.loss:.4f}", img_s=f"{event.images_per_s:.0f}", refresh=False
+            )
+        elif isinstance(event, ev.EpochEvent):
+            self._close()
+            val = (
+                f"val_loss {event.val_loss:.4f}  val_acc {event.val_acc:.3f}"
+                if event.val_acc is not None
+                else "no validation images"
+            )
+            best = "  (best)" if event.is_best else ""
+            _err(
+                f"epoch {event.epoch}: train_loss {event.train_loss:.4f}  {val}  "
+                f"{event.images_per_s:.0f} img/s{best}"
+            )
+        elif isinstance(event, ev.FrozenCheckEvent):
+            _err(f"  frozen check: {event.check.summary()}")
+        elif isinstance(event, ev.LogEvent):
+            self._close()
+            _err(("warning: " if event.level == "warning" else "") + event.message)
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from freezer_app.core.data import scan_folder
+    from freezer_app.core.events import RunControl
+    from freezer_app.core.train import Trainer
+
+    project = project_from_args(args)
+    project.validate()
+    out = (
+        Path(args.resume) if args.resume else Path(args.out) if args.out else _default_out(project)
+    )
+    report = scan_folder(project.data.path, project.data.val_split, project.train.seed)
+    _err(report.summary())
+    control = RunControl()
+    progress = _Progress(quiet=args.quiet)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        progress._close()
+        _err("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        control.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = Trainer(
+            project,
+            out,
+            on_event=progress,
+            control=control,
+            resume=bool(args.resume),
+            report=report,
+        ).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress._close()
+    if args.json:
+        print(json.dumps(result.__dict__, indent=2))
+    else:
+        print(_summary(result))
+    if result.reason == "error":
+        _err(f"error: {result.message}")
+        if result.hint:
+            _err(result.hint)
+        return EXIT_FAILED
+    if result.frozen_check_passed is False:
+        return EXIT_FAILED
+    return 130 if result.reason == "stopped" else EXIT_OK
+
+
+def _summary(r: Any) -> str:
+    lines = [
+        f"{r.reason} after {r.epochs_completed} epoch(s), {r.steps} steps in {r.seconds:.1f} s"
+    ]
+    if r.best_val_acc is not None:
+        lines.append(f"best val_acc {r.best_val_acc:.4f} (epoch {r.best_epoch})")
+    lines.append(f"frozen check: {r.frozen_check_summary}")
+    lines.append(f"run folder: {r.run_dir}")
+    return "\n".join(lines)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from freezer_app.core.data import DEMO_CLASSES, write_demo_data
+
+    root = Path(args.dir)
+    if root.exists() and any(root.iterdir()) and not args.force:
+        raise FreezerError(
+            f"{root} is not empty.", "Pick an empty folder or pass --force to add to it."
+        )
+    write_demo_data(
+        root,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        size=args.size,
+        seed=args.seed,
+    )
+    n = len(DEMO_CLASSES)
+    print(
+        f"wrote {n * args.per_class} training and {n * args.val_per_class} validation images "
+        f"({', '.join(DEMO_CLASSES)}) to {root}"
+    )
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -207,6 +439,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="also show modules without parameters")
     p.add_argument("--params", action="store_true", help="also show each parameter")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on an image folder",
+        description="Fine-tune MODEL on the image folder DIR (one sub-folder per class), or run a "
+        "saved project. The number of classes comes from the data.",
+    )
+    p.add_argument(
+        "project",
+        nargs="?",
+        metavar="PROJECT.json",
+        help="a project file (e.g. a run's project.json)",
+    )
+    p.add_argument("--model", metavar="MODEL")
+    p.add_argument(
+        "--data", metavar="DIR", help="image folder: class sub-folders, or train/ and val/"
+    )
+    w = p.add_mutually_exclusive_group()
+    w.add_argument(
+        "--pretrained", action="store_true", help="start from the library's pretrained weights"
+    )
+    w.add_argument("--weights", metavar="FILE", help="start from a local .safetensors/.pth file")
+    p.add_argument(
+        "--val-split",
+        type=float,
+        metavar="F",
+        help="validation fraction when there is no val/ folder (0.2)",
+    )
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument(
+        "--image-size", type=int, metavar="N", help="input size (default: the model's own)"
+    )
+    p.add_argument("--augment", choices=["none", "light", "strong"])
+    p.add_argument("--workers", type=int, metavar="N", help="data loading processes")
+    p.add_argument("--lr", type=float, metavar="F")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float, metavar="F")
+    p.add_argument("--schedule", choices=["cosine", "constant"])
+    p.add_argument("--warmup-epochs", type=float, metavar="F")
+    p.add_argument("--grad-clip", type=float, metavar="F", help="clip the gradient norm (1.0)")
+    p.add_argument("--no-grad-clip", action="store_true")
+    p.add_argument(
+        "--head-lr-mult", type=float, metavar="F", help="learning-rate multiplier for the head"
+    )
+    p.add_argument(
+        "--layer-decay", type=float, metavar="F", help="layer-wise learning-rate decay, e.g. 0.75"
+    )
+    p.add_argument("--label-smoothing", type=float, metavar="F")
+    p.add_argument(
+        "--early-stop",
+        type=int,
+        metavar="EPOCHS",
+        help="stop after this many epochs without improvement",
+    )
+    _add_plan_options(p)
+    p.add_argument(
+        "--unfreeze-schedule",
+        metavar="E:PRESET,...",
+        help="gradual unfreezing, e.g. 1:train-last:1,3:train-all",
+    )
+    p.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument(
+        "--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (auto: on for CUDA)"
+    )
+    p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument(
+        "--telemetry-every", type=int, metavar="N", help="steps between per-layer statistics (10)"
+    )
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps in all")
+    p.add_argument("--out", metavar="DIR", help="run folder to create (default runs/NAME-TIME)")
+    p.add_argument("--resume", metavar="DIR", help="continue a stopped run in its folder")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo-data", help="write a small generated image dataset")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--per-class", type=int, default=40, metavar="N")
+    p.add_argument("--val-per-class", type=int, default=10, metavar="N")
+    p.add_argument("--size", type=int, default=64, metavar="PX")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("models", help="list or search the model catalog")
     p.add_argument("query", nargs="?", help="substring or glob (e.g. resnet, 'vit_*_224')")

@@ -1,0 +1,473 @@
+"""Image-folder datasets: scanning and validation, the train/val split, transforms, loaders.
+
+Layout (torchvision `ImageFolder`): one sub-folder per class, either directly under the root
+(then a seeded, stratified validation split is taken) or under `train/` and `val/`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from freezer_app.core.errors import DataError
+
+AUGMENTATIONS = ("none", "light", "strong")
+TRAIN_DIRS = ("train", "training")
+VAL_DIRS = ("val", "valid", "validation")
+
+
+@dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class DataReport:
+    """What was found in an image folder, before any training starts."""
+
+    root: str
+    layout: str  # "train/val" or "split"
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    converted: dict[str, int] = field(default_factory=dict)  # image mode -> count turned into RGB
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self, items: list[tuple[str, int]]) -> list[int]:
+        c = Counter(label for _, label in items)
+        return [c.get(i, 0) for i in range(len(self.classes))]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def summary(self) -> str:
+        """A readable report for the terminal or a dialog."""
+        train_counts, val_counts = self.counts(self.train), self.counts(self.val)
+        how = (
+            "train/ and val/ folders"
+            if self.layout == "train/val"
+            else "validation split from one folder"
+        )
+        lines = [
+            f"{self.root}: {len(self.classes)} classes, {len(self.train)} training and "
+            f"{len(self.val)} validation images ({how})"
+        ]
+        width = max(len(c) for c in self.classes)
+        for name, t, v in zip(self.classes, train_counts, val_counts):
+            lines.append(f"  {name:<{width}}  train {t:>6}  val {v:>6}")
+        if self.converted:
+            modes = ", ".join(f"{n} {m}" for m, n in sorted(self.converted.items()))
+            lines.append(f"converted to RGB: {modes}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s):")
+            for s in self.skipped[:20]:
+                lines.append(f"  {s.path}: {s.reason}")
+            if len(self.skipped) > 20:
+                lines.append(f"  ... and {len(self.skipped) - 20} more")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "classes": self.classes,
+            "train_counts": self.counts(self.train),
+            "val_counts": self.counts(self.val),
+            "skipped": [s.__dict__ for s in self.skipped],
+            "converted": self.converted,
+            "warnings": self.warnings,
+        }
+
+
+def _check_image(path: Path) -> tuple[str | None, str | None]:
+    """(mode, None) for a readable image, (None, reason) otherwise. Reads headers, not pixels."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            img.verify()
+        return mode, None
+    except UnidentifiedImageError:
+        return None, "not an image PIL can read"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"cannot be decoded ({e})"
+    except Image.DecompressionBombError:
+        return None, "too large (decompression bomb guard)"
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _list_files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def scan_folder(
+    root: str | Path,
+    val_split: float = 0.2,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> DataReport:
+    """Find classes and images, check every file, and split off validation images.
+
+    Unreadable files and non-images are skipped and listed (never a crash mid-epoch).
+    Raises DataError for a missing or empty folder, a class with no images, or fewer than two
+    classes.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"Image folder not found: {root}", "Choose a folder with one sub-folder per class."
+        )
+    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    train_dir = next((subdirs[n] for n in TRAIN_DIRS if n in subdirs), None)
+    val_dir = next((subdirs[n] for n in VAL_DIRS if n in subdirs), None)
+    layout = "train/val" if train_dir and val_dir else "split"
+    source = train_dir if train_dir and not val_dir else root
+    folders = {"train": train_dir, "val": val_dir} if layout == "train/val" else {"all": source}
+
+    files: dict[str, dict[str, list[Path]]] = {}
+    for split, folder in folders.items():
+        assert folder is not None
+        class_dirs = _class_dirs(folder)
+        if not class_dirs:
+            loose = [p for p in folder.iterdir() if p.is_file()]
+            detail = (
+                f"It holds {len(loose)} file(s) but no class sub-folders."
+                if loose
+                else "It is empty."
+            )
+            raise DataError(
+                f"No class folders in {folder}. {detail}",
+                "Put each class's images in a sub-folder named after the class "
+                "(e.g. data/cats/*.jpg, data/dogs/*.jpg).",
+            )
+        files[split] = {d.name: _list_files(d) for d in class_dirs}
+
+    classes = sorted(files["train" if layout == "train/val" else "all"])
+    if layout == "train/val":
+        extra = sorted(set(files["val"]) - set(classes))
+        if extra:
+            raise DataError(
+                f"val/ has class folder(s) that train/ lacks: {', '.join(extra)}.",
+                "Give train/ and val/ the same class folders.",
+            )
+    if len(classes) < 2:
+        raise DataError(
+            f"Found {len(classes)} class folder(s) in {root}; training a classifier needs at least two.",
+            "Add a sub-folder of images for each class.",
+        )
+
+    all_files = [
+        (split, cls, f)
+        for split, by_class in files.items()
+        for cls, fs in by_class.items()
+        for f in fs
+    ]
+    report = DataReport(str(root), layout, classes, [], [])
+    modes: Counter[str] = Counter()
+    good: dict[str, dict[str, list[str]]] = {s: {c: [] for c in classes} for s in files}
+    total = len(all_files)
+    done = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for (split, cls, path), (mode, reason) in zip(
+            all_files, pool.map(lambda t: _check_file(t[2]), all_files)
+        ):
+            done += 1
+            if progress and (done % 64 == 0 or done == total):
+                progress(done, total)
+            if should_cancel and done % 64 == 0 and should_cancel():
+                raise DataError("Dataset check cancelled.", "Start it again when ready.")
+            if reason:
+                report.skipped.append(SkippedFile(str(path.relative_to(root)), reason))
+                continue
+            assert mode is not None
+            if mode != "RGB":
+                modes[mode] += 1
+            good[split].setdefault(cls, []).append(str(path))
+    report.converted = dict(modes)
+
+    index = {c: i for i, c in enumerate(classes)}
+    empty = [c for c in classes if not any(good[s].get(c) for s in good if s != "val")]
+    if empty:
+        raise DataError(
+            f"Class folder(s) with no usable images: {', '.join(empty)}.",
+            "Add images to them or remove the folders.",
+        )
+    if layout == "train/val":
+        report.train = [(f, index[c]) for c in classes for f in good["train"][c]]
+        report.val = [(f, index[c]) for c in classes for f in good["val"].get(c, [])]
+        missing_val = [c for c in classes if not good["val"].get(c)]
+        if missing_val:
+            report.warnings.append(f"no validation images for: {', '.join(missing_val)}")
+    else:
+        report.train, report.val = stratified_split(
+            {index[c]: good["all"][c] for c in classes}, val_split, seed
+        )
+        if val_split > 0:
+            few = [c for c in classes if len(good["all"][c]) < 2]
+            if few:
+                report.warnings.append(f"too few images to validate on: {', '.join(few)}")
+    if not report.val:
+        report.warnings.append("no validation images: accuracy cannot be measured")
+    return report
+
+
+def _check_file(path: Path) -> tuple[str | None, str | None]:
+    if path.suffix.lower() not in IMG_EXTENSIONS:
+        return None, "not an image file (extension)"
+    return _check_image(path)
+
+
+def stratified_split(
+    by_class: dict[int, list[str]], val_fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Seeded split that keeps each class's share in validation; every class keeps a training image."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(
+            f"Validation split must be in [0, 1), got {val_fraction}.", "Use e.g. --val-split 0.2."
+        )
+    rng = random.Random(seed)
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    for label in sorted(by_class):
+        items = sorted(by_class[label])
+        rng.shuffle(items)
+        n_val = round(len(items) * val_fraction) if val_fraction > 0 else 0
+        if val_fraction > 0 and n_val == 0 and len(items) >= 2:
+            n_val = 1
+        n_val = min(n_val, len(items) - 1)
+        val += [(f, label) for f in items[:n_val]]
+        train += [(f, label) for f in items[n_val:]]
+    return sorted(train), sorted(val)
+
+
+# ---------------------------------------------------------------------- transforms
+def build_transforms(
+    data_config: dict[str, Any], image_size: int | None = None, augmentation: str = "light"
+) -> tuple[Callable, Callable]:
+    """(train, eval) transforms from the model's own data config (timm's create_transform)."""
+    if augmentation not in AUGMENTATIONS:
+        raise DataError(
+            f"Unknown augmentation {augmentation!r}.", f"Use one of: {', '.join(AUGMENTATIONS)}."
+        )
+    size = image_size or int(data_config["input_size"][-1])
+    common = {
+        "input_size": (3, size, size),
+        "interpolation": data_config.get("interpolation", "bilinear"),
+        "mean": tuple(data_config.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(data_config.get("std", (0.229, 0.224, 0.225))),
+    }
+    eval_tf = create_transform(
+        **common, is_training=False, crop_pct=data_config.get("crop_pct", 0.875), crop_mode="center"
+    )
+    if augmentation == "none":
+        return eval_tf, eval_tf
+    if augmentation == "light":
+        train_tf = create_transform(
+            **common,
+            is_training=True,
+            scale=(0.6, 1.0),
+            hflip=0.5,
+            color_jitter=None,
+            auto_augment=None,
+        )
+    else:
+        train_tf = create_transform(
+            **common,
+            is_training=True,
+            scale=(0.25, 1.0),
+            hflip=0.5,
+            color_jitter=0.3,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            re_prob=0.25,
+        )
+    return train_tf, eval_tf
+
+
+# ---------------------------------------------------------------------- datasets
+def load_rgb(path: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns about palette transparency; we convert anyway
+        with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # Composite onto white so transparent areas don't turn black.
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return img.convert("RGB")
+
+
+class ImageItems(Dataset):
+    """Images and labels; keys are (index, epoch) so augmentation is a function of both.
+
+    Seeding per sample makes augmentation independent of worker count and lets a resumed run
+    see exactly the images the uninterrupted run would have seen.
+    """
+
+    def __init__(self, items: list[tuple[str, int]], transform: Callable, seed: int = 0) -> None:
+        self.items = items
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        for attempt in range(len(self.items)):
+            path, label = self.items[(index + attempt) % len(self.items)]
+            try:
+                image = load_rgb(path)
+                break
+            except (OSError, ValueError) as e:
+                # Decoding failed after the header check passed (e.g. truncated data): warn and
+                # use the next image rather than crash mid-epoch.
+                warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=1)
+        else:
+            raise DataError("No image in the dataset could be decoded.", "Check the image files.")
+        sample_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            np.random.seed(sample_seed)
+            tensor = self.transform(image)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        return tensor, label
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Shuffled batches whose order depends only on (seed, epoch); can start mid-epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.n = n
+        self.batch_size = max(1, min(batch_size, n))
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batches(self) -> list[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        out = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        # A batch of one breaks BatchNorm in training mode; fold it into the previous batch.
+        if self.shuffle and len(out) > 1 and len(out[-1]) == 1:
+            out[-2] += out.pop()
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches()[self.start_batch :]:
+            yield [(i, self.epoch) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader | None
+    train_sampler: EpochBatchSampler
+
+
+def default_workers() -> int:
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def make_loaders(
+    report: DataReport,
+    train_tf: Callable,
+    eval_tf: Callable,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    pin_memory: bool = False,
+) -> Loaders:
+    """Train and validation loaders; pinned memory and persistent workers where they help."""
+    train_ds = ImageItems(report.train, train_tf, seed)
+    sampler = EpochBatchSampler(len(train_ds), batch_size, seed)
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"persistent_workers": True, "prefetch_factor": 2}
+    train = DataLoader(
+        train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, **extra
+    )
+    val = None
+    if report.val:
+        val_ds = ImageItems(report.val, eval_tf, seed)
+        val = DataLoader(
+            val_ds,
+            batch_size=max(1, min(batch_size * 2, len(val_ds))),
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            **extra,
+        )
+    return Loaders(train, val, sampler)
+
+
+# ---------------------------------------------------------------------- demo data
+DEMO_CLASSES = ("circles", "squares", "stripes")
+
+
+def write_demo_data(
+    root: str | Path, per_class: int = 40, val_per_class: int = 10, size: int = 64, seed: int = 0
+) -> Path:
+    """A small generated image folder that a model can learn: circles, squares and stripes
+    in random colours, positions and sizes on noisy backgrounds, split into train/ and val/."""
+    root = Path(root).expanduser()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for cls in DEMO_CLASSES:
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                background = rng.uniform(0, 90, 3)
+                img = np.clip(background + rng.normal(0, 18, (size, size, 3)), 0, 255)
+                colour = rng.uniform(140, 255, 3)
+                cx, cy = rng.uniform(0.3, 0.7, 2) * size
+                r = rng.uniform(0.15, 0.3) * size
+                if cls == "circles":
+                    mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+                elif cls == "squares":
+                    mask = (np.abs(xx - cx) <= r * 0.85) & (np.abs(yy - cy) <= r * 0.85)
+                else:
+                    angle = rng.uniform(0, math.pi)
+                    period = rng.uniform(0.12, 0.2) * size
+                    phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period
+                    mask = (phase % 1.0) < 0.5
+                img[mask] = colour
+                Image.fromarray(img.astype(np.uint8)).save(folder / f"{cls}_{i:03d}.png")
+    return root

@@ -1,0 +1,161 @@
+"""What a training run reports (events out) and how it is steered (commands in).
+
+Events are plain dataclasses of numbers, strings and numpy arrays, safe to hand to another
+thread. The GUI worker forwards them as Qt signals; the CLI prints them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from freezer_app.core.freeze import FreezePlan
+from freezer_app.core.telemetry import FrozenCheck, TelemetryRecord
+
+
+@dataclass
+class RunStarted:
+    run_dir: str
+    model: str
+    device: str
+    precision: str
+    classes: list[str]
+    total_params: int
+    trainable_params: int
+    layer_names: list[str]
+    layer_trainable: np.ndarray
+    epochs: int
+    steps_per_epoch: int
+    start_step: int  # > 0 when resuming
+    data_report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepEvent:
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
+
+
+@dataclass
+class TelemetryEvent:
+    record: TelemetryRecord
+
+
+@dataclass
+class EpochEvent:
+    epoch: int  # 1-based: the number of epochs completed
+    step: int
+    train_loss: float
+    val_loss: float | None
+    val_acc: float | None
+    images_per_s: float
+    seconds: float
+    is_best: bool
+
+
+@dataclass
+class FrozenCheckEvent:
+    check: FrozenCheck
+
+
+@dataclass
+class PlanApplied:
+    step: int
+    plan: FreezePlan
+    trainable_params: int
+    total_params: int
+    layer_trainable: np.ndarray
+    reason: str  # "start", "schedule" or "edit"
+
+
+@dataclass
+class LogEvent:
+    message: str
+    level: str = "info"  # info | warning
+
+
+@dataclass
+class PausedEvent:
+    paused: bool
+    step: int
+
+
+@dataclass
+class Finished:
+    reason: str  # completed | stopped | early-stopped | error
+    run_dir: str
+    steps: int
+    epochs_completed: int
+    best_val_acc: float | None
+    best_epoch: int | None
+    last_val_acc: float | None
+    frozen_check_passed: bool | None
+    frozen_check_summary: str
+    seconds: float
+    message: str = ""
+    hint: str = ""
+
+
+Event = (
+    RunStarted
+    | StepEvent
+    | TelemetryEvent
+    | EpochEvent
+    | FrozenCheckEvent
+    | PlanApplied
+    | LogEvent
+    | PausedEvent
+    | Finished
+)
+EventSink = Callable[[Event], None]
+
+
+class RunControl:
+    """Commands into a run, thread-safe. The run checks them at every step boundary."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._plan: FreezePlan | None = None
+
+    # ---------------------------------------------------------------- from any thread
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # a paused run must wake up to stop
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def set_plan(self, plan: FreezePlan) -> None:
+        """Apply this freeze plan at the next step boundary."""
+        with self._lock:
+            self._plan = plan
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    # ---------------------------------------------------------------- from the run
+    def take_plan(self) -> FreezePlan | None:
+        with self._lock:
+            plan, self._plan = self._plan, None
+        return plan
+
+    def wait_while_paused(self, timeout: float = 0.1) -> None:
+        self._running.wait(timeout)

@@ -1,0 +1,195 @@
+"""Optimizer parameter groups, learning-rate schedule, device and precision choices."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from timm.models._manipulate import group_with_matcher
+from torch import nn
+
+from freezer_app.core.errors import ProjectError
+from freezer_app.core.layout import compile_matcher, stage_matcher
+from freezer_app.core.project import TrainSettings
+from freezer_app.core.tree import ModelTree
+
+
+# ---------------------------------------------------------------------- parameter groups
+def _layer_ids(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Depth index of every parameter for layer-wise learning-rate decay (0 = input side).
+
+    timm's fine-grained group_matcher (as timm's own param_groups_layer_decay uses), the
+    torchvision stage matchers, or top-level children for a user's module.
+    """
+    spec = None
+    if callable(getattr(model, "group_matcher", None)):
+        try:
+            spec = compile_matcher(model.group_matcher(coarse=False))
+        except (NotImplementedError, TypeError):
+            spec = None
+    if spec is None:
+        matched = stage_matcher(model)
+        spec = matched[0] if matched else None
+    if spec is None:
+        tops = list(dict.fromkeys(n.split(".")[0] for n in names))
+        return {n: tops.index(n.split(".")[0]) for n in names}
+    return group_with_matcher(((n, n) for n in names), spec, reverse=True)
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    skip = getattr(model, "no_weight_decay", None)
+    try:
+        return set(skip()) if callable(skip) else set()
+    except Exception:
+        return set()
+
+
+@dataclass
+class GroupSpec:
+    lr_scale: float
+    weight_decay: float
+    params: list[nn.Parameter]
+    names: list[str]
+
+
+def param_groups(model: nn.Module, tree: ModelTree, settings: TrainSettings) -> list[GroupSpec]:
+    """Groups over *all* parameters (frozen ones included, so unfreezing mid-run needs no new
+    optimizer); the trainer passes only the trainable ones to each optimizer step.
+
+    No weight decay on norms, biases and timm's no_weight_decay() parameters; the head's
+    learning rate is multiplied by head_lr_mult; layer_decay scales deeper layers down.
+    """
+    by_name = dict(model.named_parameters())
+    names = [p.name for p in tree.params]
+    skip = _no_decay_names(model)
+    head = set(tree.layout.head)
+    layer_of = _layer_ids(model, names) if settings.layer_decay else {}
+    n_layers = max(layer_of.values(), default=0) + 1
+    groups: dict[tuple[float, float], GroupSpec] = {}
+    for name in names:
+        p = by_name[name]
+        decay = settings.weight_decay
+        if p.ndim <= 1 or name in skip or any(name.startswith(s + ".") for s in skip):
+            decay = 0.0
+        scale = 1.0
+        if settings.layer_decay:
+            scale = settings.layer_decay ** (n_layers - 1 - layer_of.get(name, n_layers - 1))
+        if name in head:
+            scale = settings.head_lr_mult
+        key = (scale, decay)
+        group = groups.setdefault(key, GroupSpec(scale, decay, [], []))
+        group.params.append(p)
+        group.names.append(name)
+    return list(groups.values())
+
+
+def build_optimizer(groups: list[GroupSpec], settings: TrainSettings) -> torch.optim.Optimizer:
+    torch_groups = [
+        {
+            "params": list(g.params),
+            "lr": settings.lr * g.lr_scale,
+            "weight_decay": g.weight_decay,
+            "lr_scale": g.lr_scale,
+        }
+        for g in groups
+    ]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            torch_groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0
+        )
+    return torch.optim.AdamW(torch_groups, lr=settings.lr)
+
+
+def restrict_to_trainable(optimizer: torch.optim.Optimizer, groups: list[GroupSpec]) -> None:
+    """Give each group only its parameters that train now; forget the state of frozen ones.
+
+    Parameters that stay trainable keep their optimizer state (momentum, Adam moments).
+    """
+    for torch_group, spec in zip(optimizer.param_groups, groups):
+        torch_group["params"] = [p for p in spec.params if p.requires_grad]
+        for p in spec.params:
+            if not p.requires_grad:
+                optimizer.state.pop(p, None)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate after `step` optimizer steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return 0.01 + 0.99 * step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------- device and precision
+def select_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU; explicit names are checked."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ProjectError(
+            f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ProjectError(
+                "CUDA was requested but no CUDA GPU is available.", "Use --device auto or cpu."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ProjectError(
+                f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s).",
+                "Use cuda:0 or auto.",
+            )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ProjectError(
+            "Apple MPS was requested but is not available.", "Use --device auto or cpu."
+        )
+    return device
+
+
+@dataclass
+class Precision:
+    name: str  # fp32 | bf16 | fp16
+    autocast_dtype: torch.dtype | None
+    use_scaler: bool
+
+
+def select_precision(device: torch.device, amp: str) -> Precision:
+    if amp == "off":
+        return Precision("fp32", None, False)
+    if amp == "auto":
+        if device.type != "cuda":
+            return Precision("fp32", None, False)
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16":
+        return Precision("bf16", torch.bfloat16, False)
+    if amp == "fp16":
+        if device.type not in ("cuda", "mps"):
+            raise ProjectError(
+                "fp16 mixed precision needs a GPU.", "Use --amp bf16 or off on the CPU."
+            )
+        return Precision("fp16", torch.float16, device.type == "cuda")
+    raise ProjectError(f"Unknown mixed precision mode {amp!r}.", "Use auto, bf16, fp16 or off.")
+
+
+def wants_channels_last(model: nn.Module, device: torch.device, setting: str) -> bool:
+    """channels_last speeds up convolutions on CUDA (tensor cores); it does nothing for ViTs."""
+    if setting == "on":
+        return True
+    if setting == "off" or device.type != "cuda":
+        return False
+    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+    total = sum(p.numel() for p in model.parameters())
+    return conv > 0.5 * total
