@@ -372,7 +372,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if result.frozen_check_passed is False:
         return EXIT_FAILED
-    return 130 if result.reason == "stopped" else EXIT_OK
+    return (
+        130 if result.reason == "stopped" else EXIT_OK
+    )  # 130: interrupted, as a shell reports Ctrl-C
 
 
 def _summary(r: Any) -> str:

@@ -57,3 +57,30 @@ def factory_file(tmp_path: Path) -> Path:
         )
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small learnable image folder with train/ and val/ (3 classes)."""
+    from freezer_app.core.data import write_demo_data
+
+    return write_demo_data(
+        tmp_path_factory.mktemp("demo") / "data", per_class=40, val_per_class=10, size=32
+    )
+
+
+def make_project(data: Path, **train: object):
+    """A quick CPU project on the demo data: test_resnet at 32 px, no data workers."""
+    from freezer_app.core.freeze import FreezePlan
+    from freezer_app.core.project import DataSettings, Project, TrainSettings
+
+    plan = train.pop("plan", FreezePlan())
+    settings = {"epochs": 2, "batch_size": 16, "lr": 3e-3, "device": "cpu", "telemetry_every": 1}
+    settings.update(train)
+    model = str(settings.pop("model", "timm:test_resnet"))
+    return Project(
+        model=model,
+        plan=plan,  # type: ignore[arg-type]
+        data=DataSettings(path=str(data), image_size=32, workers=0, augmentation="none"),
+        train=TrainSettings(**settings),  # type: ignore[arg-type]
+    )

@@ -89,7 +89,7 @@ class PausedEvent:
 
 @dataclass
 class Finished:
-    reason: str  # completed | stopped | early-stopped | error
+    reason: str  # completed | stopped | step-limit | early-stopped | error
     run_dir: str
     steps: int
     epochs_completed: int

@@ -84,6 +84,7 @@ class TelemetryProbe:
         self._snap: list[torch.Tensor] = []
         self._snap_for: list[int] = []
         self._pending: dict[str, torch.Tensor] | None = None
+        self._frozen_cache: tuple[list[int], torch.Tensor] | None = None
         self._step = 0
         self._epoch = 0
 
@@ -125,15 +126,16 @@ class TelemetryProbe:
         params = self.layers.params
         n_layers = len(self.layers.names)
         update_sq = torch.zeros(n_layers, device=self.device)
+        weight_sq = self._frozen_weight_sq().clone()
         if self._snap_for:
             current = [params[i].detach() for i in self._snap_for]
-            deltas = torch._foreach_sub(current, self._snap)
-            norms = torch.stack(torch._foreach_norm(deltas, 2)).float()
-            update_sq.index_add_(0, self.layer_of[self._snap_for], norms.square())
-        weight_norms = torch.stack(torch._foreach_norm([p.detach() for p in params], 2)).float()
-        weight_sq = torch.zeros(n_layers, device=self.device).index_add_(
-            0, self.layer_of, weight_norms.square()
-        )
+            idx = self.layer_of[self._snap_for]
+            # In place: the snapshot becomes (before - after), whose norm is the update's.
+            torch._foreach_sub_(self._snap, current)
+            norms = torch.stack(torch._foreach_norm(self._snap, 2)).float()
+            update_sq.index_add_(0, idx, norms.square())
+            weights = torch.stack(torch._foreach_norm(current, 2)).float()
+            weight_sq.index_add_(0, idx, weights.square())
         stacked = (
             torch.stack(
                 [
@@ -164,8 +166,23 @@ class TelemetryProbe:
             self.layers.layer_trainable(),
         )
 
+    def _frozen_weight_sq(self) -> torch.Tensor:
+        """Squared weight norms of frozen parameters per layer: they cannot change, so they are
+        computed once per freeze plan rather than on every report."""
+        frozen = [i for i, p in enumerate(self.layers.params) if not p.requires_grad]
+        if self._frozen_cache is None or self._frozen_cache[0] != frozen:
+            sq = torch.zeros(len(self.layers.names), device=self.device)
+            if frozen:
+                norms = torch.stack(
+                    torch._foreach_norm([self.layers.params[i].detach() for i in frozen], 2)
+                )
+                sq.index_add_(0, self.layer_of[frozen], norms.float().square())
+            self._frozen_cache = (frozen, sq)
+        return self._frozen_cache[1]
+
     def release(self) -> None:
         self._snap, self._snap_for = [], []
+        self._frozen_cache = None
 
 
 # ---------------------------------------------------------------------- frozen verification
@@ -202,6 +219,8 @@ class FrozenCheck:
 
     def summary(self) -> str:
         bad = [d for d in self.drifted if not d.expected]
+        if not self.checked:
+            return "PASSED: nothing is frozen"
         if not bad:
             note = ""
             allowed = [d for d in self.drifted if d.expected]

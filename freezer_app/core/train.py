@@ -61,7 +61,11 @@ CHECKPOINT_VERSION = 1
 
 
 class _StopRequested(Exception):
-    pass
+    """Stop at this step boundary, keeping a mid-epoch checkpoint to resume from."""
+
+    def __init__(self, reason: str = "stopped") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _NonFiniteLoss(Exception):
@@ -340,15 +344,16 @@ class Trainer:
         reason, message, hint = "completed", "", ""
         try:
             reason = self._train()
-        except _StopRequested:
-            reason = "stopped"
+        except _StopRequested as stop:
+            reason = stop.reason
             self._flush_losses(check=False)
             self._write_frozen_check(self.verifier.check(self.epoch, self.step))
             self._save_checkpoint()
             self._save_weights(self.folder.weights)
+            what = "stopped" if reason == "stopped" else "reached the step limit"
             self.emit(
                 LogEvent(
-                    f"stopped at step {self.step}; checkpoint saved, resume with --resume {self.folder.path}"
+                    f"{what} at step {self.step}; checkpoint saved, resume with --resume {self.folder.path}"
                 )
             )
         except _NonFiniteLoss as e:
@@ -497,8 +502,12 @@ class Trainer:
                 self._pending_steps.append((self.step, self.epoch + 1))
                 if len(self._pending_losses) >= self.log_every:
                     self._flush_losses(rate=images / max(1e-9, time.monotonic() - epoch_start))
-                if t.max_steps and self.step >= t.max_steps:
-                    break
+                if (
+                    t.max_steps
+                    and self.step >= t.max_steps
+                    and self.batch_in_epoch < self.steps_per_epoch
+                ):
+                    raise _StopRequested("step-limit")
             self._flush_losses(rate=images / max(1e-9, time.monotonic() - epoch_start))
             seconds = time.monotonic() - epoch_start
             stop = self._end_epoch(images / max(1e-9, seconds), seconds)

@@ -1,0 +1,196 @@
+"""`freezer-app train` and `demo-data` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freezer_app.cli import main
+from freezer_app.core.run_folder import read_jsonl
+
+FAST = [
+    "--image-size",
+    "32",
+    "--workers",
+    "0",
+    "--batch-size",
+    "16",
+    "--augment",
+    "none",
+    "--device",
+    "cpu",
+]
+
+
+def test_demo_data_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "demo-data",
+                str(tmp_path / "d"),
+                "--per-class",
+                "5",
+                "--val-per-class",
+                "2",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert "wrote 15 training and 6 validation images" in capsys.readouterr().out
+    assert len(list((tmp_path / "d" / "train" / "circles").glob("*.png"))) == 5
+    assert main(["demo-data", str(tmp_path / "d")]) == 2  # never writes into a non-empty folder
+
+
+def test_train_writes_the_run_folder_and_project_json_reproduces_it(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            "timm:test_resnet",
+            "--data",
+            str(demo_data),
+            "--epochs",
+            "2",
+            "--preset",
+            "head-only",
+            "--unfreeze",
+            "layer4",
+            "--lr",
+            "0.003",
+            "--out",
+            str(out),
+            *FAST,
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "frozen check: PASSED" in captured.out
+    assert "3 classes, 120 training and 30 validation images" in captured.err
+    assert {p.name for p in out.iterdir()} >= {
+        "project.json",
+        "metrics.jsonl",
+        "telemetry.jsonl",
+        "frozen_check.jsonl",
+        "checkpoints",
+        "model.safetensors",
+    }
+    assert (out / "checkpoints" / "last.pt").exists()
+    project = json.loads((out / "project.json").read_text())
+    assert project["num_classes"] == 3 and project["data"]["classes"] == [
+        "circles",
+        "squares",
+        "stripes",
+    ]
+    assert project["plan"]["preset"] == "head-only" and project["plan"]["unfreeze"] == ["layer4"]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    epochs = [m for m in metrics if m["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert {"train_loss", "val_loss", "val_acc", "images_per_s"} <= set(epochs[0])
+    steps = [m for m in metrics if m["type"] == "step"]
+    assert {"loss", "lr"} <= set(steps[0])
+
+    again = tmp_path / "again"
+    assert main(["train", str(out / "project.json"), "--out", str(again), "--quiet"]) == 0
+    first = [m["loss"] for m in steps]
+    second = [m["loss"] for m in read_jsonl(again / "metrics.jsonl") if m["type"] == "step"]
+    assert first == second
+
+
+def test_train_resume_continues_a_stopped_run(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "timm:test_resnet",
+        "--data",
+        str(demo_data),
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        *FAST,
+    ]
+    assert main([*args, "--max-steps", "5"]) == 0
+    assert main(["train", "--resume", str(out), "--max-steps", "0", "--quiet"]) == 0  # 0: no limit
+    steps = [m["step"] for m in read_jsonl(out / "metrics.jsonl") if m["type"] == "step"]
+    assert steps == list(range(1, 17))
+    capsys.readouterr()
+
+
+def test_bad_data_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code = main(
+        [
+            "train",
+            "--model",
+            "timm:test_resnet",
+            "--data",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "No class folders" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    code = main(["train", "--data", str(tmp_path)])
+    assert code == 2 and "--model MODEL --data DIR" in capsys.readouterr().err
+    code = main(
+        [
+            "train",
+            "--model",
+            "timm:test_resnet",
+            "--data",
+            str(tmp_path),
+            "--unfreeze-schedule",
+            "x",
+        ]
+    )
+    assert code == 2 and "EPOCHS:PRESET" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint(demo_data: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("freezer-app")
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "train",
+            "--model",
+            "timm:test_resnet",
+            "--data",
+            str(demo_data),
+            "--epochs",
+            "200",
+            "--out",
+            str(out),
+            *FAST,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "stopping after this step" in stderr
+    assert "stopped after" in stdout
+    assert (out / "checkpoints" / "last.pt").exists() and (out / "model.safetensors").exists()
