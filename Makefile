@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export QT_QPA_PLATFORM ?= offscreen
 
 .PHONY: run test lint format bench clean
 
@@ -20,12 +19,12 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(VENV)/bin/freezer-app inspect timm:test_resnet --preset head-only
+	$(VENV)/bin/freezer-app gui --demo
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check freezer_app tests
 	$(VENV)/bin/ruff format --check freezer_app tests
-	$(PY) -m pytest -q
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format freezer_app tests

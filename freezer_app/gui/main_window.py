@@ -1,0 +1,864 @@
+"""The main window: project panels, the model tree, live plots, and the training controls."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QTabWidget,
+    QToolBar,
+    QWidget,
+)
+
+from freezer_app import __version__
+from freezer_app.core import events as ev
+from freezer_app.core.catalog import LoadedModel, preview_model, resolve_source
+from freezer_app.core.data import DataReport, scan_folder
+from freezer_app.core.errors import FreezerError
+from freezer_app.core.freeze import FreezePlan, resolve
+from freezer_app.core.project import Project
+from freezer_app.core.tree import ModelTree
+from freezer_app.gui import tasks
+from freezer_app.gui.freeze_controller import FreezeController
+from freezer_app.gui.panels import DataPanel, ModelPanel, SettingsPanel
+from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
+from freezer_app.gui.run_views import FrozenCheckView, RunLog
+from freezer_app.gui.tree_model import FreezeTreeModel, human
+from freezer_app.gui.tree_view import TreePanel
+from freezer_app.gui.worker import TrainingSession
+
+MAX_RECENT = 8
+
+
+def icon() -> QIcon:
+    from importlib.resources import files
+
+    return QIcon(str(files("freezer_app.resources") / "freezer.svg"))
+
+
+def default_runs_dir() -> Path:
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
+    return Path(base or Path.home() / ".freezer") / "runs"
+
+
+class MainWindow(QMainWindow):
+    runFinished = Signal(object)  # core.events.Finished (also after a setup failure: None)
+    datasetChecked = Signal(object)  # DataReport or None
+
+    def __init__(self, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or QSettings("Freezer", "freezer-app")
+        self.setWindowTitle("Freezer")
+        self.setWindowIcon(icon())
+        self.project = Project()
+        self.project_path: Path | None = None
+        self.dirty = False
+        self.report: DataReport | None = None
+        self.loaded: LoadedModel | None = None
+        self.session: TrainingSession | None = None
+        self.run_dir: Path | None = None
+        self.close_when_stopped = False
+        self.scan_task: tasks.Task | None = None
+        self.last_finished: ev.Finished | None = None
+        self._step_speed = 0.0
+
+        # ---------------------------------------------------------------- widgets
+        self.tree_model = FreezeTreeModel()
+        self.controller = FreezeController(self.tree_model, self)
+        self.model_panel = ModelPanel()
+        self.data_panel = DataPanel()
+        self.settings_panel = SettingsPanel()
+        self.tree_panel = TreePanel(self.controller)
+        self.left = QTabWidget()
+        self.left.addTab(self.model_panel, "Model")
+        self.left.addTab(self.data_panel, "Data")
+        self.left.addTab(self.settings_panel, "Training")
+        self.loss_plot = LossPlot()
+        self.grad_plot = GradientFlowPlot()
+        self.heatmap = UpdateHeatmap()
+        self.frozen_view = FrozenCheckView()
+        self.log = RunLog()
+        self.right = QTabWidget()
+        self.right.addTab(self.loss_plot, "Loss")
+        self.right.addTab(self.grad_plot, "Gradient flow")
+        self.right.addTab(self.heatmap, "Weight updates")
+        self.right.addTab(self.frozen_view, "Frozen check")
+        self.right.addTab(self.log, "Log")
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        for w in (self.left, self.tree_panel, self.right):
+            self.splitter.addWidget(w)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 5)
+        self.splitter.setStretchFactor(2, 4)
+        self.splitter.setSizes([300, 720, 580])
+        self.setCentralWidget(self.splitter)
+        self.setAcceptDrops(True)
+
+        self._build_actions()
+        self._build_status_bar()
+        self._set_running(False)
+        self._connect()
+        self._restore_settings()
+        self.new_project(confirm=False)
+
+    # ================================================================== actions & menus
+    def _action(
+        self, text: str, slot, shortcut: QKeySequence | str | None = None, tip: str = ""
+    ) -> QAction:
+        action = QAction(text, self)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setStatusTip(tip)
+            action.setToolTip(f"{tip} ({action.shortcut().toString()})" if shortcut else tip)
+        action.triggered.connect(slot)
+        return action
+
+    def _build_actions(self) -> None:
+        K = QKeySequence.StandardKey
+        self.act_new = self._action(
+            "&New project", lambda: self.new_project(), K.New, "Start a new project"
+        )
+        self.act_open = self._action(
+            "&Open project…", self.open_project_dialog, K.Open, "Open a project.json"
+        )
+        self.act_save = self._action("&Save project", self.save_project, K.Save, "Save the project")
+        self.act_save_as = self._action(
+            "Save project &as…", self.save_project_as, K.SaveAs, "Save the project under a new name"
+        )
+        self.act_quit = self._action("&Quit", self.close, K.Quit)
+        self.act_train = self._action(
+            "&Train", self.start_training, "Ctrl+Return", "Start training"
+        )
+        self.act_pause = self._action(
+            "&Pause", self.toggle_pause, "Ctrl+P", "Pause or resume training"
+        )
+        self.act_stop = self._action(
+            "S&top", self.stop_training, "Ctrl+.", "Stop after this step and save a checkpoint"
+        )
+        self.act_resume_run = self._action(
+            "Resume a stopped run…",
+            self.resume_run_dialog,
+            None,
+            "Continue a run folder from its checkpoint",
+        )
+        self.act_filter = self._action(
+            "Filter modules", lambda: self.tree_panel.filter.setFocus(), "Ctrl+F"
+        )
+        self.act_copy_code = self._action(
+            "Copy PyTorch code",
+            self.tree_panel._copy_code,
+            "Ctrl+Shift+C",
+            "Copy code that reproduces the freeze plan",
+        )
+        self.act_open_run = self._action(
+            "Open run folder", self.open_run_folder, None, "Show the last run's folder"
+        )
+        undo = self.controller.undo_stack.createUndoAction(self, "&Undo freeze edit")
+        undo.setShortcut(K.Undo)
+        redo = self.controller.undo_stack.createRedoAction(self, "&Redo freeze edit")
+        redo.setShortcut(K.Redo)
+
+        menu = self.menuBar().addMenu("&File")
+        for a in (self.act_new, self.act_open):
+            menu.addAction(a)
+        self.recent_menu = menu.addMenu("Open &recent")
+        for a in (self.act_save, self.act_save_as):
+            menu.addAction(a)
+        menu.addSeparator()
+        menu.addAction(self.act_quit)
+        edit = self.menuBar().addMenu("&Edit")
+        for a in (undo, redo, self.act_filter, self.act_copy_code):
+            edit.addAction(a)
+        run = self.menuBar().addMenu("&Run")
+        for a in (
+            self.act_train,
+            self.act_pause,
+            self.act_stop,
+            self.act_resume_run,
+            self.act_open_run,
+        ):
+            run.addAction(a)
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(self._action("&About Freezer", self._about))
+
+        bar = QToolBar("Main")
+        bar.setObjectName("main-toolbar")
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        for a in (self.act_new, self.act_open, self.act_save):
+            bar.addAction(a)
+        bar.addSeparator()
+        for a in (self.act_train, self.act_pause, self.act_stop):
+            bar.addAction(a)
+        self.addToolBar(bar)
+        self._update_recent_menu()
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.status_device = QLabel()
+        self.status_params = QLabel()
+        self.status_speed = QLabel()
+        self.status_state = QLabel("idle")
+        for w in (self.status_state, self.status_device, self.status_params, self.status_speed):
+            w.setContentsMargins(8, 0, 8, 0)
+            bar.addPermanentWidget(w)
+        self._show_device()
+
+    def _show_device(self) -> None:
+        from freezer_app.core.optim import select_device
+
+        setting = (
+            self.settings_panel.device.currentText() if hasattr(self, "settings_panel") else "auto"
+        )
+        try:
+            device = select_device(setting)
+            self.status_device.setText(f"device: {device}")
+        except FreezerError:
+            self.status_device.setText(f"device: {setting} (not available)")
+
+    def _connect(self) -> None:
+        self.model_panel.modelChosen.connect(self.choose_model)
+        self.model_panel.pretrainedChanged.connect(self._pretrained_changed)
+        self.data_panel.folderChosen.connect(self.choose_data)
+        self.data_panel.settingsChanged.connect(self._data_settings_changed)
+        self.data_panel.cancelRequested.connect(self._cancel_scan)
+        self.settings_panel.changed.connect(self._settings_changed)
+        self.settings_panel.scheduleChanged.connect(self.controller.set_schedule)
+        self.settings_panel.bnPolicyChanged.connect(self.controller.set_bn_policy)
+        self.settings_panel.fineTuneRequested.connect(self._fine_tune_schedule)
+        self.controller.planChanged.connect(self._plan_changed)
+        self.controller.error.connect(lambda msg: self.statusBar().showMessage(msg, 8000))
+        self.tree_panel.layerSelected.connect(self._layer_selected)
+        self.grad_plot.layerClicked.connect(self._plot_layer_clicked)
+        self.heatmap.layerClicked.connect(self._plot_layer_clicked)
+
+    # ================================================================== project files
+    def _title(self) -> None:
+        name = self.project_path.name if self.project_path else "untitled"
+        self.setWindowTitle(f"{'*' if self.dirty else ''}{name} — Freezer")
+
+    def _mark_dirty(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self._title()
+
+    def new_project(self, confirm: bool = True) -> None:
+        if confirm and not self._maybe_save():
+            return
+        self.set_project(Project(), None)
+
+    def set_project(self, project: Project, path: Path | None) -> None:
+        """Show a project: model preview, dataset check, settings, freeze plan."""
+        self.project = project
+        self.project_path = path
+        self.report = None
+        self.data_panel.load(project)
+        self.settings_panel.load(project)
+        self._load_preview(project.plan)
+        if project.data.path:
+            self.choose_data(project.data.path, mark_dirty=False)
+        else:
+            self.data_panel.show_report(None)
+        self.dirty = False
+        self._title()
+        self._clear_run_views()
+
+    def open_project_dialog(self) -> None:
+        if not self._maybe_save():
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open project", self._last_dir("project"), "Freezer project (*.json)"
+        )
+        if path:
+            self.open_project(Path(path))
+
+    def open_project(self, path: Path) -> bool:
+        try:
+            project = Project.load(path)
+        except FreezerError as e:
+            self.error_dialog("Cannot open the project", e.message, e.hint or "")
+            return False
+        self._remember_dir("project", path.parent)
+        self._add_recent(path)
+        self.set_project(project, path)
+        self.statusBar().showMessage(f"Opened {path}", 4000)
+        return True
+
+    def _store_project(self) -> None:
+        self.data_panel.store(self.project)
+        self.settings_panel.store(self.project)
+        self.project.plan = copy.deepcopy(self.controller.plan)
+
+    def save_project(self) -> bool:
+        if self.project_path is None:
+            return self.save_project_as()
+        return self._write_project(self.project_path)
+
+    def save_project_as(self) -> bool:
+        start = str(self.project_path or Path(self._last_dir("project")) / "project.json")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save project", start, "Freezer project (*.json)"
+        )
+        if not path:
+            return False
+        return self._write_project(Path(path))
+
+    def _write_project(self, path: Path) -> bool:
+        self._store_project()
+        try:
+            self.project.save(path)
+        except FreezerError as e:
+            self.error_dialog("Cannot save the project", e.message, e.hint or "")
+            return False
+        self.project_path = path
+        self.dirty = False
+        self._title()
+        self._add_recent(path)
+        self._remember_dir("project", path.parent)
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return True
+
+    def _maybe_save(self) -> bool:
+        if not self.dirty:
+            return True
+        answer = QMessageBox.question(
+            self,
+            "Unsaved project",
+            "Save the changes to this project first?",
+            QMessageBox.StandardButton.Save
+            | QMessageBox.StandardButton.Discard
+            | QMessageBox.StandardButton.Cancel,
+        )
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save_project()
+        return answer == QMessageBox.StandardButton.Discard
+
+    # ================================================================== model
+    def choose_model(self, text: str, kind: object = None) -> None:
+        """A model picked in the list, or a weights file / bundle / run folder opened."""
+        if self._running():
+            self.statusBar().showMessage("Stop training before changing the model.", 5000)
+            return
+        before = (self.project.model, self.project.weights, self.project.pretrained)
+        if kind == "file":
+            try:
+                source = resolve_source(text)
+            except FreezerError as e:
+                if Path(text).is_file():
+                    # Weights without a recorded architecture: use them with the current model.
+                    self.project.weights = text
+                    self.project.pretrained = False
+                    if not self._load_preview(self.controller.plan):
+                        self.project.model, self.project.weights, self.project.pretrained = before
+                    return
+                self.error_dialog("Cannot open that model", e.message, e.hint or "")
+                return
+            self.project.model = str(source.spec)
+            self.project.weights = str(source.weights) if source.weights else None
+        else:
+            self.project.model = text
+            self.project.weights = None
+        if self.project.weights:
+            self.project.pretrained = False
+        if self._load_preview(self.controller.plan):
+            self._mark_dirty()
+        else:
+            self.project.model, self.project.weights, self.project.pretrained = before
+
+    def _pretrained_changed(self, on: bool) -> None:
+        self.project.pretrained = on
+        self._mark_dirty()
+        self._refresh_model_panel()
+
+    def _load_preview(self, plan: FreezePlan) -> bool:
+        """Build the meta-device preview of the project's model and show its tree."""
+        try:
+            loaded = preview_model(self.project.model, num_classes=self.project.num_classes)
+            if self.project.weights:
+                # Check the weights fit now rather than when training starts.
+                from freezer_app.core.catalog import load_model
+
+                load_model(
+                    self.project.model,
+                    num_classes=self.project.num_classes,
+                    weights=self.project.weights,
+                    meta=True,
+                )
+        except FreezerError as e:
+            self.error_dialog("Cannot load the model", e.message, e.hint or "")
+            return False
+        self.loaded = loaded
+        tree = ModelTree(loaded.module, self.project.model)
+        self.controller.set_tree(tree, plan)
+        self._refresh_model_panel()
+        return True
+
+    def _refresh_model_panel(self) -> None:
+        info = ""
+        if self.loaded is not None and self.controller.tree is not None:
+            tree = self.controller.tree
+            head = ", ".join(self.loaded.head_paths) or "none found"
+            info = (
+                f"{type(self.loaded.module).__name__}, {human(tree.total_params)} parameters, "
+                f"{len(tree.layout.stages)} stages; head: {head} ({tree.layout.head_source})"
+            )
+        self.model_panel.show_project(self.project, info)
+        self._update_params_status()
+
+    # ================================================================== data
+    def choose_data(self, folder: str, mark_dirty: bool = True) -> None:
+        if self._running():
+            self.statusBar().showMessage("Stop training before changing the dataset.", 5000)
+            return
+        folder = str(Path(folder).expanduser())
+        self.project.data.path = folder
+        self.data_panel.folder.setText(folder)
+        self._remember_dir("data", Path(folder))
+        if mark_dirty:
+            self._mark_dirty()
+        self.start_scan()
+
+    def start_scan(self) -> None:
+        self._cancel_scan()
+        self.data_panel.store(self.project)
+        path, split, seed = (
+            self.project.data.path,
+            self.project.data.val_split,
+            self.project.train.seed,
+        )
+        if not path:
+            return
+        task = tasks.Task(
+            lambda progress, cancelled: scan_folder(path, split, seed, progress, cancelled)
+        )
+        task.signals.progress.connect(self.data_panel.set_progress)
+        task.signals.done.connect(self._scan_done)
+        task.signals.failed.connect(self._scan_failed)
+        self.data_panel.scanning(True)
+        self.scan_task = tasks.start(task)
+
+    def _cancel_scan(self) -> None:
+        if self.scan_task is not None:
+            self.scan_task.cancel()
+            self.scan_task = None
+            self.data_panel.scanning(False)
+
+    def _scan_done(self, report: DataReport) -> None:
+        self.scan_task = None
+        self.data_panel.scanning(False)
+        self.report = report
+        self.data_panel.show_report(report)
+        changed = self.project.num_classes != report.num_classes
+        self.project.num_classes = report.num_classes
+        self.project.data.classes = list(report.classes)
+        if changed:
+            self._load_preview(self.controller.plan)
+        else:
+            self._refresh_model_panel()
+        self.datasetChecked.emit(report)
+
+    def _scan_failed(self, message: str, hint: str, details: str) -> None:
+        self.scan_task = None
+        self.data_panel.scanning(False)
+        self.report = None
+        self.data_panel.show_report(None, f"{message} {hint}".strip())
+        self.left.setCurrentWidget(self.data_panel)
+        self.statusBar().showMessage(message, 8000)
+        self.datasetChecked.emit(None)
+
+    def _data_settings_changed(self) -> None:
+        self._mark_dirty()
+        old_split = self.project.data.val_split
+        self.data_panel.store(self.project)
+        if self.project.data.path and old_split != self.project.data.val_split:
+            self.start_scan()
+
+    def _settings_changed(self) -> None:
+        self._mark_dirty()
+        self._show_device()
+
+    def dragEnterEvent(self, event) -> None:
+        self.data_panel.dragEnterEvent(event)
+
+    def dropEvent(self, event) -> None:
+        self.data_panel.dropEvent(event)
+
+    # ================================================================== freeze plan
+    def _plan_changed(self, plan: FreezePlan) -> None:
+        self._update_params_status()
+        if self.settings_panel.bn_policy.currentText() != plan.bn_policy:
+            self.settings_panel.bn_policy.blockSignals(True)
+            self.settings_panel.bn_policy.setCurrentText(plan.bn_policy)
+            self.settings_panel.bn_policy.blockSignals(False)
+        self.settings_panel.show_schedule(plan.schedule)
+        if self._running() and self.session is not None:
+            # Takes effect at the next step; the tree shows it as pending until then.
+            self.session.worker.set_plan(copy.deepcopy(plan))
+            self.statusBar().showMessage(
+                "Freeze edit sent: takes effect at the next training step", 4000
+            )
+        if plan.to_dict() != self.project.plan.to_dict():
+            self.project.plan = copy.deepcopy(plan)
+            self._mark_dirty()
+
+    def _fine_tune_schedule(self) -> None:
+        from freezer_app.core.freeze import Phase
+
+        plan = copy.deepcopy(self.controller.plan)
+        plan.preset, plan.freeze, plan.unfreeze = "head-only", [], []
+        plan.schedule = [Phase(1, "train-all")]
+        self.controller.apply(plan, "Head first, then all")
+
+    def _update_params_status(self) -> None:
+        tree = self.controller.tree
+        if tree is None:
+            self.status_params.setText("")
+            return
+        self.status_params.setText(
+            f"trainable {human(tree.trainable_params)} / {human(tree.total_params)}"
+        )
+
+    def _layer_selected(self, path: str) -> None:
+        self.grad_plot.select(path)
+        self.heatmap.select(path)
+
+    def _plot_layer_clicked(self, name: str) -> None:
+        self.tree_panel.select_path(name)
+        self.grad_plot.select(name)
+        self.heatmap.select(name)
+
+    # ================================================================== training
+    def _running(self) -> bool:
+        return self.session is not None
+
+    def _set_running(self, running: bool) -> None:
+        self.act_train.setEnabled(not running)
+        self.act_pause.setEnabled(running)
+        self.act_stop.setEnabled(running)
+        self.act_resume_run.setEnabled(not running)
+        self.act_pause.setText("&Pause")
+        for w in (self.model_panel, self.data_panel, self.settings_panel):
+            w.setEnabled(not running)
+        self.status_state.setText("training" if running else "idle")
+
+    def _runs_root(self) -> Path:
+        if self.project_path is not None:
+            return self.project_path.parent / "runs"
+        return default_runs_dir()
+
+    def _clear_run_views(self) -> None:
+        self.loss_plot.clear()
+        self.frozen_view.clear()
+        self.tree_model.clear_telemetry()
+        self.tree_model.set_applied_mask(None)
+
+    def start_training(
+        self, max_steps: int | None = None, run_dir: Path | None = None, resume: bool = False
+    ) -> bool:
+        if self._running():
+            return False
+        if not resume:
+            self._store_project()
+            if self.scan_task is not None:
+                self.statusBar().showMessage(
+                    "Still checking the dataset; try again in a moment.", 5000
+                )
+                return False
+            if self.report is None:
+                if not self.project.data.path:
+                    self.left.setCurrentWidget(self.data_panel)
+                    self.error_dialog(
+                        "No dataset",
+                        "Choose an image folder first.",
+                        "Drop a folder on the window or use Browse on the Data tab.",
+                    )
+                else:
+                    self.error_dialog(
+                        "The dataset cannot be used", self.data_panel.summary.text(), ""
+                    )
+                return False
+            try:
+                self.project.validate()
+            except FreezerError as e:
+                self.error_dialog("Cannot start training", e.message, e.hint or "")
+                return False
+        project = copy.deepcopy(self.project)
+        if max_steps is not None:
+            project.train.max_steps = max_steps
+        stem = (project.name or Path(project.model.split(":")[-1]).stem or "run").replace("/", "_")
+        self.run_dir = run_dir or self._runs_root() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self._clear_run_views()
+        self.log.add(f"starting {'resumed ' if resume else ''}run in {self.run_dir}")
+        session = TrainingSession(project, self.run_dir, resume=resume, parent=self)
+        session.events.connect(self._on_events)
+        session.finished.connect(self._on_finished)
+        session.failed.connect(self._on_failed)
+        session.ended.connect(self._on_session_ended)
+        self.session = session
+        self._set_running(True)
+        self.right.setCurrentWidget(self.loss_plot)
+        session.start()
+        return True
+
+    def resume_run_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Resume a stopped run", str(self._runs_root())
+        )
+        if not folder:
+            return
+        try:
+            project = Project.load(Path(folder) / "project.json")
+        except FreezerError as e:
+            self.error_dialog("Not a run folder", e.message, e.hint or "")
+            return
+        self.set_project(project, None)
+        self.start_training(run_dir=Path(folder), resume=True)
+
+    def toggle_pause(self) -> None:
+        if self.session is None:
+            return
+        worker = self.session.worker
+        if worker.control.paused:
+            worker.resume_run()
+            self.act_pause.setText("&Pause")
+        else:
+            worker.pause()
+            self.act_pause.setText("&Resume")
+
+    def stop_training(self) -> None:
+        if self.session is not None:
+            self.session.worker.stop()
+            self.status_state.setText("stopping…")
+            self.statusBar().showMessage(
+                "Stopping after this step; a checkpoint will be saved.", 5000
+            )
+
+    def _on_events(self, batch: list) -> None:
+        steps: list[int] = []
+        losses: list[float] = []
+        lrs: list[float] = []
+        last_telemetry = None
+        for event in batch:
+            if isinstance(event, ev.StepEvent):
+                steps.append(event.step)
+                losses.append(event.loss)
+                lrs.append(event.lr)
+                self._step_speed = event.images_per_s
+            elif isinstance(event, ev.TelemetryEvent):
+                r = event.record
+                self.heatmap.add(r.step, r.update_ratio, r.trainable)
+                last_telemetry = r
+            elif isinstance(event, ev.RunStarted):
+                self._run_started(event)
+            elif isinstance(event, ev.EpochEvent):
+                self.loss_plot.add_epoch(event.step, event.val_loss, event.val_acc)
+                acc = f", val_acc {event.val_acc:.3f}" if event.val_acc is not None else ""
+                self.log.add(
+                    f"epoch {event.epoch}: train_loss {event.train_loss:.4f}{acc}, {event.images_per_s:.0f} img/s"
+                )
+            elif isinstance(event, ev.FrozenCheckEvent):
+                self.frozen_view.add(event.check)
+                self.log.add(f"frozen check: {event.check.summary()}")
+            elif isinstance(event, ev.PlanApplied):
+                self._plan_applied(event)
+            elif isinstance(event, ev.PausedEvent):
+                self.status_state.setText("paused" if event.paused else "training")
+                self.act_pause.setText("&Resume" if event.paused else "&Pause")
+            elif isinstance(event, ev.LogEvent):
+                self.log.add(event.message)
+                if event.level == "warning":
+                    self.statusBar().showMessage(event.message, 8000)
+        if steps:
+            self.loss_plot.add_steps(steps, losses, lrs)
+            self.status_speed.setText(f"{self._step_speed:,.0f} images/s")
+            self.status_state.setText(f"training: step {steps[-1]}")
+        if last_telemetry is not None:
+            r = last_telemetry
+            self.grad_plot.update_values(r.grad_mean_abs, r.grad_max, r.trainable)
+            self.heatmap.redraw()
+            self.tree_model.update_telemetry(r.grad_norm, r.update_norm, r.weight_norm, r.trainable)
+
+    def _run_started(self, event: ev.RunStarted) -> None:
+        self.grad_plot.set_layers(event.layer_names)
+        self.heatmap.set_layers(event.layer_names)
+        self.tree_model.set_layer_names(event.layer_names)
+        self.status_device.setText(f"device: {event.device} ({event.precision})")
+        self.log.add(
+            f"training {event.model} on {event.device} ({event.precision}): {event.trainable_params:,} of "
+            f"{event.total_params:,} parameters train; {event.steps_per_epoch} steps per epoch"
+        )
+
+    def _plan_applied(self, event: ev.PlanApplied) -> None:
+        tree = self.controller.tree
+        if event.reason == "schedule":
+            self.controller.follow_run(event.plan)
+            self.log.add(f"schedule: freeze plan now {event.plan.describe()}")
+        if tree is not None:
+            try:
+                self.tree_model.set_applied_mask(resolve(event.plan, tree))
+            except FreezerError:
+                self.tree_model.set_applied_mask(None)
+        if event.reason == "edit":
+            self.log.add(
+                f"step {event.step}: freeze edit applied ({event.trainable_params:,} parameters train)"
+            )
+
+    def _on_finished(self, result: ev.Finished) -> None:
+        self.last_finished = result
+        self.tree_model.set_applied_mask(None)
+        if result.reason == "error":
+            self.log.add(f"error: {result.message}")
+            self.error_dialog("Training stopped", result.message, result.hint)
+        else:
+            best = (
+                f"best val_acc {result.best_val_acc:.3f}; "
+                if result.best_val_acc is not None
+                else ""
+            )
+            text = f"Run {result.reason} after {result.steps} steps: {best}frozen check {result.frozen_check_summary}"
+            self.log.add(text)
+            self.statusBar().showMessage(text, 15000)
+        self.runFinished.emit(result)
+
+    def _on_failed(self, message: str, hint: str, details: str) -> None:
+        self.log.add(f"error: {message}")
+        self.error_dialog(
+            "Training could not start" if not details else "Training failed", message, hint, details
+        )
+        self.last_finished = None
+        self.runFinished.emit(None)
+
+    def _on_session_ended(self) -> None:
+        self.session = None
+        self._set_running(False)
+        if self.close_when_stopped:
+            self.close()
+
+    def open_run_folder(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        if self.run_dir and self.run_dir.exists():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run_dir)))
+        else:
+            self.statusBar().showMessage("No run folder yet: train first.", 4000)
+
+    # ================================================================== dialogs & settings
+    def error_dialog(self, title: str, message: str, hint: str = "", details: str = "") -> None:
+        box = QMessageBox(
+            QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self
+        )
+        if hint:
+            box.setInformativeText(hint)
+        if details:
+            box.setDetailedText(details)
+        self.last_error = (title, message, hint)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()
+        self._open_dialog = box
+
+    def _about(self) -> None:
+        QMessageBox.about(
+            self,
+            "About Freezer",
+            f"<b>Freezer {__version__}</b><br>Freeze layers point-and-click, fine-tune on your images, "
+            "and see that frozen layers never move.",
+        )
+
+    def _last_dir(self, kind: str) -> str:
+        return str(self.settings.value(f"last_dir/{kind}", str(Path.home())))
+
+    def _remember_dir(self, kind: str, path: Path) -> None:
+        self.settings.setValue(f"last_dir/{kind}", str(path))
+
+    def _add_recent(self, path: Path) -> None:
+        recent = [p for p in self._recent() if p != str(path)]
+        recent.insert(0, str(path))
+        self.settings.setValue("recent_projects", recent[:MAX_RECENT])
+        self._update_recent_menu()
+
+    def _recent(self) -> list[str]:
+        value = self.settings.value("recent_projects", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _update_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self._recent()
+        for path in recent:
+            action = self.recent_menu.addAction(path)
+            action.triggered.connect(lambda _=False, p=path: self._open_recent(Path(p)))
+        self.recent_menu.setEnabled(bool(recent))
+
+    def _open_recent(self, path: Path) -> None:
+        if self._maybe_save():
+            self.open_project(path)
+
+    def _restore_settings(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1500, 920)
+        state = self.settings.value("window/state")
+        if state is not None:
+            self.restoreState(state)
+        splitter = self.settings.value("window/splitter")
+        if splitter is not None:
+            self.splitter.restoreState(splitter)
+
+    def _save_settings(self) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        self.settings.setValue("window/splitter", self.splitter.saveState())
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self._running():
+            if not self.close_when_stopped:
+                answer = QMessageBox.question(
+                    self,
+                    "Training is running",
+                    "Stop training and close? The run stops after the current step and saves a "
+                    "checkpoint, so you can resume it later.",
+                )
+                if answer != QMessageBox.StandardButton.Yes:
+                    event.ignore()
+                    return
+                self.close_when_stopped = True
+                self.stop_training()
+            event.ignore()  # closes for real once the run has saved and ended
+            return
+        if not self._maybe_save():
+            event.ignore()
+            return
+        self._cancel_scan()
+        self._save_settings()
+        event.accept()
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    """Spin the event loop until condition() or the timeout (used by screenshots and tests)."""
+    from PySide6.QtCore import QCoreApplication, QElapsedTimer
+
+    timer = QElapsedTimer()
+    timer.start()
+    while not condition():
+        if timer.elapsed() > timeout_s * 1000:
+            return False
+        QCoreApplication.processEvents()
+        QTimer.singleShot(0, lambda: None)
+        time.sleep(0.005)
+    return True
+
+
+__all__ = ["MainWindow", "QWidget", "wait_until"]

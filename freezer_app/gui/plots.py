@@ -1,0 +1,455 @@
+"""Live pyqtgraph plots: loss and learning rate, per-layer gradient flow, update-ratio heat map.
+
+Plot items are created once and updated with setData/setImage; the window feeds them batches
+of events at most ~30 times a second. Storage grows geometrically and the heat map halves its
+time resolution when full, so long runs do not slow the plots down.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from freezer_app.gui.tree_model import FROZEN_COLOUR, TRAINABLE_COLOUR
+
+pg.setConfigOptions(antialias=True, background="w", foreground="#333")
+
+FROZEN_RGB = (FROZEN_COLOUR.red(), FROZEN_COLOUR.green(), FROZEN_COLOUR.blue())
+# In the heat map frozen rows need a colour outside the viridis scale.
+FROZEN_CELL_RGB = (207, 216, 220)
+
+
+class Series:
+    """An append-only float array with amortised O(1) appends."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._data = np.empty(capacity)
+        self.n = 0
+
+    def extend(self, values: list[float] | np.ndarray) -> None:
+        values = np.asarray(values, dtype=float)
+        need = self.n + values.size
+        if need > self._data.size:
+            grown = np.empty(max(need, 2 * self._data.size))
+            grown[: self.n] = self._data[: self.n]
+            self._data = grown
+        self._data[self.n : need] = values
+        self.n = need
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self.n]
+
+    def clear(self) -> None:
+        self.n = 0
+
+
+class Smoother:
+    """Exponential moving average with bias correction (as TensorBoard smooths), computed
+    incrementally so each redraw costs only the new points."""
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.acc = 0.0
+        self.weight = 0.0
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty(len(values))
+        a = self.alpha
+        for i, v in enumerate(values):
+            self.acc = (1 - a) * self.acc + a * v
+            self.weight = (1 - a) * self.weight + a
+            out[i] = self.acc / self.weight
+        return out
+
+
+class LossPlot(QWidget):
+    """Training loss per step (raw and smoothed), validation loss and accuracy per epoch, and
+    the learning rate."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.view = pg.GraphicsLayoutWidget()
+        layout.addWidget(self.view)
+        self.loss = self.view.addPlot(row=0, col=0)
+        self.loss.setLabel("left", "loss")
+        self.loss.showGrid(x=True, y=True, alpha=0.2)
+        self.legend = self.loss.addLegend(offset=(-10, 10))
+        self.raw = self.loss.plot(pen=pg.mkPen("#b0bec5", width=1), name="train loss (step)")
+        self.smooth = self.loss.plot(
+            pen=pg.mkPen("#1565c0", width=2.5), name="train loss (smoothed)"
+        )
+        self.val = self.loss.plot(
+            pen=pg.mkPen("#ef6c00", width=2),
+            symbol="o",
+            symbolSize=7,
+            symbolBrush="#ef6c00",
+            name="val loss",
+        )
+        for item in (self.raw, self.smooth):
+            item.setClipToView(True)
+            item.setDownsampling(auto=True, method="peak")
+        # Validation accuracy on its own right-hand axis, 0..1.
+        self.acc_box = pg.ViewBox()
+        self.loss.showAxis("right")
+        self.loss.scene().addItem(self.acc_box)
+        self.loss.getAxis("right").linkToView(self.acc_box)
+        self.loss.getAxis("right").setLabel("val accuracy", color="#2e7d32")
+        self.acc_box.setXLink(self.loss)
+        self.acc_box.setYRange(0, 1.0, padding=0.02)
+        self.acc = pg.PlotDataItem(
+            pen=pg.mkPen("#2e7d32", width=2), symbol="s", symbolSize=7, symbolBrush="#2e7d32"
+        )
+        self.acc_box.addItem(self.acc)
+        self.legend.addItem(self.acc, "val accuracy")
+        self.loss.vb.sigResized.connect(
+            lambda: self.acc_box.setGeometry(self.loss.vb.sceneBoundingRect())
+        )
+
+        self.lr_plot = self.view.addPlot(row=1, col=0)
+        self.lr_plot.setLabel("left", "learning rate")
+        self.lr_plot.setLabel("bottom", "step")
+        self.lr_plot.setXLink(self.loss)
+        self.lr_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.lr_curve = self.lr_plot.plot(pen=pg.mkPen("#6a1b9a", width=2))
+        self.lr_curve.setClipToView(True)
+        self.view.ci.layout.setRowStretchFactor(0, 3)
+        self.view.ci.layout.setRowStretchFactor(1, 1)
+        self.steps, self.losses, self.lrs, self.smoothed = Series(), Series(), Series(), Series()
+        self.smoother = Smoother()
+        self.epoch_steps, self.val_losses, self.val_accs = Series(64), Series(64), Series(64)
+
+    def clear(self) -> None:
+        for s in (
+            self.steps,
+            self.losses,
+            self.lrs,
+            self.smoothed,
+            self.epoch_steps,
+            self.val_losses,
+            self.val_accs,
+        ):
+            s.clear()
+        self.smoother = Smoother()
+        for item in (self.raw, self.smooth, self.val, self.acc, self.lr_curve):
+            item.setData([], [])
+
+    def add_steps(self, steps: list[int], losses: list[float], lrs: list[float]) -> None:
+        self.steps.extend(steps)
+        self.losses.extend(losses)
+        self.lrs.extend(lrs)
+        self.smoothed.extend(self.smoother(np.asarray(losses, dtype=float)))
+        x = self.steps.values
+        self.raw.setData(x, self.losses.values)
+        self.smooth.setData(x, self.smoothed.values)
+        self.lr_curve.setData(x, self.lrs.values)
+
+    def add_epoch(self, step: int, val_loss: float | None, val_acc: float | None) -> None:
+        if val_loss is None or val_acc is None:
+            return
+        self.epoch_steps.extend([step])
+        self.val_losses.extend([val_loss])
+        self.val_accs.extend([val_acc])
+        self.val.setData(self.epoch_steps.values, self.val_losses.values)
+        self.acc.setData(self.epoch_steps.values, self.val_accs.values)
+
+
+class LayerAxis(pg.AxisItem):
+    """An axis labelled with layer names, as many as fit without overlapping (also when zoomed)."""
+
+    def __init__(self, orientation: str, pixels_per_label: int) -> None:
+        super().__init__(orientation)
+        self.names: list[str] = []
+        self.pixels_per_label = pixels_per_label
+        self.offset = 0.0  # heat-map rows are centred on i + 0.5
+
+    def tickValues(self, minVal: float, maxVal: float, size: float):
+        if not self.names:
+            return super().tickValues(minVal, maxVal, size)
+        minVal, maxVal = sorted((minVal, maxVal))  # the heat map's y axis is inverted
+        lo, hi = (
+            max(0, math.ceil(minVal - self.offset)),
+            min(len(self.names) - 1, math.floor(maxVal - self.offset)),
+        )
+        if hi < lo:
+            return []
+        fits = max(1, int(size / self.pixels_per_label))
+        spacing = max(1, math.ceil((hi - lo + 1) / fits))
+        first = math.ceil(lo / spacing) * spacing
+        return [(spacing, [i + self.offset for i in range(first, hi + 1, spacing)])]
+
+    def tickStrings(self, values, scale, spacing):
+        if not self.names:
+            return super().tickStrings(values, scale, spacing)
+        out = []
+        for v in values:
+            i = round(v - self.offset)
+            out.append(_short(self.names[i], 14) if 0 <= i < len(self.names) else "")
+        return out
+
+
+class _LayerHover:
+    """Shared hover/click handling: a layer index under the mouse -> name and values."""
+
+    def _setup_hover(self, plot: pg.PlotItem) -> None:
+        self._plot = plot
+        self.hover = pg.TextItem(
+            anchor=(0, 1), color="#111", fill=pg.mkBrush(255, 255, 255, 230), border="#999"
+        )
+        self.hover.setZValue(100)
+        self.hover.hide()
+        plot.addItem(self.hover, ignoreBounds=True)
+        self.marker = pg.InfiniteLine(
+            angle=90, pen=pg.mkPen("#d81b60", width=1.5, style=Qt.PenStyle.DashLine)
+        )
+        self.marker.hide()
+        plot.addItem(self.marker, ignoreBounds=True)
+        plot.scene().sigMouseMoved.connect(self._moved)
+        plot.scene().sigMouseClicked.connect(self._clicked)
+
+    def _point(self, scene_pos: QPointF) -> QPointF | None:
+        if not self._plot.sceneBoundingRect().contains(scene_pos):
+            return None
+        return self._plot.vb.mapSceneToView(scene_pos)
+
+
+class GradientFlowPlot(QWidget, _LayerHover):
+    """Per-layer bars of mean and max |grad| (log scale); frozen layers sit at exactly zero in
+    their own colour."""
+
+    layerClicked = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.caption = QLabel(
+            "Gradient flow: per-layer |grad| at the last telemetry step. Frozen layers get no gradient: exactly 0."
+        )
+        self.caption.setWordWrap(True)
+        layout.addWidget(self.caption)
+        self.axis = LayerAxis("bottom", pixels_per_label=95)
+        self.view = pg.PlotWidget(axisItems={"bottom": self.axis})
+        layout.addWidget(self.view)
+        plot = self.view.getPlotItem()
+        plot.setLabel("left", "log10 |grad|")
+        plot.setLabel("bottom", "layer (input → output)")
+        plot.showGrid(y=True, alpha=0.2)
+        legend = plot.addLegend(offset=(-10, 10))
+        self.max_bars = pg.BarGraphItem(
+            x=[], height=[], width=0.8, brush=pg.mkBrush(144, 202, 249), pen=pg.mkPen(None)
+        )
+        self.mean_bars = pg.BarGraphItem(
+            x=[], height=[], width=0.45, brush=pg.mkBrush(21, 101, 192), pen=pg.mkPen(None)
+        )
+        self.frozen = pg.ScatterPlotItem(
+            symbol="s", size=7, brush=pg.mkBrush(*FROZEN_RGB), pen=pg.mkPen(None)
+        )
+        for item in (self.max_bars, self.mean_bars, self.frozen):
+            plot.addItem(item)
+        legend.addItem(self.max_bars, "max |grad|")
+        legend.addItem(self.mean_bars, "mean |grad|")
+        legend.addItem(self.frozen, "frozen: exactly 0")
+        self._setup_hover(plot)
+        self.names: list[str] = []
+        self._mean = self._max = np.zeros(0)
+        self._trainable = np.zeros(0, dtype=bool)
+
+    def set_layers(self, names: list[str]) -> None:
+        self.names = list(names)
+        self._mean = self._max = np.zeros(len(names))
+        self._trainable = np.zeros(len(names), dtype=bool)
+        self.axis.names = self.names
+
+    def update_values(
+        self, mean_abs: np.ndarray, max_abs: np.ndarray, trainable: np.ndarray
+    ) -> None:
+        self._mean, self._max, self._trainable = mean_abs, max_abs, trainable
+        positive = max_abs[max_abs > 0]
+        floor = math.floor(math.log10(positive.min())) - 1 if positive.size else -8
+        x = np.arange(len(max_abs), dtype=float)
+        has = max_abs > 0
+        log_max = np.where(has, np.log10(np.where(has, max_abs, 1)), floor)
+        log_mean = np.where(mean_abs > 0, np.log10(np.where(mean_abs > 0, mean_abs, 1)), floor)
+        self.max_bars.setOpts(x=x[has], y0=floor, height=(log_max - floor)[has])
+        self.mean_bars.setOpts(x=x[has], y0=floor, height=(log_mean - floor)[has])
+        zero = ~has
+        self.frozen.setData(x=x[zero], y=np.full(zero.sum(), floor))
+        self.view.getPlotItem().setYRange(
+            floor, max(floor + 1, float(log_max.max()) + 0.3), padding=0
+        )
+        self.view.getPlotItem().setXRange(-1, len(max_abs), padding=0)
+
+    def select(self, name: str) -> None:
+        if name in self.names:
+            self.marker.setValue(self.names.index(name))
+            self.marker.show()
+
+    def _moved(self, pos: QPointF) -> None:
+        point = self._point(pos)
+        i = round(point.x()) if point is not None else -1
+        if point is None or not 0 <= i < len(self.names) or i >= self._max.size:
+            self.hover.hide()
+            return
+        if self._max[i] == 0:
+            detail = (
+                "frozen: no gradient, exactly 0" if not self._trainable[i] else "gradient exactly 0"
+            )
+        else:
+            detail = f"mean |grad| {self._mean[i]:.3e}\nmax |grad| {self._max[i]:.3e}"
+        self.hover.setText(f"{self.names[i]}\n{detail}")
+        self.hover.setPos(point)
+        self.hover.show()
+
+    def _clicked(self, event) -> None:
+        point = self._point(event.scenePos())
+        if point is not None and 0 <= round(point.x()) < len(self.names):
+            self.layerClicked.emit(self.names[round(point.x())])
+
+
+class UpdateHeatmap(QWidget, _LayerHover):
+    """Layers × telemetry steps of log10(||Δw|| / ||w||); frozen rows are flat in their own colour."""
+
+    layerClicked = Signal(str)
+    LOW, HIGH = -7.0, -0.5  # colour range of log10(update ratio)
+    CAPACITY = 400  # columns kept; when full, neighbouring columns are merged
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.caption = QLabel(
+            "Weight updates: log10(||Δw|| / ||w||) per layer (rows, input at the top) and telemetry step "
+            "(columns). Frozen layers are never updated: their rows stay flat grey."
+        )
+        self.caption.setWordWrap(True)
+        layout.addWidget(self.caption)
+        self.axis = LayerAxis("left", pixels_per_label=16)
+        self.axis.offset = 0.5
+        self.view = pg.PlotWidget(axisItems={"left": self.axis})
+        layout.addWidget(self.view)
+        plot = self.view.getPlotItem()
+        plot.setLabel("bottom", "step")
+        plot.setLabel("left", "layer")
+        plot.invertY(True)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        plot.addItem(self.image)
+        lut = pg.colormap.get("viridis").getLookupTable(nPts=255)
+        self.image.setLookupTable(
+            np.vstack([np.array([FROZEN_CELL_RGB]), lut[:, :3]]).astype(np.uint8)
+        )
+        self.image.setLevels([self.LOW - (self.HIGH - self.LOW) / 254, self.HIGH])
+        self.colorbar = pg.ColorBarItem(
+            values=(self.LOW, self.HIGH),
+            colorMap=pg.colormap.get("viridis"),
+            label="log10 update ratio",
+            interactive=False,
+        )
+        self.colorbar.setImageItem(self.image, insert_in=plot)
+        self.image.setLookupTable(
+            np.vstack([np.array([FROZEN_CELL_RGB]), lut[:, :3]]).astype(np.uint8)
+        )
+        self._setup_hover(plot)
+        self.names: list[str] = []
+        self._cols: list[np.ndarray] = []
+        self._steps: list[int] = []
+        self._frozen_cols: list[np.ndarray] = []
+        self._stride = 1
+
+    def set_layers(self, names: list[str]) -> None:
+        self.names = list(names)
+        self._cols, self._steps, self._frozen_cols = [], [], []
+        self._stride = 1
+        self.axis.names = self.names
+        self.image.clear()
+
+    def add(self, step: int, ratio: np.ndarray, trainable: np.ndarray) -> None:
+        values = np.where(ratio > 0, np.log10(np.where(ratio > 0, ratio, 1.0)), self.LOW)
+        values = np.clip(values, self.LOW, self.HIGH)
+        self._cols.append(values)
+        self._frozen_cols.append(~trainable)
+        self._steps.append(step)
+        if len(self._cols) > self.CAPACITY:
+            # Merge pairs: time resolution halves, memory and drawing cost stay bounded.
+            self._cols = [np.maximum(a, b) for a, b in zip(self._cols[::2], self._cols[1::2])] + (
+                [self._cols[-1]] if len(self._cols) % 2 else []
+            )
+            self._frozen_cols = [
+                a & b for a, b in zip(self._frozen_cols[::2], self._frozen_cols[1::2])
+            ] + ([self._frozen_cols[-1]] if len(self._frozen_cols) % 2 else [])
+            self._steps = self._steps[::2]
+            self._stride *= 2
+
+    def redraw(self) -> None:
+        if not self._cols:
+            return
+        data = np.stack(self._cols, axis=1)
+        frozen = np.stack(self._frozen_cols, axis=1)
+        data = np.where(frozen, self.LOW - 1.0, data)  # below the range: the frozen colour
+        self.image.setImage(data, autoLevels=False)
+        self.image.setLevels([self.LOW - (self.HIGH - self.LOW) / 254, self.HIGH])
+        first, last = self._steps[0], self._steps[-1]
+        width = (
+            max(1.0, (last - first) * len(self._steps) / max(1, len(self._steps) - 1))
+            if len(self._steps) > 1
+            else 1.0
+        )
+        self.image.setRect(first, 0, width, len(self.names))
+
+    def select(self, name: str) -> None:
+        if name in self.names:
+            self.marker.setAngle(0)
+            self.marker.setValue(self.names.index(name) + 0.5)
+            self.marker.show()
+
+    def _cell(self, pos: QPointF) -> tuple[int, int, QPointF] | None:
+        point = self._point(pos)
+        if point is None or not self._cols:
+            return None
+        row = math.floor(point.y())
+        rect = self.image.mapRectToParent(self.image.boundingRect())
+        if rect.width() <= 0 or not 0 <= row < len(self.names):
+            return None
+        col = int((point.x() - rect.left()) / rect.width() * len(self._cols))
+        if not 0 <= col < len(self._cols):
+            return None
+        return row, col, point
+
+    def _moved(self, pos: QPointF) -> None:
+        cell = self._cell(pos)
+        if cell is None:
+            self.hover.hide()
+            return
+        row, col, point = cell
+        if self._frozen_cols[col][row]:
+            value = "frozen: not updated (Δw = 0)"
+        else:
+            v = self._cols[col][row]
+            value = "update ratio 0" if v <= self.LOW else f"update ratio {10**v:.2e}"
+        self.hover.setText(f"{self.names[row]}\nstep {self._steps[col]}\n{value}")
+        self.hover.setPos(point)
+        self.hover.show()
+
+    def _clicked(self, event) -> None:
+        cell = self._cell(event.scenePos())
+        if cell is not None:
+            self.layerClicked.emit(self.names[cell[0]])
+
+
+def _short(name: str, width: int = 18) -> str:
+    """The end of a module path, which tells layers apart (layer4.0.conv1 -> 4.0.conv1)."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def colour_hex(colour: QColor) -> str:
+    return colour.name()
+
+
+PASS_COLOUR = TRAINABLE_COLOUR

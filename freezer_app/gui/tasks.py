@@ -1,0 +1,49 @@
+"""Run a long core function off the GUI thread, with progress and cancel (dataset checks,
+exports, evaluation). Results come back as signals with plain data."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+from freezer_app.core.errors import FreezerError
+
+
+class TaskSignals(QObject):
+    progress = Signal(int, int)  # done, total
+    done = Signal(object)
+    failed = Signal(str, str, str)  # message, hint, details
+
+
+class Task(QRunnable):
+    """`fn(progress, should_cancel)` on the thread pool; emits done(result) or failed(...)."""
+
+    def __init__(self, fn: Callable[[Callable[[int, int], None], Callable[[], bool]], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.signals = TaskSignals()
+        self.cancelled = threading.Event()
+        self.setAutoDelete(False)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def run(self) -> None:
+        try:
+            result = self.fn(self.signals.progress.emit, self.cancelled.is_set)
+        except FreezerError as e:
+            self.signals.failed.emit(e.message, e.hint or "", "")
+            return
+        except Exception as e:
+            self.signals.failed.emit(f"{type(e).__name__}: {e}", "", traceback.format_exc())
+            return
+        self.signals.done.emit(result)
+
+
+def start(task: Task) -> Task:
+    QThreadPool.globalInstance().start(task)
+    return task

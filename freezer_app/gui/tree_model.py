@@ -1,0 +1,366 @@
+"""A QAbstractItemModel over the core's ModelTree: one row per module and per parameter.
+
+Checked = trainable, unchecked = frozen, partly checked = some children frozen. The model only
+displays; a check-box click becomes an `editRequested(selector, trainable)` signal that the
+FreezeController turns into a new freeze plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont
+
+from freezer_app.core.tree import ModelTree, ModuleNode, ParamEntry, State
+
+NAME, TYPE, PARAMS, TRAINABLE, GRAD, UPDATE = range(6)
+HEADERS = ("Module", "Type", "Parameters", "Trainable", "Grad norm", "Update ratio")
+HEADER_TIPS = (
+    "Tick to train, untick to freeze. A partly ticked box has frozen and trainable children.",
+    "The module's class",
+    "Parameters in this module and below (shared parameters counted once)",
+    "How many of them train",
+    "Gradient L2 norm at the last telemetry step (frozen: exactly 0)",
+    "||Δw|| / ||w|| at the last telemetry step (frozen: exactly 0)",
+)
+
+TRAINABLE_COLOUR = QColor("#2e7d32")
+FROZEN_COLOUR = QColor("#1f5fa8")
+PARTIAL_COLOUR = QColor("#b26a00")
+PENDING_BACKGROUND = QColor(255, 236, 179)
+STATE_COLOURS = {
+    State.TRAINABLE: TRAINABLE_COLOUR,
+    State.FROZEN: FROZEN_COLOUR,
+    State.PARTIAL: PARTIAL_COLOUR,
+}
+
+# Custom roles the views use.
+PathRole = Qt.ItemDataRole.UserRole + 1  # selector for this row (module path / parameter name)
+BarRole = Qt.ItemDataRole.UserRole + 2  # (value, frozen) for the live bar columns
+
+
+def human(n: float) -> str:
+    """1234 -> 1.2K, 11689512 -> 11.7M."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{int(n)}"
+
+
+@dataclass(eq=False)
+class _Item:
+    parent: int
+    row: int
+    node: ModuleNode | None = None
+    entry: ParamEntry | None = None
+    children: list[int] = field(default_factory=list)
+    layer_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+class FreezeTreeModel(QAbstractItemModel):
+    editRequested = Signal(str, bool)  # selector, trainable
+
+    def __init__(
+        self, tree: ModelTree | None = None, show_empty: bool = False, parent=None
+    ) -> None:
+        super().__init__(parent)
+        self.tree: ModelTree | None = None
+        self.show_empty = show_empty
+        self._items: list[_Item] = []
+        self._by_path: dict[str, int] = {}
+        self._applied: np.ndarray | None = None  # the mask a live run trains with
+        self._grad: np.ndarray | None = None
+        self._update: np.ndarray | None = None
+        self._weight: np.ndarray | None = None
+        self._layer_frozen: np.ndarray | None = None
+        self._max_grad = 1.0
+        self._max_ratio = 1.0
+        if tree is not None:
+            self.set_tree(tree)
+
+    # ------------------------------------------------------------------ structure
+    def set_tree(self, tree: ModelTree | None) -> None:
+        self.beginResetModel()
+        self.tree = tree
+        self._items = []
+        self._by_path = {}
+        self._applied = None
+        self.clear_telemetry(reset=False)
+        if tree is not None:
+            self._add(tree.root, -1, 0)
+        self.endResetModel()
+
+    def _add(self, node: ModuleNode, parent: int, row: int) -> int:
+        index = len(self._items)
+        item = _Item(parent, row, node=node)
+        self._items.append(item)
+        self._by_path[node.path] = index
+        for entry in node.params:
+            child = len(self._items)
+            self._items.append(_Item(index, len(item.children), entry=entry))
+            self._by_path.setdefault(entry.full_name, child)
+            item.children.append(child)
+        for child_node in node.children:
+            if child_node.indices.size == 0 and not self.show_empty:
+                continue
+            item.children.append(self._add(child_node, index, len(item.children)))
+        return index
+
+    def index_for_path(self, path: str) -> QModelIndex:
+        i = self._by_path.get(path)
+        if i is None:
+            return QModelIndex()
+        return self.createIndex(self._items[i].row, 0, i)
+
+    def item_of(self, index: QModelIndex) -> _Item | None:
+        if not index.isValid():
+            return None
+        return self._items[index.internalId()]
+
+    # ------------------------------------------------------------------ Qt model API
+    def index(
+        self, row: int, column: int, parent: QModelIndex | QPersistentModelIndex = QModelIndex()
+    ) -> QModelIndex:
+        if not self._items:
+            return QModelIndex()
+        if not parent.isValid():
+            return self.createIndex(row, column, 0) if row == 0 else QModelIndex()
+        children = self._items[parent.internalId()].children
+        if 0 <= row < len(children):
+            return self.createIndex(row, column, children[row])
+        return QModelIndex()
+
+    def parent(self, index: QModelIndex | QPersistentModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]
+        if not index.isValid():
+            return QModelIndex()
+        item = self._items[index.internalId()]
+        if item.parent < 0:
+            return QModelIndex()
+        return self.createIndex(self._items[item.parent].row, 0, item.parent)
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
+        if not self._items:
+            return 0
+        if not parent.isValid():
+            return 1
+        if parent.column() != 0:
+            return 0
+        return len(self._items[parent.internalId()].children)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
+        return len(HEADERS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ):
+        if orientation == Qt.Orientation.Horizontal:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return HEADERS[section]
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return HEADER_TIPS[section]
+        return None
+
+    def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        item = self._items[index.internalId()]
+        if index.column() == NAME and (item.entry is not None or item.node.indices.size):
+            flags |= Qt.ItemFlag.ItemIsUserCheckable
+        return flags
+
+    # ------------------------------------------------------------------ data
+    def _state(self, item: _Item) -> State:
+        assert self.tree is not None
+        if item.entry is not None:
+            return self.tree.param_state(item.entry.info)
+        return self.tree.state_of(item.node)
+
+    def _indices(self, item: _Item) -> np.ndarray:
+        if item.entry is not None:
+            return np.array([item.entry.info.index])
+        return item.node.indices
+
+    def _pending(self, item: _Item) -> bool:
+        if self._applied is None or self.tree is None:
+            return False
+        idx = self._indices(item)
+        return bool(np.any(self._applied[idx] != self.tree.trainable[idx]))
+
+    def selector_of(self, item: _Item) -> str:
+        if item.entry is not None:
+            return item.entry.full_name
+        return item.node.path or "*"
+
+    def data(
+        self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole
+    ):
+        if not index.isValid() or self.tree is None:
+            return None
+        item = self._items[index.internalId()]
+        col = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(item, col)
+        if role == Qt.ItemDataRole.CheckStateRole and col == NAME:
+            state = self._state(item)
+            if state is State.NONE:
+                return None
+            return {
+                State.TRAINABLE: Qt.CheckState.Checked,
+                State.FROZEN: Qt.CheckState.Unchecked,
+                State.PARTIAL: Qt.CheckState.PartiallyChecked,
+            }[state]
+        if role == Qt.ItemDataRole.ForegroundRole and col in (NAME, TRAINABLE):
+            colour = STATE_COLOURS.get(self._state(item))
+            return QBrush(colour) if colour else None
+        if role == Qt.ItemDataRole.BackgroundRole and self._pending(item):
+            return QBrush(PENDING_BACKGROUND)
+        if role == Qt.ItemDataRole.FontRole and col == NAME and item.entry is not None:
+            font = QFont()
+            font.setItalic(True)
+            return font
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (PARAMS, TRAINABLE):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(item)
+        if role == PathRole:
+            return self.selector_of(item)
+        if role == BarRole and col in (GRAD, UPDATE):
+            return self._bar(item, col)
+        return None
+
+    def _display(self, item: _Item, col: int) -> str | None:
+        tree = self.tree
+        assert tree is not None
+        if item.entry is not None:
+            info = item.entry.info
+            if col == NAME:
+                return item.entry.local_name
+            if col == TYPE:
+                return "×".join(str(d) for d in info.shape) or "scalar"
+            if col == PARAMS:
+                return f"{info.numel:,}"
+            if col == TRAINABLE:
+                return f"{info.numel if tree.trainable[info.index] else 0:,}"
+            return None
+        node = item.node
+        if col == NAME:
+            return node.name or tree.label
+        if col == TYPE:
+            return node.type_name
+        if node.indices.size == 0:
+            return None
+        if col == PARAMS:
+            return f"{node.total:,}"
+        if col == TRAINABLE:
+            return f"{tree.trainable_in(node):,}"
+        return None
+
+    def _tooltip(self, item: _Item) -> str:
+        tree = self.tree
+        assert tree is not None
+        if item.entry is not None:
+            info = item.entry.info
+            lines = [
+                item.entry.full_name,
+                f"{info.dtype} {list(info.shape)}, {info.numel:,} values",
+            ]
+            if item.entry.shared:
+                others = [n for n in [info.name, *info.aliases] if n != item.entry.full_name]
+                lines.append("shared (tied) with " + ", ".join(others) + ": frozen together")
+        else:
+            node = item.node
+            lines = [node.path or tree.label, node.type_name]
+            if node.indices.size:
+                lines.append(f"{tree.trainable_in(node):,} of {node.total:,} parameters train")
+            if node.has_running_stats:
+                lines.append("norm layer: when frozen, its running statistics stay put (BN policy)")
+        if self._pending(item):
+            lines.append("pending: takes effect at the next training step")
+        return "\n".join(lines)
+
+    def _bar(self, item: _Item, col: int) -> tuple[float, bool] | None:
+        if self._grad is None or item.node is None or item.layer_slots.size == 0:
+            return None
+        slots = item.layer_slots
+        frozen = bool(self._layer_frozen[slots].all())
+        if col == GRAD:
+            return float(np.sqrt(np.square(self._grad[slots]).sum())) / self._max_grad, frozen
+        update = float(np.sqrt(np.square(self._update[slots]).sum()))
+        weight = float(np.sqrt(np.square(self._weight[slots]).sum()))
+        ratio = update / weight if weight > 0 else 0.0
+        return ratio / self._max_ratio, frozen
+
+    def bar_text(self, index: QModelIndex) -> str:
+        value = self._bar(self._items[index.internalId()], index.column())
+        if value is None:
+            return ""
+        scale = self._max_grad if index.column() == GRAD else self._max_ratio
+        v = value[0] * scale
+        return "0" if v == 0 else f"{v:.2e}"
+
+    def setData(
+        self,
+        index: QModelIndex | QPersistentModelIndex,
+        value,
+        role: int = Qt.ItemDataRole.EditRole,
+    ) -> bool:
+        if role != Qt.ItemDataRole.CheckStateRole or not index.isValid() or index.column() != NAME:
+            return False
+        item = self._items[index.internalId()]
+        trainable = Qt.CheckState(value) == Qt.CheckState.Checked
+        self.editRequested.emit(self.selector_of(item), trainable)
+        return True
+
+    # ------------------------------------------------------------------ updates
+    def refresh_states(self) -> None:
+        """The trainable mask changed: repaint check boxes and counts of every row."""
+        self._emit_all(NAME, TRAINABLE)
+
+    def set_applied_mask(self, mask: np.ndarray | None) -> None:
+        """What a live run trains with; rows that differ from the edited plan show as pending."""
+        self._applied = None if mask is None else mask.copy()
+        self._emit_all(NAME, UPDATE)
+
+    def set_layer_names(self, names: list[str]) -> None:
+        slot = {n: i for i, n in enumerate(names)}
+        for item in reversed(self._items):  # children come after parents: fill bottom-up
+            if item.node is None:
+                continue
+            own = [slot[item.node.path]] if item.node.path in slot else []
+            kids = [
+                self._items[c].layer_slots for c in item.children if self._items[c].node is not None
+            ]
+            item.layer_slots = (
+                np.unique(np.concatenate([np.array(own, dtype=np.int64), *kids]))
+                if (own or kids)
+                else np.zeros(0, dtype=np.int64)
+            )
+
+    def update_telemetry(
+        self, grad: np.ndarray, update: np.ndarray, weight: np.ndarray, trainable: np.ndarray
+    ) -> None:
+        self._grad, self._update, self._weight = grad, update, weight
+        self._layer_frozen = ~trainable
+        self._max_grad = float(grad.max()) or 1.0
+        ratio = np.divide(update, weight, out=np.zeros_like(update), where=weight > 0)
+        self._max_ratio = float(ratio.max()) or 1.0
+        self._emit_all(GRAD, UPDATE)
+
+    def clear_telemetry(self, reset: bool = True) -> None:
+        self._grad = self._update = self._weight = self._layer_frozen = None
+        if reset:
+            self._emit_all(GRAD, UPDATE)
+
+    def _emit_all(self, first: int, last: int) -> None:
+        """dataChanged for every row, one signal per parent."""
+        if not self._items:
+            return
+        self.dataChanged.emit(self.createIndex(0, first, 0), self.createIndex(0, last, 0))
+        for item in self._items:
+            if item.children:
+                top = self.createIndex(0, first, item.children[0])
+                bottom = self.createIndex(len(item.children) - 1, last, item.children[-1])
+                self.dataChanged.emit(top, bottom)

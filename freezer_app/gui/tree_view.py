@@ -1,0 +1,297 @@
+"""The model tree panel: presets, filter, the checkable tree with live bars, summary, code."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import QModelIndex, QRect, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QAction, QColor, QPainter
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QSpinBox,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QToolButton,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from freezer_app.core.freeze import available_presets
+from freezer_app.core.tree import State
+from freezer_app.gui.freeze_controller import FreezeController
+from freezer_app.gui.tree_model import (
+    FROZEN_COLOUR,
+    GRAD,
+    NAME,
+    PARAMS,
+    TRAINABLE,
+    TYPE,
+    UPDATE,
+    BarRole,
+    FreezeTreeModel,
+    PathRole,
+    human,
+)
+
+
+class TreeFilter(QSortFilterProxyModel):
+    """Keeps rows whose path or type contains the filter text (and their ancestors)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setRecursiveFilteringEnabled(True)
+        self.text = ""
+
+    def set_text(self, text: str) -> None:
+        self.text = text.strip().lower()
+        self.invalidateFilter()
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
+        if not self.text:
+            return True
+        model = self.sourceModel()
+        index = model.index(row, 0, parent)
+        path = str(model.data(index, PathRole) or "").lower()
+        type_name = str(model.data(model.index(row, TYPE, parent)) or "").lower()
+        return self.text in path or self.text in type_name
+
+
+class BarDelegate(QStyledItemDelegate):
+    """Draws the live telemetry columns as small bars (log scale); frozen rows show an exact 0."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        super().paint(painter, option, index)
+        value = index.data(BarRole)
+        if value is None:
+            return
+        fraction, frozen = value
+        source = index.model()
+        while isinstance(source, QSortFilterProxyModel):
+            index = source.mapToSource(index)
+            source = source.sourceModel()
+        text = source.bar_text(index)
+        rect = option.rect.adjusted(2, 3, -2, -3)
+        painter.save()
+        if frozen:
+            painter.setPen(FROZEN_COLOUR)
+            painter.drawText(
+                rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, "0 (frozen)"
+            )
+        else:
+            # Log scale over four decades below the largest value; the number sits beside the bar.
+            width = 0.0 if fraction <= 0 else max(0.03, min(1.0, (math.log10(fraction) + 4) / 4))
+            bar_space = max(10, rect.width() - 58)
+            bar = QRect(rect.left(), rect.top() + 1, int(bar_space * width), rect.height() - 2)
+            painter.fillRect(bar, QColor(66, 133, 244, 190))
+            painter.setPen(QColor("#222"))
+            text_rect = rect.adjusted(bar_space + 2, 0, 0, 0)
+            painter.drawText(
+                text_rect, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text
+            )
+        painter.restore()
+
+
+class TreePanel(QWidget):
+    """Presets as one-click buttons, filter and depth, the tree, and the summary line."""
+
+    layerSelected = Signal(str)
+
+    def __init__(self, controller: FreezeController, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.model: FreezeTreeModel = controller.model
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        presets = QHBoxLayout()
+        presets.addWidget(QLabel("Presets:"))
+        self.train_all = QPushButton("Train all")
+        self.train_all.setToolTip("Every parameter trains")
+        self.head_only = QPushButton("Head only")
+        self.head_only.setToolTip("Only the classifier head trains")
+        self.freeze_stages = QToolButton()
+        self.freeze_stages.setText("Freeze stages ▾")
+        self.freeze_stages.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.freeze_stages.setToolTip("Freeze the stem and the first K stages")
+        self.train_last = QToolButton()
+        self.train_last.setText("Train last ▾")
+        self.train_last.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.train_last.setToolTip("Train only the last K stages and the head")
+        for w in (self.train_all, self.head_only, self.freeze_stages, self.train_last):
+            presets.addWidget(w)
+        presets.addStretch(1)
+        self.undo = QToolButton()
+        self.undo.setDefaultAction(controller.undo_stack.createUndoAction(self, "Undo"))
+        self.redo = QToolButton()
+        self.redo.setDefaultAction(controller.undo_stack.createRedoAction(self, "Redo"))
+        presets.addWidget(self.undo)
+        presets.addWidget(self.redo)
+        layout.addLayout(presets)
+        self.train_all.clicked.connect(lambda: controller.set_preset("train-all"))
+        self.head_only.clicked.connect(lambda: controller.set_preset("head-only"))
+
+        tools = QHBoxLayout()
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("Filter by name or type (e.g. blocks.1, BatchNorm)…")
+        self.filter.setClearButtonEnabled(True)
+        tools.addWidget(self.filter, 1)
+        tools.addWidget(QLabel("Depth"))
+        self.depth = QSpinBox()
+        self.depth.setRange(0, 20)
+        self.depth.setValue(1)
+        self.depth.setToolTip("Expand the tree to this depth")
+        tools.addWidget(self.depth)
+        layout.addLayout(tools)
+
+        self.proxy = TreeFilter(self)
+        self.proxy.setSourceModel(self.model)
+        self.view = QTreeView()
+        self.view.setModel(self.proxy)
+        self.view.setUniformRowHeights(True)
+        self.view.setAlternatingRowColors(True)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.setItemDelegateForColumn(GRAD, BarDelegate(self.view))
+        self.view.setItemDelegateForColumn(UPDATE, BarDelegate(self.view))
+        header = self.view.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(NAME, 230)
+        for col, width in ((TYPE, 105), (PARAMS, 80), (TRAINABLE, 80), (GRAD, 100), (UPDATE, 100)):
+            header.resizeSection(col, width)
+        layout.addWidget(self.view, 1)
+
+        bottom = QHBoxLayout()
+        self.summary = QLabel()
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        bottom.addWidget(self.summary, 1)
+        self.copy_code = QPushButton("Copy PyTorch code")
+        self.copy_code.setToolTip(
+            "A requires_grad loop (and BatchNorm handling) that reproduces this plan in your own script"
+        )
+        bottom.addWidget(self.copy_code)
+        layout.addLayout(bottom)
+
+        self.filter.textChanged.connect(self._filter)
+        self.depth.valueChanged.connect(self.expand_to_depth)
+        self.view.customContextMenuRequested.connect(self._context_menu)
+        self.view.selectionModel().currentChanged.connect(self._current_changed)
+        self.copy_code.clicked.connect(self._copy_code)
+        controller.planChanged.connect(lambda _plan: self.update_summary())
+        self.model.modelReset.connect(self._model_reset)
+
+    # ------------------------------------------------------------------ updates
+    def _model_reset(self) -> None:
+        self._build_preset_menus()
+        self.expand_to_depth(self.depth.value())
+        self.update_summary()
+
+    def _build_preset_menus(self) -> None:
+        tree = self.controller.tree
+        for button, family in (
+            (self.freeze_stages, "freeze-stages"),
+            (self.train_last, "train-last"),
+        ):
+            menu = QMenu(button)
+            if tree is not None:
+                for info in available_presets(tree):
+                    if info.name.startswith(family + ":"):
+                        pct = 100.0 * info.trainable_params / max(1, tree.total_params)
+                        action = menu.addAction(
+                            f"{info.name}   {info.description}   ({human(info.trainable_params)} train, {pct:.1f}%)"
+                        )
+                        action.triggered.connect(
+                            lambda _=False, name=info.name: self.controller.set_preset(name)
+                        )
+            button.setMenu(menu)
+            button.setEnabled(bool(menu.actions()))
+        has_head = bool(tree and tree.layout.head)
+        self.head_only.setEnabled(has_head)
+
+    def update_summary(self) -> None:
+        tree = self.controller.tree
+        if tree is None:
+            self.summary.setText("No model loaded.")
+            return
+        t, n = tree.trainable_params, tree.total_params
+        pct = 100.0 * t / n if n else 0.0
+        self.summary.setText(
+            f"<b>trainable {human(t)} / {human(n)} ({pct:.1f}%)</b> &nbsp; plan: {self.controller.plan.describe()}"
+        )
+
+    def expand_to_depth(self, depth: int) -> None:
+        self.view.collapseAll()
+        self.view.expandToDepth(depth - 1) if depth > 0 else None
+        self.view.expand(self.proxy.index(0, 0))
+
+    def _filter(self, text: str) -> None:
+        self.proxy.set_text(text)
+        if text:
+            self.view.expandAll()
+        else:
+            self.expand_to_depth(self.depth.value())
+
+    def _copy_code(self) -> None:
+        if self.controller.tree is not None:
+            QApplication.clipboard().setText(self.controller.code())
+            self.window().statusBar().showMessage(
+                "PyTorch code for this freeze plan copied to the clipboard", 4000
+            )
+
+    def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        path = current.data(PathRole)
+        if path:
+            self.layerSelected.emit("" if path == "*" else path)
+
+    def select_path(self, path: str) -> None:
+        """Select and reveal a module (from a click in a plot)."""
+        source = self.model.index_for_path(path)
+        if not source.isValid():
+            return
+        index = self.proxy.mapFromSource(source)
+        if not index.isValid():
+            self.filter.clear()
+            index = self.proxy.mapFromSource(source)
+        self.view.blockSignals(True)
+        self.view.setCurrentIndex(index)
+        self.view.blockSignals(False)
+        self.view.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtCenter)
+
+    def _context_menu(self, pos) -> None:
+        index = self.view.indexAt(pos)
+        if not index.isValid():
+            return
+        item = self.model.item_of(self.proxy.mapToSource(index.siblingAtColumn(0)))
+        if item is None:
+            return
+        selector = self.model.selector_of(item)
+        c = self.controller
+        menu = QMenu(self)
+
+        def add(text: str, slot, enabled: bool = True) -> None:
+            action = QAction(text, menu)
+            action.setEnabled(enabled)
+            action.triggered.connect(slot)
+            menu.addAction(action)
+
+        state = self.model._state(item)
+        add(f"Freeze {selector}", lambda: c.edit(selector, False), state is not State.FROZEN)
+        add(f"Unfreeze {selector}", lambda: c.edit(selector, True), state is not State.TRAINABLE)
+        if item.node is not None and item.node.path:
+            path = item.node.path
+            add("Freeze everything before this module", lambda: c.freeze_before(path))
+            type_name = item.node.type_name
+            add(f"Freeze all {type_name} modules", lambda: c.freeze_type(type_name, False))
+            add(f"Unfreeze all {type_name} modules", lambda: c.freeze_type(type_name, True))
+            add("Train only this", lambda: c.train_only(path))
+        menu.addSeparator()
+        add("Expand all below", lambda: self.view.expandRecursively(index))
+        menu.exec(self.view.viewport().mapToGlobal(pos))

@@ -1,0 +1,144 @@
+"""The bridge between the GUI and core.train: a worker object living on a QThread.
+
+The training thread hands events to the GUI as Qt signals carrying plain data, coalesced so
+that the window redraws at most ~30 times a second however fast steps come. Commands go the
+other way through the thread-safe RunControl; the GUI never touches the model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from freezer_app.core import events as ev
+from freezer_app.core.errors import FreezerError
+from freezer_app.core.freeze import FreezePlan
+from freezer_app.core.project import Project
+from freezer_app.core.train import Trainer
+
+MAX_UPDATES_PER_SECOND = 30
+# Events that should reach the window at once rather than wait for the next batch.
+_URGENT = (
+    ev.RunStarted,
+    ev.EpochEvent,
+    ev.FrozenCheckEvent,
+    ev.PlanApplied,
+    ev.PausedEvent,
+    ev.LogEvent,
+)
+
+
+class TrainingWorker(QObject):
+    events = Signal(list)  # a batch of core.events objects, in order
+    finished = Signal(object)  # core.events.Finished
+    failed = Signal(str, str, str)  # message, hint, details (a traceback for unexpected errors)
+
+    def __init__(self, project: Project, run_dir: str | Path, resume: bool = False) -> None:
+        super().__init__()
+        self.project = project
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.control = ev.RunControl()
+        self._batch: list[object] = []
+        self._lock = threading.Lock()
+        self._last_emit = 0.0
+
+    # ------------------------------------------------------------------ commands (any thread)
+    def stop(self) -> None:
+        self.control.stop()
+
+    def pause(self) -> None:
+        self.control.pause()
+
+    def resume_run(self) -> None:
+        self.control.resume()
+
+    def set_plan(self, plan: FreezePlan) -> None:
+        self.control.set_plan(plan)
+
+    # ------------------------------------------------------------------ the training thread
+    def _on_event(self, event: object) -> None:
+        with self._lock:
+            self._batch.append(event)
+            now = time.monotonic()
+            due = now - self._last_emit >= 1.0 / MAX_UPDATES_PER_SECOND
+            if not (due or isinstance(event, _URGENT)):
+                return
+            batch, self._batch = self._batch, []
+            self._last_emit = now
+        self.events.emit(batch)
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self.events.emit(batch)
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = Trainer(
+                self.project,
+                self.run_dir,
+                on_event=self._on_event,
+                control=self.control,
+                resume=self.resume,
+            ).run()
+        except FreezerError as e:
+            self._flush()
+            self.failed.emit(e.message, e.hint or "", "")
+            return
+        except Exception as e:
+            self._flush()
+            self.failed.emit(
+                f"Training failed unexpectedly: {type(e).__name__}: {e}",
+                "The app is still usable. Please report this with the details below.",
+                traceback.format_exc(),
+            )
+            return
+        self._flush()
+        self.finished.emit(result)
+
+
+class TrainingSession(QObject):
+    """Owns the thread and the worker of one run; tidies both up when the run ends."""
+
+    events = Signal(list)
+    finished = Signal(object)
+    failed = Signal(str, str, str)
+    ended = Signal()  # the thread has stopped, whatever the outcome
+
+    def __init__(
+        self,
+        project: Project,
+        run_dir: str | Path,
+        resume: bool = False,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("freezer-training")
+        self.worker = TrainingWorker(project, run_dir, resume)
+        self.worker.moveToThread(self.thread)
+        self.thread.started.connect(self.worker.run)
+        self.worker.events.connect(self.events)
+        self.worker.finished.connect(self.finished)
+        self.worker.failed.connect(self.failed)
+        self.worker.finished.connect(self.thread.quit)
+        self.worker.failed.connect(self.thread.quit)
+        self.thread.finished.connect(self._cleanup)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def is_running(self) -> bool:
+        return self.thread.isRunning()
+
+    def _cleanup(self) -> None:
+        self.worker.deleteLater()
+        self.thread.deleteLater()
+        self.ended.emit()
