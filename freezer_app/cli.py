@@ -411,6 +411,94 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- gui
+def cmd_gui(args: argparse.Namespace) -> int:
+    if args.train_steps and not args.screenshot:
+        raise FreezerError(
+            "--train-steps only applies with --screenshot.", "Add --screenshot FILE.png."
+        )
+    if args.project and args.demo:
+        raise FreezerError(
+            "Open either a project or the demo, not both.", "Drop PROJECT or --demo."
+        )
+    if args.screenshot:
+        import os
+
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    try:
+        from freezer_app.gui.app import run_gui
+    except ImportError as e:
+        raise FreezerError(
+            f"The desktop app cannot start: {e}.",
+            "Reinstall with `make run` (PySide6 and pyqtgraph are needed).",
+        ) from None
+    return run_gui(
+        args.project, demo=args.demo, screenshot=args.screenshot, train_steps=args.train_steps
+    )
+
+
+# ---------------------------------------------------------------------- export, eval, predict
+# As in core.export (spelled out so that building the parser imports no torch).
+EXPORT_FORMATS = ("bundle", "pth", "torchscript", "onnx", "code")
+EXPORT_CHECKPOINTS = ("final", "best")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from freezer_app.core.export import export
+
+    result = export(
+        args.source, args.format, args.out, force=args.force, checkpoint=args.checkpoint
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return EXIT_OK
+
+
+def _loaded_from_args(args: argparse.Namespace) -> Any:
+    from freezer_app.core.catalog import load_model
+
+    return load_model(
+        args.model, num_classes=args.num_classes, pretrained=args.pretrained, weights=args.weights
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from freezer_app.core.data import default_workers
+    from freezer_app.core.evaluate import evaluate
+
+    loaded = _loaded_from_args(args)
+    workers = args.workers if args.workers is not None else default_workers()
+    result = evaluate(
+        loaded, args.data, batch_size=args.batch_size, device=args.device, workers=workers
+    )
+    result.model = f"{args.model} ({loaded.spec}, {loaded.weights_note})"
+    if args.json:
+        print(json.dumps(result.to_dict(worst=args.worst), indent=2))
+    else:
+        print(result.summary(worst=args.worst))
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from freezer_app.core.evaluate import predict
+
+    results = predict(_loaded_from_args(args), args.images, top_k=args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                continue
+            best = ", ".join(f"{c.label} {c.probability:.3f}" for c in r.top)
+            print(f"{r.path}: {best}")
+    for r in results:
+        if r.error:
+            _err(f"error: {r.path}: {r.error}")
+    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -526,11 +614,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_demo_data)
 
+    p = sub.add_parser(
+        "export",
+        help="export a trained model for timm, torchvision, TorchScript or ONNX users",
+        description="Export the weights of a run (or a bundle / weights file). Nothing is "
+        "overwritten without --force, and a failed export leaves no partial file.",
+    )
+    p.add_argument(
+        "source", metavar="RUN_DIR", help="a run folder (or a bundle folder or weights file)"
+    )
+    p.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="bundle",
+        help="bundle: safetensors + config.json for timm.create_model('local-dir:...') and "
+        "torchvision (default); pth: a state_dict; torchscript; onnx; code: the freeze plan",
+    )
+    p.add_argument("--out", metavar="PATH", help="file or folder to write (RUN_DIR/export/...)")
+    p.add_argument("--force", action="store_true", help="replace an existing PATH")
+    p.add_argument(
+        "--checkpoint",
+        choices=EXPORT_CHECKPOINTS,
+        default="final",
+        help="a run's final weights or those of its best epoch",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_export)
+
+    model_help = (
+        "a run or bundle folder, a weights file, timm:NAME, torchvision:NAME, FILE.py:CALLABLE"
+    )
+    p = sub.add_parser(
+        "eval",
+        help="accuracy, per-class precision/recall and confusion matrix on an image folder",
+        description="Evaluate MODEL on DIR: its val/ folder if it has train/ and val/, otherwise "
+        "all images (one sub-folder per class, named as the model's classes).",
+    )
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    _add_model_options(p)
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--workers", type=int, metavar="N", help="data loading processes")
+    p.add_argument("--worst", type=int, default=5, metavar="N", help="list the N worst images")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify images with a model")
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_model_options(p)
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("models", help="list or search the model catalog")
     p.add_argument("query", nargs="?", help="substring or glob (e.g. resnet, 'vit_*_224')")
     p.add_argument("--source", choices=["timm", "torchvision"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("gui", help="open the desktop app (the default with no arguments)")
+    p.add_argument("project", nargs="?", metavar="PROJECT.json", help="open this project")
+    p.add_argument("--demo", action="store_true", help="open a demo project ready to train")
+    p.add_argument("--screenshot", metavar="FILE", help="render the window to a PNG and exit")
+    p.add_argument(
+        "--train-steps", type=int, metavar="N", help="with --screenshot: train N steps first"
+    )
+    p.set_defaults(func=cmd_gui)
     return parser
 
 

@@ -203,16 +203,39 @@ def _source_from_path(path: Path) -> ModelSource:
     if META_MODEL in meta:
         labels = json.loads(meta[META_LABELS]) if META_LABELS in meta else None
         n = int(meta[META_NUM_CLASSES]) if META_NUM_CLASSES in meta else None
-        return ModelSource(parse_model(meta[META_MODEL]), path, n, labels)
+        spec = parse_model(meta[META_MODEL])
+        # A bundle or run folder around the file knows the input size it was trained at.
+        try:
+            beside = _source_beside(path)
+        except FreezerError:
+            beside = None
+        same = beside is not None and beside.spec == spec
+        return ModelSource(spec, path, n, labels, beside.data_config if same else None)
+    beside = _source_beside(path)
+    if beside is not None:
+        return beside
+    raise WeightsError(
+        f"Cannot tell which architecture {path.name} belongs to.",
+        "Name it: --model ARCH --weights FILE (e.g. --model timm:resnet18 --weights model.pth).",
+    )
+
+
+def _architecture(text: str) -> ModelSpec:
+    """The architecture a model string names; a bundle, run folder or weights file names its own."""
+    candidate = Path(text).expanduser()
+    if ".py:" not in text and (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
+        return resolve_source(text).spec
+    return parse_model(text)
+
+
+def _source_beside(path: Path) -> ModelSource | None:
+    """What a config.json or project.json next to a weights file (or one folder up) says."""
     for folder in (path.parent, path.parent.parent):
         if (folder / "config.json").exists():
             return _source_from_config(folder / "config.json", path)
         if (folder / "project.json").exists():
             return _source_from_project(folder / "project.json", path)
-    raise WeightsError(
-        f"Cannot tell which architecture {path.name} belongs to.",
-        "Name it: --model ARCH --weights FILE (e.g. --model timm:resnet18 --weights model.pth).",
-    )
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -253,12 +276,28 @@ def _source_from_project(project_path: Path, weights: Path | None) -> ModelSourc
     model = project.get("model")
     if not isinstance(model, str):
         raise WeightsError(f"{project_path} names no model.", "The project file may be damaged.")
-    classes = (project.get("data") or {}).get("classes")
+    if Path(model).expanduser().resolve() == project_path.parent.resolve():
+        raise WeightsError(f"{project_path} names its own folder as the model.", "Fix its model.")
+    try:
+        spec = _architecture(model)
+    except FreezerError:
+        # The run started from a bundle or weights file that has moved since; its own
+        # weights name the architecture.
+        meta = read_metadata(weights) if weights else {}
+        if META_MODEL not in meta:
+            raise
+        spec = parse_model(meta[META_MODEL])
+    data = project.get("data") or {}
+    classes = data.get("classes")
+    size = data.get("image_size")
+    # The run trained at this size; the rest of the data config is the model's own.
+    data_config = {"input_size": (3, int(size), int(size))} if isinstance(size, int) else None
     return ModelSource(
-        parse_model(model),
+        spec,
         weights,
         project.get("num_classes") or (len(classes) if classes else None),
         classes,
+        data_config,
     )
 
 
@@ -563,7 +602,7 @@ def load_model(
         spec=spec,
         num_classes=_count_classes(module, heads),
         head_paths=heads,
-        data_config=source.data_config or data_config_for(module, spec),
+        data_config={**data_config_for(module, spec), **(source.data_config or {})},
         label_names=labels,
         weights_note=note,
         dropped_head_keys=dropped,

@@ -40,3 +40,22 @@ class DataError(FreezerError):
 
 class ProjectError(FreezerError):
     """A project file or run folder is missing, malformed, or would be overwritten."""
+
+
+class ExportError(FreezerError):
+    """An export could not be written or did not reproduce the model's outputs."""
+
+
+class TargetExistsError(ExportError):
+    """The export target already exists; replacing it needs an explicit yes (--force)."""
+
+    def __init__(self, path: str, hint: str | None = None) -> None:
+        super().__init__(
+            f"{path} already exists and was left as it is.",
+            hint or "Pass --force to replace it, or choose another --out.",
+        )
+        self.path = path
+
+
+class Cancelled(FreezerError):
+    """The user cancelled a long operation; nothing was left half-done."""

@@ -308,7 +308,8 @@ class Trainer:
     def _save_weights(self, path: Path) -> None:
         assert self.model is not None and self.report is not None
         metadata = {
-            META_MODEL: self.project.model,
+            # The architecture, even when the run started from a bundle or weights file.
+            META_MODEL: str(self.loaded.spec),
             META_NUM_CLASSES: str(self.report.num_classes),
             META_LABELS: json.dumps(self.report.classes),
         }

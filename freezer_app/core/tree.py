@@ -118,6 +118,7 @@ class ModelTree:
         self.root = self.nodes[""]
         self._fill_indices(self.root)
         self.layout: StageLayout = compute_layout(model, [p.name for p in self.params])
+        self._stage_labels: dict[int, str] = {}
 
     def _fill_indices(self, node: ModuleNode) -> np.ndarray:
         own = [e.info.index for e in node.params]
@@ -181,6 +182,12 @@ class ModelTree:
 
     def stage_label(self, index: int) -> str:
         """A short name for stage `index`: the module paths it covers."""
+        cached = self._stage_labels.get(index)
+        if cached is None:
+            cached = self._stage_labels[index] = self._label_for_stage(index)
+        return cached
+
+    def _label_for_stage(self, index: int) -> str:
         mask = np.zeros(len(self.params), dtype=bool)
         mask[self.indices_of_names(self.layout.stages[index])] = True
         parts = self.maximal_subtrees(mask)

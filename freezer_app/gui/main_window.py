@@ -103,6 +103,13 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
         self.setAcceptDrops(True)
 
+        # Plots are redrawn from a timer, and only the one on screen: drawing is what costs,
+        # so ~10 redraws a second keep the window responsive however fast steps arrive.
+        self.redraw_timer = QTimer(self)
+        self.redraw_timer.setInterval(100)
+        self.redraw_timer.timeout.connect(self._redraw_visible)
+        self.right.currentChanged.connect(lambda _i: self._redraw_visible())
+
         self._build_actions()
         self._build_status_bar()
         self._set_running(False)
@@ -606,6 +613,7 @@ class MainWindow(QMainWindow):
         self.session = session
         self._set_running(True)
         self.right.setCurrentWidget(self.loss_plot)
+        self.redraw_timer.start()
         session.start()
         return True
 
@@ -684,8 +692,16 @@ class MainWindow(QMainWindow):
         if last_telemetry is not None:
             r = last_telemetry
             self.grad_plot.update_values(r.grad_mean_abs, r.grad_max, r.trainable)
-            self.heatmap.redraw()
             self.tree_model.update_telemetry(r.grad_norm, r.update_norm, r.weight_norm, r.trainable)
+
+    def _redraw_visible(self) -> None:
+        current = self.right.currentWidget()
+        if hasattr(current, "redraw"):
+            current.redraw()
+
+    def redraw_all(self) -> None:
+        for plot in (self.loss_plot, self.grad_plot, self.heatmap):
+            plot.redraw()
 
     def _run_started(self, event: ev.RunStarted) -> None:
         self.grad_plot.set_layers(event.layer_names)
@@ -739,6 +755,8 @@ class MainWindow(QMainWindow):
 
     def _on_session_ended(self) -> None:
         self.session = None
+        self.redraw_timer.stop()
+        self.redraw_all()
         self._set_running(False)
         if self.close_when_stopped:
             self.close()

@@ -125,6 +125,7 @@ class LossPlot(QWidget):
         self.steps, self.losses, self.lrs, self.smoothed = Series(), Series(), Series(), Series()
         self.smoother = Smoother()
         self.epoch_steps, self.val_losses, self.val_accs = Series(64), Series(64), Series(64)
+        self.dirty = False
 
     def clear(self) -> None:
         for s in (
@@ -142,14 +143,12 @@ class LossPlot(QWidget):
             item.setData([], [])
 
     def add_steps(self, steps: list[int], losses: list[float], lrs: list[float]) -> None:
+        """Store new points; they are drawn at the next redraw()."""
         self.steps.extend(steps)
         self.losses.extend(losses)
         self.lrs.extend(lrs)
         self.smoothed.extend(self.smoother(np.asarray(losses, dtype=float)))
-        x = self.steps.values
-        self.raw.setData(x, self.losses.values)
-        self.smooth.setData(x, self.smoothed.values)
-        self.lr_curve.setData(x, self.lrs.values)
+        self.dirty = True
 
     def add_epoch(self, step: int, val_loss: float | None, val_acc: float | None) -> None:
         if val_loss is None or val_acc is None:
@@ -157,6 +156,16 @@ class LossPlot(QWidget):
         self.epoch_steps.extend([step])
         self.val_losses.extend([val_loss])
         self.val_accs.extend([val_acc])
+        self.dirty = True
+
+    def redraw(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        x = self.steps.values
+        self.raw.setData(x, self.losses.values)
+        self.smooth.setData(x, self.smoothed.values)
+        self.lr_curve.setData(x, self.lrs.values)
         self.val.setData(self.epoch_steps.values, self.val_losses.values)
         self.acc.setData(self.epoch_steps.values, self.val_accs.values)
 
@@ -261,6 +270,7 @@ class GradientFlowPlot(QWidget, _LayerHover):
         self.names: list[str] = []
         self._mean = self._max = np.zeros(0)
         self._trainable = np.zeros(0, dtype=bool)
+        self.dirty = False
 
     def set_layers(self, names: list[str]) -> None:
         self.names = list(names)
@@ -271,7 +281,15 @@ class GradientFlowPlot(QWidget, _LayerHover):
     def update_values(
         self, mean_abs: np.ndarray, max_abs: np.ndarray, trainable: np.ndarray
     ) -> None:
+        """Store the latest statistics; they are drawn at the next redraw()."""
         self._mean, self._max, self._trainable = mean_abs, max_abs, trainable
+        self.dirty = True
+
+    def redraw(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        mean_abs, max_abs = self._mean, self._max
         positive = max_abs[max_abs > 0]
         floor = math.floor(math.log10(positive.min())) - 1 if positive.size else -8
         x = np.arange(len(max_abs), dtype=float)
@@ -362,6 +380,7 @@ class UpdateHeatmap(QWidget, _LayerHover):
         self._steps: list[int] = []
         self._frozen_cols: list[np.ndarray] = []
         self._stride = 1
+        self.dirty = False
 
     def set_layers(self, names: list[str]) -> None:
         self.names = list(names)
@@ -376,6 +395,7 @@ class UpdateHeatmap(QWidget, _LayerHover):
         self._cols.append(values)
         self._frozen_cols.append(~trainable)
         self._steps.append(step)
+        self.dirty = True
         if len(self._cols) > self.CAPACITY:
             # Merge pairs: time resolution halves, memory and drawing cost stay bounded.
             self._cols = [np.maximum(a, b) for a, b in zip(self._cols[::2], self._cols[1::2])] + (
@@ -388,8 +408,9 @@ class UpdateHeatmap(QWidget, _LayerHover):
             self._stride *= 2
 
     def redraw(self) -> None:
-        if not self._cols:
+        if not self._cols or not self.dirty:
             return
+        self.dirty = False
         data = np.stack(self._cols, axis=1)
         frozen = np.stack(self._frozen_cols, axis=1)
         data = np.where(frozen, self.LOW - 1.0, data)  # below the range: the frozen colour

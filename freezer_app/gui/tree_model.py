@@ -355,12 +355,18 @@ class FreezeTreeModel(QAbstractItemModel):
             self._emit_all(GRAD, UPDATE)
 
     def _emit_all(self, first: int, last: int) -> None:
-        """dataChanged for every row, one signal per parent."""
+        """Announce that columns first..last of every row changed.
+
+        One signal per parent would cost tens of milliseconds on a 1,000-module model; a view
+        answers any multi-cell dataChanged by repainting its whole viewport, which re-reads
+        every visible row, and nothing caches these roles. So the whole tree is announced with
+        the top-level row's range, plus each expanded-by-default first level.
+        """
         if not self._items:
             return
         self.dataChanged.emit(self.createIndex(0, first, 0), self.createIndex(0, last, 0))
-        for item in self._items:
-            if item.children:
-                top = self.createIndex(0, first, item.children[0])
-                bottom = self.createIndex(len(item.children) - 1, last, item.children[-1])
-                self.dataChanged.emit(top, bottom)
+        root = self._items[0]
+        if root.children:
+            top = self.createIndex(0, first, root.children[0])
+            bottom = self.createIndex(len(root.children) - 1, last, root.children[-1])
+            self.dataChanged.emit(top, bottom)

@@ -48,11 +48,19 @@ class TreeFilter(QSortFilterProxyModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.setRecursiveFilteringEnabled(True)
+        # The filter looks at names and types only, which never change: re-filtering on every
+        # check-state change would cost hundreds of milliseconds on a 1,000-module model.
+        self.setDynamicSortFilter(False)
         self.text = ""
 
     def set_text(self, text: str) -> None:
-        self.text = text.strip().lower()
-        self.invalidateFilter()
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
+            self.beginFilterChange()
+            self.text = text.strip().lower()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.text = text.strip().lower()
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
         if not self.text:
@@ -151,10 +159,11 @@ class TreePanel(QWidget):
         tools.addWidget(self.depth)
         layout.addLayout(tools)
 
+        # The filter proxy sits between model and view only while a filter is typed: relaying
+        # check-state changes of every row through it would make toggling a big model slow.
         self.proxy = TreeFilter(self)
-        self.proxy.setSourceModel(self.model)
         self.view = QTreeView()
-        self.view.setModel(self.proxy)
+        self.view.setModel(self.model)
         self.view.setUniformRowHeights(True)
         self.view.setAlternatingRowColors(True)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -229,15 +238,30 @@ class TreePanel(QWidget):
 
     def expand_to_depth(self, depth: int) -> None:
         self.view.collapseAll()
-        self.view.expandToDepth(depth - 1) if depth > 0 else None
-        self.view.expand(self.proxy.index(0, 0))
+        if depth > 0:
+            self.view.expandToDepth(depth - 1)
+        self.view.expand(self.view.model().index(0, 0))
 
     def _filter(self, text: str) -> None:
+        filtering = bool(text.strip())
+        if filtering != (self.view.model() is self.proxy):
+            header = self.view.header().saveState()
+            self.proxy.setSourceModel(self.model if filtering else None)
+            self.view.setModel(self.proxy if filtering else self.model)
+            self.view.header().restoreState(header)
+            self.view.selectionModel().currentChanged.connect(self._current_changed)
         self.proxy.set_text(text)
-        if text:
+        if filtering:
             self.view.expandAll()
         else:
             self.expand_to_depth(self.depth.value())
+
+    def view_index(self, source: QModelIndex) -> QModelIndex:
+        """The view's index for a tree-model index (through the filter when one is active)."""
+        return self.proxy.mapFromSource(source) if self.view.model() is self.proxy else source
+
+    def source_index(self, index: QModelIndex) -> QModelIndex:
+        return self.proxy.mapToSource(index) if self.view.model() is self.proxy else index
 
     def _copy_code(self) -> None:
         if self.controller.tree is not None:
@@ -256,10 +280,10 @@ class TreePanel(QWidget):
         source = self.model.index_for_path(path)
         if not source.isValid():
             return
-        index = self.proxy.mapFromSource(source)
+        index = self.view_index(source)
         if not index.isValid():
             self.filter.clear()
-            index = self.proxy.mapFromSource(source)
+            index = self.view_index(source)
         self.view.blockSignals(True)
         self.view.setCurrentIndex(index)
         self.view.blockSignals(False)
@@ -269,7 +293,7 @@ class TreePanel(QWidget):
         index = self.view.indexAt(pos)
         if not index.isValid():
             return
-        item = self.model.item_of(self.proxy.mapToSource(index.siblingAtColumn(0)))
+        item = self.model.item_of(self.source_index(index.siblingAtColumn(0)))
         if item is None:
             return
         selector = self.model.selector_of(item)

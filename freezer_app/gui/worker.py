@@ -12,6 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from freezer_app.core import events as ev
@@ -80,6 +81,15 @@ class TrainingWorker(QObject):
 
     @Slot()
     def run(self) -> None:
+        # Leave one CPU core to the window, so it stays responsive while the CPU trains.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads - 1))
+        try:
+            self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> None:
         try:
             result = Trainer(
                 self.project,

@@ -1,0 +1,471 @@
+"""Exports: every format reloads in a fresh process with the outside tool only, and matches the
+trained model's logits; no export is ever left half-written or overwrites without --force."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_project
+
+from freezer_app.cli import EXPORT_CHECKPOINTS, EXPORT_FORMATS, main
+from freezer_app.core import export as export_mod
+from freezer_app.core.catalog import META_MODEL, load_model
+from freezer_app.core.errors import (
+    Cancelled,
+    ExportError,
+    TargetExistsError,
+    WeightsError,
+)
+from freezer_app.core.export import (
+    CHECKPOINTS,
+    FORMATS,
+    ExportSource,
+    default_export_path,
+    existing_targets,
+    export,
+)
+from freezer_app.core.files import WriteError
+from freezer_app.core.freeze import FreezePlan, apply_plan
+from freezer_app.core.train import Trainer
+from freezer_app.core.weights import read_metadata
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained test_resnet run with part of the model frozen."""
+    out = tmp_path_factory.mktemp("export") / "run"
+    plan = FreezePlan(preset="freeze-stages:1")
+    result = Trainer(make_project(demo_data, epochs=1, plan=plan), out).run()
+    assert result.reason == "completed"
+    return out
+
+
+@pytest.fixture(scope="module")
+def tv_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export-tv") / "run"
+    project = make_project(demo_data, epochs=1, max_steps=2, model="torchvision:mobilenet_v3_small")
+    Trainer(project, out).run()
+    return out
+
+
+def _reference(model_text: str, folder: Path, batch: int = 4) -> tuple[Path, Path]:
+    """A fixed input and the original model's logits on it, saved for the fresh process."""
+    loaded = load_model(model_text)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = loaded.module.eval()(x)
+    torch.save(x, folder / "input.pt")
+    torch.save(ref, folder / "ref.pt")
+    return folder / "input.pt", folder / "ref.pt"
+
+
+def _fresh(code: str) -> dict:
+    """Run `code` in a new interpreter that cannot import Freezer; it prints one JSON object."""
+    prelude = "import sys\nsys.modules['freezer_app'] = None  # outside tools only\n"
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _readme_code(bundle: Path, image: Path) -> str:
+    readme = (bundle / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert code, readme
+    return code.group(1).replace('"image.jpg"', repr(str(image)))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------- every format
+def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> None:
+    results = {fmt: export(run, fmt) for fmt in FORMATS}
+    assert {fmt: Path(r.path) for fmt, r in results.items()} == {
+        "bundle": run / "export" / "bundle",
+        "pth": run / "export" / "model.pth",
+        "torchscript": run / "export" / "model.torchscript.pt",
+        "onnx": run / "export" / "model.onnx",
+        "code": run / "export" / "code",
+    }
+    bundle = run / "export" / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "README.md",
+        "config.json",
+        "freeze_plan.json",
+        "freeze_plan.py",
+        "model.safetensors",
+        "training.json",
+    ]
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["architecture"] == "test_resnet"
+    assert config["num_classes"] == 3
+    assert config["label_names"] == ["circles", "squares", "stripes"]
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]
+    assert config["freezer"]["model"] == "timm:test_resnet"
+    training = json.loads((bundle / "training.json").read_text())
+    assert training["frozen_check"]["passed"] is True
+    assert training["final_metrics"]["epoch"] == 1
+    assert training["train"]["lr"] == 3e-3
+    assert json.loads((bundle / "freeze_plan.json").read_text())["preset"] == "freeze-stages:1"
+    assert "PASSED" in (bundle / "README.md").read_text()
+    assert results["torchscript"].validated and results["torchscript"].max_abs_diff < TOL
+    assert results["onnx"].validated and results["onnx"].max_abs_diff < TOL
+    assert any("ONNX validated with onnxruntime" in n for n in results["onnx"].notes)
+
+    x_path, ref_path = _reference(str(run), run)
+    model = load_model(str(run)).module
+    apply_plan(model, FreezePlan(preset="freeze-stages:1"))
+    expected_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    image = next((demo_data / "val" / "circles").iterdir())
+    e = run / "export"
+    out = _fresh(
+        f"""
+        import contextlib, io, json, runpy
+        import torch, timm
+        x = torch.load({str(x_path)!r})
+        out = {{}}
+        def diff(m):
+            with torch.no_grad():
+                return (m(x) - torch.load({str(ref_path)!r})).abs().max().item()
+
+        m = timm.create_model("local-dir:{e / "bundle"}", pretrained=True).eval()
+        out["bundle"] = diff(m)
+        out["labels"] = m.pretrained_cfg["label_names"]
+        out["input_size"] = list(timm.data.resolve_data_config({{}}, model=m)["input_size"])
+
+        state = torch.load({str(e / "model.pth")!r}, weights_only=True)
+        m = timm.create_model("test_resnet", num_classes=3)
+        m.load_state_dict(state)
+        out["pth"] = diff(m.eval())
+
+        out["torchscript"] = diff(torch.jit.load({str(e / "model.torchscript.pt")!r}))
+
+        try:
+            import onnxruntime
+        except ImportError:
+            out["onnx"] = None
+        else:
+            s = onnxruntime.InferenceSession({str(e / "model.onnx")!r})
+            y = torch.from_numpy(s.run(None, {{"input": x.numpy()}})[0])
+            out["onnx"] = (y - torch.load({str(ref_path)!r})).abs().max().item()
+
+        ns = runpy.run_path({str(e / "code" / "freeze_plan.py")!r})
+        out["requires_grad"] = {{n: p.requires_grad for n, p in ns["model"].named_parameters()}}
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            exec({_readme_code(e / "bundle", image)!r}, {{}})
+        out["readme"] = printed.getvalue().split()[0]
+        print(json.dumps(out))
+        """
+    )
+    for fmt in ("bundle", "pth", "torchscript", "onnx"):
+        if out[fmt] is not None:  # onnx: None when onnxruntime is not installed
+            assert out[fmt] < TOL, (fmt, out[fmt])
+    assert out["labels"] == ["circles", "squares", "stripes"]
+    assert out["input_size"] == [3, 32, 32]
+    assert out["requires_grad"] == expected_grad
+    assert not out["requires_grad"]["layer1.0.conv1.weight"]
+    assert out["readme"] in out["labels"]
+
+
+def test_torchvision_bundle_loads_with_get_model_and_safetensors(
+    tv_run: Path, demo_data: Path
+) -> None:
+    bundle = export(tv_run, "bundle").path
+    pth = export(tv_run, "pth").path
+    ts = export(tv_run, "torchscript").path
+    config = json.loads((Path(bundle) / "config.json").read_text())
+    assert config["architecture"] == "mobilenet_v3_small"
+    assert config["freezer"]["model"] == "torchvision:mobilenet_v3_small"
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert (
+        "torchvision.models.get_model('mobilenet_v3_small', num_classes=3)"
+        in (Path(bundle) / "README.md").read_text()
+    )
+    x_path, ref_path = _reference(str(tv_run), tv_run)
+    image = next((demo_data / "val" / "squares").iterdir())
+    out = _fresh(
+        f"""
+        import contextlib, io, json
+        import torch, torchvision
+        from safetensors.torch import load_file
+        x, ref = torch.load({str(x_path)!r}), torch.load({str(ref_path)!r})
+        config = json.load(open({str(Path(bundle) / "config.json")!r}))
+        m = torchvision.models.get_model(config["architecture"], num_classes=config["num_classes"])
+        m.load_state_dict(load_file({str(Path(bundle) / "model.safetensors")!r}))
+        out = {{}}
+        with torch.no_grad():
+            out["bundle"] = (m.eval()(x) - ref).abs().max().item()
+            m.load_state_dict(torch.load({pth!r}, weights_only=True))
+            out["pth"] = (m.eval()(x) - ref).abs().max().item()
+            out["torchscript"] = (torch.jit.load({ts!r})(x) - ref).abs().max().item()
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            exec({_readme_code(Path(bundle), image)!r}, {{}})
+        out["readme"] = printed.getvalue().split()[0]
+        print(json.dumps(out))
+        """
+    )
+    assert max(out["bundle"], out["pth"], out["torchscript"]) < TOL, out
+    assert out["readme"] in config["label_names"]
+
+
+# ---------------------------------------------------------------------- reuse in Freezer
+def test_exports_open_again_as_models(run: Path, demo_data: Path, tmp_path: Path) -> None:
+    bundle = Path(export(run, "bundle", tmp_path / "bundle").path)
+    pth = Path(export(run, "pth", tmp_path / "weights" / "model.pth").path)
+    x = torch.randn(2, 3, 32, 32)
+    original = load_model(str(run))
+    with torch.no_grad():
+        ref = original.module(x)
+    opened = load_model(str(bundle))
+    assert str(opened.spec) == "timm:test_resnet"
+    assert opened.label_names == ["circles", "squares", "stripes"]
+    assert list(opened.data_config["input_size"]) == [3, 32, 32]
+    assert original.data_config["input_size"] == (3, 32, 32)  # the run's image size
+    with torch.no_grad():
+        assert torch.equal(opened.module(x), ref)
+    # A bare .pth is anonymous; beside a config.json it is known.
+    with pytest.raises(WeightsError, match="Cannot tell which architecture"):
+        load_model(str(pth))
+    shutil.copy(bundle / "config.json", pth.parent / "config.json")
+    beside = load_model(str(pth))
+    with torch.no_grad():
+        assert torch.equal(beside.module(x), ref)
+    assert beside.label_names == ["circles", "squares", "stripes"]
+    # Also run folders' own files.
+    best = load_model(str(run / "checkpoints" / "best.safetensors"))
+    assert best.data_config["input_size"] == (3, 32, 32)
+    # Architecture mismatches name the keys.
+    with pytest.raises(WeightsError, match=r"missing keys: cls_token.*unexpected keys: "):
+        load_model("timm:test_vit", num_classes=3, weights=bundle / "model.safetensors")
+
+    # Continue fine-tuning from the bundle; the new run stays readable after the bundle moves.
+    project = make_project(demo_data, epochs=1, max_steps=1, model=str(bundle))
+    result = Trainer(project, tmp_path / "again").run()
+    assert result.reason == "step-limit"
+    assert read_metadata(tmp_path / "again" / "model.safetensors")[META_MODEL] == (
+        "timm:test_resnet"
+    )
+    bundle.rename(tmp_path / "moved")
+    again = load_model(str(tmp_path / "again"))
+    assert str(again.spec) == "timm:test_resnet"
+    assert again.label_names == ["circles", "squares", "stripes"]
+
+
+def test_user_factory_with_tied_weights(tmp_path: Path) -> None:
+    path = tmp_path / "tied.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            class Tied(nn.Module):
+                def __init__(self, num_classes=4):
+                    super().__init__()
+                    self.features = nn.Sequential(
+                        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+                    )
+                    self.a = nn.Linear(8, 8)
+                    self.b = nn.Linear(8, 8)
+                    self.b.weight = self.a.weight  # tied
+                    self.classifier = nn.Linear(8, num_classes)
+
+                def forward(self, x):
+                    return self.classifier(self.b(self.a(self.features(x))))
+
+            def build(num_classes=4):
+                return Tied(num_classes)
+            """
+        )
+    )
+    loaded = load_model(f"{path}:build", num_classes=4)
+    src = ExportSource(loaded, "model", plan=FreezePlan(freeze=["a"]))
+    result = export(src, "bundle", tmp_path / "bundle")
+    assert result.validated
+    reopened = load_model(str(tmp_path / "bundle"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(reopened.module(x), loaded.module(x))
+    assert reopened.module.b.weight is reopened.module.a.weight
+    readme = (tmp_path / "bundle" / "README.md").read_text()
+    assert "from tied import build" in readme
+    code = export(src, "code", tmp_path / "plan.py")
+    assert [Path(f).name for f in code.files] == ["plan.py", "plan.json"]
+    assert "'a'" in (tmp_path / "plan.py").read_text()
+
+
+# ---------------------------------------------------------------------- safety
+def test_no_overwrite_without_force(run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "model.pth"
+    export(run, "pth", target)
+    before = target.read_bytes()
+    with pytest.raises(TargetExistsError, match="already exists") as e:
+        export(run, "pth", target, checkpoint="best")
+    assert "--force" in str(e.value)
+    assert target.read_bytes() == before
+    assert existing_targets("pth", target) == [target]
+    export(run, "pth", target, checkpoint="best", force=True)
+    best = torch.load(target, weights_only=True)
+    from safetensors.torch import load_file
+
+    expected = load_file(str(run / "checkpoints" / "best.safetensors"))
+    assert all(torch.equal(best[k], expected[k]) for k in expected)
+    # A folder is never replaced by a file (nor the other way round), even with force.
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(ExportError, match="is a folder"):
+        export(run, "onnx", tmp_path / "dir.onnx", force=True)
+    # A bundle replaced with force: the old one stays until the new one is complete.
+    export(run, "bundle", tmp_path / "b")
+    (tmp_path / "b" / "stale.txt").write_text("old")
+    export(run, "bundle", tmp_path / "b", force=True)
+    assert not (tmp_path / "b" / "stale.txt").exists()
+    assert _leftovers(tmp_path) == ["b", "dir.onnx", "model.pth"]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "permission denied")]
+)
+def test_failed_write_leaves_nothing(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> None:
+    import freezer_app.core.files as files
+
+    def failing(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(code, "simulated")
+
+    monkeypatch.setattr(files, "save_file", failing)
+    with pytest.raises(WriteError, match=reason):
+        export(run, "bundle", tmp_path / "out" / "bundle")
+    assert _leftovers(tmp_path / "out") == []
+
+    def failing_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise OSError(code, "simulated")
+
+    export(run, "pth", tmp_path / "out" / "model.pth")
+    before = (tmp_path / "out" / "model.pth").read_bytes()
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(WriteError, match=reason):
+        export(run, "pth", tmp_path / "out" / "model.pth", force=True)
+    assert _leftovers(tmp_path / "out") == ["model.pth"]
+    assert (tmp_path / "out" / "model.pth").read_bytes() == before  # the old file is intact
+
+
+def test_interrupted_or_cancelled_export_leaves_nothing(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(export_mod, "_bundle_check", interrupt)  # after the weights are written
+        with pytest.raises(KeyboardInterrupt):
+            export(run, "bundle", tmp_path / "bundle")
+    with monkeypatch.context() as m:
+
+        def half_then_interrupt(model, args, f, **kwargs):
+            Path(f).write_bytes(b"half an onnx file")
+            raise KeyboardInterrupt
+
+        m.setattr(torch.onnx, "export", half_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            export(run, "onnx", tmp_path / "model.onnx")
+    assert _leftovers(tmp_path) == []
+
+    calls: list[tuple[int, int, str]] = []
+    with pytest.raises(Cancelled, match="nothing was written"):
+        export(
+            run,
+            "bundle",
+            tmp_path / "bundle",
+            progress=lambda done, total, what: calls.append((done, total, what)),
+            should_cancel=lambda: len(calls) >= 3,
+        )
+    assert _leftovers(tmp_path) == []
+    assert calls[0] == (0, 6, "writing model.safetensors")
+    seen: list[tuple[int, int, str]] = []
+    export(run, "torchscript", tmp_path / "m.pt", progress=lambda *a: seen.append(a))
+    assert seen[-1] == (3, 3, "done")
+
+
+def test_onnx_notes_without_onnxruntime_or_onnx(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    missing: set[str] = {"onnxruntime"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    result = export(run, "onnx", tmp_path / "m.onnx")
+    assert result.validated is False
+    assert "not validated: onnxruntime is not installed (pip install freezer-app[onnx])" in (
+        result.notes
+    )
+    missing.add("onnx")
+    with pytest.raises(ExportError, match=r"(?s)needs the onnx package.*freezer-app\[onnx\]"):
+        export(run, "onnx", tmp_path / "n.onnx")
+    assert _leftovers(tmp_path) == ["m.onnx"]
+
+
+def test_onnx_falls_back_to_the_newer_exporter(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # test_vit trained at 32 px resamples its position embedding with an antialiased bicubic
+    # filter that the TorchScript-based exporter cannot express.
+    Trainer(
+        make_project(demo_data, epochs=1, max_steps=1, model="timm:test_vit"), tmp_path / "vit"
+    ).run()
+    real = importlib.util.find_spec
+    with monkeypatch.context() as m:
+        m.setattr(
+            importlib.util, "find_spec", lambda n, *a: None if n == "onnxscript" else real(n, *a)
+        )
+        with pytest.raises(ExportError, match=r"(?s)ONNX export failed.*pip install onnxscript"):
+            export(tmp_path / "vit", "onnx", tmp_path / "vit.onnx")
+    assert not (tmp_path / "vit.onnx").exists()
+    if real("onnxscript") is None:
+        pytest.skip("onnxscript is not installed")
+    result = export(tmp_path / "vit", "onnx", tmp_path / "vit.onnx")
+    assert result.validated and result.max_abs_diff < TOL
+    assert "torch.export-based exporter" in result.notes[-1]
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_export(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (EXPORT_FORMATS, EXPORT_CHECKPOINTS) == (FORMATS, CHECKPOINTS)
+    out = tmp_path / "m.pth"
+    assert main(["export", str(run), "--format", "pth", "--out", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["path"] == str(out) and data["format"] == "pth"
+    assert main(["export", str(run), "--format", "pth", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and "Traceback" not in err
+    assert main(["export", str(run), "--format", "pth", "--out", str(out), "--force"]) == 0
+    assert "wrote pth" in capsys.readouterr().out
+    assert default_export_path(run, "onnx", "best") == run / "export" / "model-best.onnx"
+    assert default_export_path(run, "bundle", "best") == run / "export" / "bundle-best"
+    # Another source than a run folder needs --out.
+    assert main(["export", str(out), "--format", "onnx"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "code", "--checkpoint", "best"]) == 0
+    text = capsys.readouterr().out
+    assert "freeze_plan.py" in text and str(run / "export" / "code-best") in text

@@ -1,0 +1,281 @@
+"""The desktop app, offscreen (pytest-qt): what a user clicks and what they then see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_project
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QMessageBox
+
+from freezer_app.core import events as ev
+from freezer_app.core.catalog import load_model
+from freezer_app.core.freeze import FreezePlan, apply_plan, resolve
+from freezer_app.gui.main_window import MainWindow
+from freezer_app.gui.tree_model import GRAD, BarRole
+
+
+@pytest.fixture
+def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
+    # A modal question would block an offscreen test forever: answer "discard" unless a test
+    # says otherwise.
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
+    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    project = make_project(demo_data, epochs=2)
+    w.set_project(project, None)
+    w.resize(1400, 900)
+    w.show()
+    qtbot.waitUntil(lambda: w.report is not None, timeout=30_000)
+    w.runs_root = tmp_path / "runs"
+    w._runs_root = lambda: tmp_path / "runs"  # keep runs out of the user's folders
+    yield w
+    if w.session is not None:
+        w.stop_training()
+        qtbot.waitUntil(lambda: w.session is None, timeout=60_000)
+    w.dirty = False
+    w.close()
+    w.deleteLater()
+
+
+def _index(w: MainWindow, path: str):
+    return w.tree_model.index_for_path(path)
+
+
+def _requires_grad_after_training_setup(w: MainWindow) -> dict[str, bool]:
+    """What requires_grad the window's plan gives a freshly built copy of the model."""
+    model = load_model(w.project.model, num_classes=3).module
+    apply_plan(model, w.controller.plan)
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def test_ticking_a_box_changes_requires_grad(window: MainWindow, qtbot) -> None:
+    window.tree_panel.expand_to_depth(2)
+    window.controller.set_preset("head-only")
+    assert not _requires_grad_after_training_setup(window)["layer4.0.conv1.weight"]
+    # Click the check box of layer4 in the real view.
+    view = window.tree_panel.view
+    index = window.tree_panel.view_index(_index(window, "layer4"))
+    view.scrollTo(index)
+    rect = view.visualRect(index)
+    qtbot.mouseClick(
+        view.viewport(),
+        Qt.MouseButton.LeftButton,
+        pos=rect.topLeft() + type(rect.topLeft())(10, rect.height() // 2),
+    )
+    assert index.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
+    grads = _requires_grad_after_training_setup(window)
+    assert (
+        grads["layer4.0.conv1.weight"] and grads["fc.weight"] and not grads["layer3.0.conv1.weight"]
+    )
+    assert window.controller.plan == FreezePlan(preset="head-only", unfreeze=["layer4"])
+    # The root shows partly checked; unticking a parameter works too.
+    root = window.tree_panel.view.model().index(0, 0)
+    assert root.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.PartiallyChecked
+    window.tree_model.setData(
+        _index(window, "fc.bias"), Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole
+    )
+    assert not _requires_grad_after_training_setup(window)["fc.bias"]
+    assert "trainable" in window.tree_panel.summary.text()
+
+
+def test_preset_buttons_match_the_core(window: MainWindow, qtbot) -> None:
+    tree = window.controller.tree
+    qtbot.mouseClick(window.tree_panel.head_only, Qt.MouseButton.LeftButton)
+    assert np.array_equal(tree.trainable, resolve(FreezePlan(preset="head-only"), tree))
+    menu = window.tree_panel.freeze_stages.menu()
+    actions = [a for a in menu.actions() if a.text().startswith("freeze-stages:2")]
+    actions[0].trigger()
+    assert np.array_equal(tree.trainable, resolve(FreezePlan(preset="freeze-stages:2"), tree))
+    assert window.controller.plan.preset == "freeze-stages:2"
+    # Undo and redo walk back through the edits.
+    window.controller.undo_stack.undo()
+    assert window.controller.plan.preset == "head-only"
+    window.controller.undo_stack.redo()
+    assert window.controller.plan.preset == "freeze-stages:2"
+
+
+def test_context_menu_actions_and_filter(window: MainWindow) -> None:
+    c = window.controller
+    c.train_only("layer3")
+    assert {
+        n.split(".")[0] for n, t in _requires_grad_after_training_setup(window).items() if t
+    } == {"layer3"}
+    c.freeze_before("layer4")
+    c.edit("*", True)
+    c.freeze_before("layer4")
+    trainable = {
+        n.split(".")[0] for n, t in _requires_grad_after_training_setup(window).items() if t
+    }
+    assert trainable == {"layer4", "fc"}
+    c.freeze_type("BatchNorm2d")
+    assert not _requires_grad_after_training_setup(window)["layer4.0.bn1.weight"]
+    panel = window.tree_panel
+    panel.filter.setText("downsample")
+    proxy = panel.view.model()
+    assert proxy is panel.proxy  # filtering goes through the proxy
+    visible = []
+
+    def walk(parent):
+        for r in range(proxy.rowCount(parent)):
+            idx = proxy.index(r, 0, parent)
+            visible.append(proxy.mapToSource(idx).data(Qt.ItemDataRole.UserRole + 1))
+            walk(idx)
+
+    walk(proxy.index(-1, -1))
+    assert "layer2.0.downsample" in visible and "layer1.0.conv1" not in visible
+
+
+def _train(window: MainWindow, qtbot, **kwargs) -> ev.Finished:
+    finished: list = []
+    window.runFinished.connect(finished.append)
+    assert window.start_training(**kwargs)
+    qtbot.waitUntil(lambda: bool(finished) and window.session is None, timeout=120_000)
+    return finished[0]
+
+
+def test_training_fills_the_plots_and_frozen_layers_show_zero(window: MainWindow, qtbot) -> None:
+    window.controller.set_preset("train-last:1")
+    result = _train(window, qtbot)
+    assert result.reason == "completed" and result.frozen_check_passed
+    assert window.loss_plot.steps.n == result.steps
+    assert window.loss_plot.val_accs.n == 2
+    names = window.grad_plot.names
+    frozen_points = window.grad_plot.frozen.data
+    frozen_layers = {names[int(x)] for x in frozen_points["x"]}
+    assert "conv1.0" in frozen_layers and "layer4.0.conv1" not in frozen_layers
+    # Frozen rows in the tree show an exact 0; trainable ones a positive value.
+    conv = _index(window, "layer1.0.conv1").siblingAtColumn(GRAD)
+    fc = _index(window, "fc").siblingAtColumn(GRAD)
+    assert conv.data(BarRole) == (0.0, True)
+    assert fc.data(BarRole)[0] > 0 and fc.data(BarRole)[1] is False
+    assert "Frozen check passed" in window.frozen_view.banner.text()
+    assert window.heatmap._cols and window.heatmap._frozen_cols[-1][names.index("conv1.0")]
+    assert "images/s" in window.status_speed.text()
+
+
+def test_stop_ends_the_run_with_a_checkpoint(window: MainWindow, qtbot) -> None:
+    window.settings_panel.epochs.setValue(500)
+    started: list = []
+    window.session_started = started
+    finished: list = []
+    window.runFinished.connect(finished.append)
+    assert window.start_training()
+    qtbot.waitUntil(lambda: window.loss_plot.steps.n >= 2, timeout=60_000)
+    window.act_stop.trigger()
+    qtbot.waitUntil(lambda: bool(finished) and window.session is None, timeout=60_000)
+    assert finished[0].reason == "stopped"
+    assert (window.run_dir / "checkpoints" / "last.pt").exists()
+    assert window.act_train.isEnabled() and not window.act_stop.isEnabled()
+
+
+def test_freeze_edit_during_a_run_shows_pending_then_applies(window: MainWindow, qtbot) -> None:
+    window.settings_panel.epochs.setValue(500)
+    applied: list = []
+
+    def watch(batch: list) -> None:
+        applied.extend(e for e in batch if isinstance(e, ev.PlanApplied) and e.reason == "edit")
+
+    finished: list = []
+    window.runFinished.connect(finished.append)
+    assert window.start_training()
+    window.session.events.connect(watch)
+    window.act_pause.trigger()  # hold the run so the edit is visibly pending
+    qtbot.waitUntil(lambda: window.status_state.text() == "paused", timeout=60_000)
+    window.tree_model.setData(
+        _index(window, "layer1"), Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole
+    )
+    pending = _index(window, "layer1").data(Qt.ItemDataRole.BackgroundRole)
+    assert pending is not None, "the edit is shown as pending until the next step"
+    window.act_pause.trigger()
+    qtbot.waitUntil(lambda: bool(applied), timeout=60_000)
+    qtbot.waitUntil(
+        lambda: _index(window, "layer1").data(Qt.ItemDataRole.BackgroundRole) is None,
+        timeout=10_000,
+    )
+    window.act_stop.trigger()
+    qtbot.waitUntil(lambda: bool(finished) and window.session is None, timeout=60_000)
+    assert finished[0].frozen_check_passed is True
+    assert "layer1" in " ".join(applied[0].plan.freeze)
+
+
+def test_errors_are_shown_and_the_app_stays_usable(
+    window: MainWindow, qtbot, tmp_path: Path
+) -> None:
+    # Offline without cached weights: the run cannot start, a dialog says why.
+    window.project.pretrained = True
+    finished = _train(window, qtbot)
+    assert finished is None
+    assert "cannot be downloaded" in window.last_error[1]
+    window._open_dialog.close()
+    window.project.pretrained = False
+    # A bad dataset is reported in the data panel and blocks training with a message.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    window.choose_data(str(empty))
+    qtbot.waitUntil(lambda: window.scan_task is None, timeout=30_000)
+    assert "No class folders" in window.data_panel.summary.text()
+    assert not window.start_training()
+    window._open_dialog.close()
+    # An unknown model keeps the previous one.
+    window.choose_model("timm:not_a_model")
+    assert window.project.model == "timm:test_resnet"
+    assert "Unknown timm model" in window.last_error[1]
+
+
+def test_closing_during_a_run_asks_then_stops_cleanly(
+    window: MainWindow, qtbot, monkeypatch
+) -> None:
+    window.settings_panel.epochs.setValue(500)
+    assert window.start_training()
+    qtbot.waitUntil(lambda: window.loss_plot.steps.n >= 1, timeout=60_000)
+    answers = iter([QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Discard])
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: next(answers))
+    assert not window.close()  # not yet: it waits for the checkpoint
+    qtbot.waitUntil(lambda: window.session is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=10_000)
+    assert (window.run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_project_save_and_open_round_trip(window: MainWindow, tmp_path: Path) -> None:
+    window.controller.set_preset("train-last:2")
+    window.settings_panel.lr.setValue(0.0042)
+    path = tmp_path / "p" / "project.json"
+    assert window._write_project(path)
+    assert not window.dirty
+    other = MainWindow(QSettings(str(tmp_path / "s2.ini"), QSettings.Format.IniFormat))
+    assert other.open_project(path)
+    assert other.controller.plan.preset == "train-last:2"
+    assert other.settings_panel.lr.value() == pytest.approx(0.0042)
+    assert str(path) in other._recent()
+    other.dirty = False
+    other.close()
+
+
+def test_screenshot_command_renders_the_real_window(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("freezer-app")
+    shot = tmp_path / "shot.png"
+    env = {
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "QT_QPA_PLATFORM": "offscreen",
+        "HOME": str(tmp_path),
+        "FREEZER_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [str(exe), "gui", "--demo", "--screenshot", str(shot), "--train-steps", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size[0] >= 1200 and img.size[1] >= 700
+    assert torch.tensor(np.asarray(Image.open(shot))).float().std() > 10  # not a blank image
