@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_project
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, Qt, QThreadPool
 from PySide6.QtWidgets import QMessageBox
 
 from freezer_app.core import events as ev
@@ -39,6 +39,7 @@ def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
         qtbot.waitUntil(lambda: w.session is None, timeout=60_000)
     w.dirty = False
     w.close()
+    QThreadPool.globalInstance().waitForDone(60_000)  # background checks, evaluations, exports
     w.deleteLater()
 
 
@@ -279,3 +280,70 @@ def test_screenshot_command_renders_the_real_window(tmp_path: Path) -> None:
     with Image.open(shot) as img:
         assert img.size[0] >= 1200 and img.size[1] >= 700
     assert torch.tensor(np.asarray(Image.open(shot))).float().std() > 10  # not a blank image
+
+
+def test_evaluate_tab_after_training_and_clickable_confusion_matrix(
+    window: MainWindow, qtbot
+) -> None:
+    result = _train(window, qtbot)
+    view = window.evaluate_view
+    qtbot.waitUntil(lambda: view.task is None and view.evaluation is not None, timeout=60_000)
+    assert view.source == Path(result.run_dir)
+    assert "Accuracy" in view.banner.text()
+    ev_ = view.evaluation
+    assert ev_.count == 30 and len(ev_.confusion) == 3
+    assert view.table.rowCount() == 3 and view.table.item(0, 0).text() == "circles"
+    # Clicking a cell lists the images behind it.
+    view.show_cell(0, 0)
+    assert view.images.count() == min(ev_.confusion[0][0], 60)
+    assert "True circles, predicted circles" in view.images_title.text()
+
+
+def test_dropped_images_get_top_k_predictions(window: MainWindow, qtbot, demo_data: Path) -> None:
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    result = _train(window, qtbot)
+    view = window.evaluate_view
+    qtbot.waitUntil(lambda: view.task is None, timeout=60_000)
+    images = sorted((demo_data / "val" / "stripes").glob("*.png"))[:2]
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in images])
+    event = QDropEvent(
+        QPoint(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(event)
+    qtbot.waitUntil(
+        lambda: view.task is None and view.images_title.text() == "Predictions", timeout=60_000
+    )
+    assert view.images.count() == 2
+    text = view.images.item(0).text()
+    assert any(name in text for name in ("circles", "squares", "stripes")) and "%" in text
+    assert result.reason == "completed"
+
+
+def test_export_dialog_writes_and_never_overwrites_silently(
+    window: MainWindow, qtbot, monkeypatch
+) -> None:
+    import torch
+
+    result = _train(window, qtbot)
+    dialog = window.export_dialog()
+    assert dialog.source.text() == result.run_dir
+    dialog.format.setCurrentIndex(dialog.format.findData("pth"))
+    out = Path(dialog.out.text())
+    assert out == Path(result.run_dir) / "export" / "model.pth"
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.task is None and dialog.result is not None, timeout=60_000)
+    assert out.exists() and "Exported to" in dialog.status.text()
+    state = torch.load(out, weights_only=True)
+    assert "fc.weight" in state
+    before = out.stat().st_mtime_ns
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
+    dialog.start()
+    assert dialog.task is None and out.stat().st_mtime_ns == before
+    dialog.reject()

@@ -28,6 +28,8 @@ from freezer_app.core.freeze import FreezePlan, resolve
 from freezer_app.core.project import Project
 from freezer_app.core.tree import ModelTree
 from freezer_app.gui import tasks
+from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
+from freezer_app.gui.export_dialog import ExportDialog
 from freezer_app.gui.freeze_controller import FreezeController
 from freezer_app.gui.panels import DataPanel, ModelPanel, SettingsPanel
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
@@ -46,8 +48,9 @@ def icon() -> QIcon:
 
 
 def default_runs_dir() -> Path:
-    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppLocalDataLocation)
-    return Path(base or Path.home() / ".freezer") / "runs"
+    """Where runs of an unsaved project go (a saved project keeps them in its own runs/)."""
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericDataLocation)
+    return Path(base or Path.home() / ".local" / "share") / "freezer" / "runs"
 
 
 class MainWindow(QMainWindow):
@@ -86,12 +89,14 @@ class MainWindow(QMainWindow):
         self.grad_plot = GradientFlowPlot()
         self.heatmap = UpdateHeatmap()
         self.frozen_view = FrozenCheckView()
+        self.evaluate_view = EvaluateView()
         self.log = RunLog()
         self.right = QTabWidget()
         self.right.addTab(self.loss_plot, "Loss")
         self.right.addTab(self.grad_plot, "Gradient flow")
         self.right.addTab(self.heatmap, "Weight updates")
         self.right.addTab(self.frozen_view, "Frozen check")
+        self.right.addTab(self.evaluate_view, "Evaluate")
         self.right.addTab(self.log, "Log")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         for w in (self.left, self.tree_panel, self.right):
@@ -170,6 +175,18 @@ class MainWindow(QMainWindow):
         self.act_open_run = self._action(
             "Open run folder", self.open_run_folder, None, "Show the last run's folder"
         )
+        self.act_export = self._action(
+            "&Export…",
+            self.export_dialog,
+            "Ctrl+E",
+            "Export the trained model for timm, torchvision, TorchScript or ONNX",
+        )
+        self.act_evaluate = self._action(
+            "E&valuate",
+            self.evaluate_last_run,
+            "Ctrl+Shift+E",
+            "Confusion matrix and per-class accuracy of the last run",
+        )
         undo = self.controller.undo_stack.createUndoAction(self, "&Undo freeze edit")
         undo.setShortcut(K.Undo)
         redo = self.controller.undo_stack.createRedoAction(self, "&Redo freeze edit")
@@ -182,6 +199,8 @@ class MainWindow(QMainWindow):
         for a in (self.act_save, self.act_save_as):
             menu.addAction(a)
         menu.addSeparator()
+        menu.addAction(self.act_export)
+        menu.addSeparator()
         menu.addAction(self.act_quit)
         edit = self.menuBar().addMenu("&Edit")
         for a in (undo, redo, self.act_filter, self.act_copy_code):
@@ -192,6 +211,7 @@ class MainWindow(QMainWindow):
             self.act_pause,
             self.act_stop,
             self.act_resume_run,
+            self.act_evaluate,
             self.act_open_run,
         ):
             run.addAction(a)
@@ -205,6 +225,9 @@ class MainWindow(QMainWindow):
             bar.addAction(a)
         bar.addSeparator()
         for a in (self.act_train, self.act_pause, self.act_stop):
+            bar.addAction(a)
+        bar.addSeparator()
+        for a in (self.act_evaluate, self.act_export):
             bar.addAction(a)
         self.addToolBar(bar)
         self._update_recent_menu()
@@ -494,9 +517,20 @@ class MainWindow(QMainWindow):
         self._show_device()
 
     def dragEnterEvent(self, event) -> None:
-        self.data_panel.dragEnterEvent(event)
+        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+        paths = [Path(u.toLocalFile()) for u in urls]
+        if any(p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+            event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
+        """A folder becomes the dataset; image files get top-k predictions."""
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls()]
+        images = [str(p) for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if images:
+            self.right.setCurrentWidget(self.evaluate_view)
+            self.evaluate_view.predict_images(images)
+            event.acceptProposedAction()
+            return
         self.data_panel.dropEvent(event)
 
     # ================================================================== freeze plan
@@ -743,6 +777,9 @@ class MainWindow(QMainWindow):
             text = f"Run {result.reason} after {result.steps} steps: {best}frozen check {result.frozen_check_summary}"
             self.log.add(text)
             self.statusBar().showMessage(text, 15000)
+            if (Path(result.run_dir) / "model.safetensors").exists():
+                self.evaluate_view.set_source(Path(result.run_dir), self.project.data.path)
+                self.evaluate_view.run()
         self.runFinished.emit(result)
 
     def _on_failed(self, message: str, hint: str, details: str) -> None:
@@ -760,6 +797,25 @@ class MainWindow(QMainWindow):
         self._set_running(False)
         if self.close_when_stopped:
             self.close()
+
+    def export_dialog(self) -> ExportDialog:
+        if self._running():
+            self.statusBar().showMessage("Export when the run has finished (or stop it).", 5000)
+        source = self.run_dir if self.run_dir and (self.run_dir / "project.json").exists() else None
+        dialog = ExportDialog(source, self)
+        dialog.open()
+        return dialog
+
+    def evaluate_last_run(self) -> None:
+        if (
+            self.evaluate_view.source is None
+            and self.run_dir
+            and (self.run_dir / "model.safetensors").exists()
+        ):
+            self.evaluate_view.set_source(self.run_dir)
+        self.evaluate_view.set_source(self.evaluate_view.source, self.project.data.path)
+        self.right.setCurrentWidget(self.evaluate_view)
+        self.evaluate_view.run()
 
     def open_run_folder(self) -> None:
         from PySide6.QtCore import QUrl
@@ -860,6 +916,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._cancel_scan()
+        self.evaluate_view._cancel()
         self._save_settings()
         event.accept()
 

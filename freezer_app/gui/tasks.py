@@ -15,12 +15,16 @@ from freezer_app.core.errors import FreezerError
 
 class TaskSignals(QObject):
     progress = Signal(int, int)  # done, total
+    message = Signal(str)  # what it is doing now (when the function says)
     done = Signal(object)
     failed = Signal(str, str, str)  # message, hint, details
 
 
 class Task(QRunnable):
-    """`fn(progress, should_cancel)` on the thread pool; emits done(result) or failed(...)."""
+    """`fn(progress, should_cancel)` on the thread pool; emits done(result) or failed(...).
+
+    `progress(done, total)` or `progress(done, total, message)` may be called from `fn`.
+    """
 
     def __init__(self, fn: Callable[[Callable[[int, int], None], Callable[[], bool]], Any]) -> None:
         super().__init__()
@@ -34,7 +38,7 @@ class Task(QRunnable):
 
     def run(self) -> None:
         try:
-            result = self.fn(self.signals.progress.emit, self.cancelled.is_set)
+            result = self.fn(self._progress, self.cancelled.is_set)
         except FreezerError as e:
             self.signals.failed.emit(e.message, e.hint or "", "")
             return
@@ -42,6 +46,11 @@ class Task(QRunnable):
             self.signals.failed.emit(f"{type(e).__name__}: {e}", "", traceback.format_exc())
             return
         self.signals.done.emit(result)
+
+    def _progress(self, done: int, total: int, message: str = "") -> None:
+        self.signals.progress.emit(done, total)
+        if message:
+            self.signals.message.emit(message)
 
 
 def start(task: Task) -> Task:

@@ -1,0 +1,363 @@
+"""The Evaluate tab: accuracy, a clickable confusion matrix, per-class metrics, the worst
+predictions, and top-k predictions for images dropped on the window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from freezer_app.core.evaluate import (
+    Evaluation,
+    ImagePrediction,
+    PredictionResult,
+    evaluate,
+    predict,
+)
+from freezer_app.gui import tasks
+from freezer_app.gui.plots import LayerAxis
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+THUMBNAILS = 60  # images shown at once; enough to see what goes wrong without stalling
+
+
+def thumbnail(path: str, size: int = 88) -> QIcon:
+    pixmap = QPixmap(path)
+    if pixmap.isNull():
+        return QIcon()
+    return QIcon(
+        pixmap.scaled(
+            size,
+            size,
+            Qt.AspectRatioMode.KeepAspectRatio,
+            Qt.TransformationMode.SmoothTransformation,
+        )
+    )
+
+
+class ConfusionMatrix(QWidget):
+    """Rows: true class; columns: predicted class; colour: share of the row. Click a cell."""
+
+    cellClicked = Signal(int, int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.left_axis = LayerAxis("left", pixels_per_label=18)
+        self.bottom_axis = LayerAxis("bottom", pixels_per_label=70)
+        self.left_axis.offset = self.bottom_axis.offset = 0.5
+        self.view = pg.PlotWidget(axisItems={"left": self.left_axis, "bottom": self.bottom_axis})
+        self.view.setMenuEnabled(False)
+        plot = self.view.getPlotItem()
+        plot.setLabel("left", "true class")
+        plot.setLabel("bottom", "predicted class")
+        plot.invertY(True)
+        plot.setAspectLocked(True)
+        plot.hideButtons()
+        layout.addWidget(self.view)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image.setLookupTable(pg.colormap.get("CET-L12").getLookupTable(nPts=256))
+        plot.addItem(self.image)
+        self.labels: list[pg.TextItem] = []
+        self.view.scene().sigMouseClicked.connect(self._clicked)
+        self.n = 0
+
+    def show_matrix(self, classes: list[str], confusion: list[list[int]]) -> None:
+        plot = self.view.getPlotItem()
+        for label in self.labels:
+            plot.removeItem(label)
+        self.labels = []
+        counts = np.array(confusion, dtype=float)
+        self.n = len(classes)
+        share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+        self.image.setImage(share, levels=(0, 1))
+        self.image.setRect(0, 0, self.n, self.n)
+        self.left_axis.names = self.bottom_axis.names = list(classes)
+        if self.n <= 25:
+            for i in range(self.n):
+                for j in range(self.n):
+                    colour = "w" if share[i, j] > 0.55 else "#222"
+                    text = pg.TextItem(str(int(counts[i, j])), color=colour, anchor=(0.5, 0.5))
+                    text.setPos(j + 0.5, i + 0.5)
+                    plot.addItem(text)
+                    self.labels.append(text)
+        plot.setRange(xRange=(0, self.n), yRange=(0, self.n), padding=0.02)
+
+    def _clicked(self, event) -> None:
+        plot = self.view.getPlotItem()
+        if not plot.sceneBoundingRect().contains(event.scenePos()):
+            return
+        point: QPointF = plot.vb.mapSceneToView(event.scenePos())
+        i, j = int(point.y()), int(point.x())
+        if 0 <= i < self.n and 0 <= j < self.n:
+            self.cellClicked.emit(i, j)
+
+
+class EvaluateView(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.source: Path | None = None
+        self.data: str = ""
+        self.evaluation: Evaluation | None = None
+        self.task: tasks.Task | None = None
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.model_label = QLabel("Train a model, or choose a run folder or bundle to evaluate.")
+        self.model_label.setWordWrap(True)
+        row.addWidget(self.model_label, 1)
+        self.choose = QPushButton("Model…")
+        self.choose.setToolTip("Evaluate a run folder or an exported bundle")
+        self.run_button = QPushButton("Evaluate")
+        self.run_button.setToolTip("Accuracy and confusion matrix on the validation images")
+        self.predict_button = QPushButton("Predict images…")
+        self.predict_button.setToolTip(
+            "Top-5 predictions for image files (or drop images on the window)"
+        )
+        for b in (self.choose, self.run_button, self.predict_button):
+            row.addWidget(b)
+        layout.addLayout(row)
+        progress_row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setVisible(False)
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.cancel)
+        layout.addLayout(progress_row)
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        layout.addWidget(self.banner)
+
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        top = QSplitter(Qt.Orientation.Horizontal)
+        self.matrix = ConfusionMatrix()
+        top.addWidget(self.matrix)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "Images"])
+        self.table.horizontalHeaderItem(2).setToolTip(
+            "Share of the class's images predicted correctly (per-class accuracy)"
+        )
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        top.addWidget(self.table)
+        top.setSizes([330, 270])
+        splitter.addWidget(top)
+        bottom = QWidget()
+        bottom_layout = QVBoxLayout(bottom)
+        bottom_layout.setContentsMargins(0, 0, 0, 0)
+        self.images_title = QLabel("Worst predictions")
+        bottom_layout.addWidget(self.images_title)
+        self.images = QListWidget()
+        self.images.setViewMode(QListView.ViewMode.IconMode)
+        self.images.setIconSize(QSize(88, 88))
+        self.images.setGridSize(QSize(150, 140))
+        self.images.setResizeMode(QListView.ResizeMode.Adjust)
+        self.images.setWordWrap(True)
+        self.images.setMovement(QListView.Movement.Static)
+        bottom_layout.addWidget(self.images)
+        splitter.addWidget(bottom)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        layout.addWidget(splitter, 1)
+
+        self.choose.clicked.connect(self._choose_model)
+        self.run_button.clicked.connect(self.run)
+        self.predict_button.clicked.connect(self._pick_images)
+        self.cancel.clicked.connect(self._cancel)
+        self.matrix.cellClicked.connect(self.show_cell)
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ inputs
+    def set_source(self, source: Path | None, data: str = "") -> None:
+        self.source = source
+        if data:
+            self.data = data
+        self.model_label.setText(
+            f"Model: <b>{source}</b>" if source else "No model to evaluate yet."
+        )
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        idle = self.task is None
+        self.run_button.setEnabled(idle and self.source is not None and bool(self.data))
+        self.predict_button.setEnabled(idle and self.source is not None)
+
+    def _choose_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Run folder or bundle", str(self.source or "")
+        )
+        if folder:
+            self.set_source(Path(folder))
+
+    def _pick_images(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Images", "", "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
+        )
+        if paths:
+            self.predict_images(paths)
+
+    # ------------------------------------------------------------------ background work
+    def _start(self, work, on_done) -> None:
+        # Bound methods (not lambdas) as slots: Qt drops them if this view is deleted first.
+        self._on_done = on_done
+        task = tasks.Task(work)
+        task.signals.progress.connect(self._progress)
+        task.signals.done.connect(self._task_done)
+        task.signals.failed.connect(self._task_failed)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel.setVisible(True)
+        self.task = tasks.start(task)
+        self._update_buttons()
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+
+    def _task_done(self, result: object) -> None:
+        self._finish()
+        self._on_done(result)
+
+    def _task_failed(self, message: str, hint: str, _details: str) -> None:
+        self._finish()
+        self._error(message, hint)
+
+    def _finish(self) -> None:
+        self.task = None
+        self.progress.setVisible(False)
+        self.cancel.setVisible(False)
+        self._update_buttons()
+
+    def _cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _error(self, message: str, hint: str) -> None:
+        self.banner.setStyleSheet("color: #b00020")
+        self.banner.setText(f"{message} {hint}".strip())
+
+    def run(self) -> None:
+        if self.source is None or not self.data or self.task is not None:
+            return
+        source, data = str(self.source), self.data
+        self.banner.setStyleSheet("")
+        self.banner.setText("Evaluating…")
+        self._start(
+            lambda progress, cancelled: evaluate(
+                source, data, progress=progress, should_cancel=cancelled
+            ),
+            self.show_evaluation,
+        )
+
+    def predict_images(self, paths: list[str]) -> None:
+        if self.source is None:
+            self._error(
+                "No model to predict with yet.",
+                "Train one, or choose a run folder or bundle with Model….",
+            )
+            return
+        if self.task is not None:
+            return
+        source = str(self.source)
+        self.banner.setStyleSheet("")
+        self.banner.setText(f"Predicting {len(paths)} image(s)…")
+        self._start(
+            lambda progress, cancelled: predict(
+                source, paths, top_k=5, progress=progress, should_cancel=cancelled
+            ),
+            self.show_predictions,
+        )
+
+    # ------------------------------------------------------------------ results
+    def show_evaluation(self, result: Evaluation) -> None:
+        self.evaluation = result
+        where = "validation images" if result.split == "val" else "all images"
+        self.banner.setStyleSheet("font-size: 14px")
+        self.banner.setText(
+            f"<b>Accuracy {result.accuracy:.1%}</b> ({result.correct} of {result.count} {where} in {result.data})"
+            + (f"; {len(result.skipped)} unreadable image(s) skipped" if result.skipped else "")
+        )
+        self.matrix.show_matrix(result.classes, result.confusion)
+        self.table.setRowCount(len(result.per_class))
+        for r, m in enumerate(result.per_class):
+            values = [
+                m.name,
+                "–" if m.precision is None else f"{m.precision:.3f}",
+                "–" if m.recall is None else f"{m.recall:.3f}",
+                str(m.support),
+            ]
+            for c, v in enumerate(values):
+                item = QTableWidgetItem(v)
+                if c:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                self.table.setItem(r, c, item)
+        self.show_images(
+            "Worst predictions (lowest probability of the true class)", result.worst(THUMBNAILS)
+        )
+
+    def show_cell(self, true: int, predicted: int) -> None:
+        if self.evaluation is None:
+            return
+        c = self.evaluation.classes
+        items = self.evaluation.cell(true, predicted)
+        self.show_images(
+            f"True {c[true]}, predicted {c[predicted]}: {len(items)} image(s)", items[:THUMBNAILS]
+        )
+
+    def show_images(self, title: str, items: list[ImagePrediction]) -> None:
+        assert self.evaluation is not None
+        classes = self.evaluation.classes
+        self.images_title.setText(title)
+        self.images.clear()
+        for p in items:
+            text = f"{classes[p.true]} → {classes[p.predicted]}\n{p.confidence:.0%}"
+            item = QListWidgetItem(thumbnail(p.path), text)
+            item.setToolTip(
+                f"{p.path}\ntrue {classes[p.true]} (p={p.true_probability:.3f})\npredicted {classes[p.predicted]} (p={p.confidence:.3f})"
+            )
+            self.images.addItem(item)
+
+    def show_predictions(self, results: list[PredictionResult]) -> None:
+        self.banner.setStyleSheet("")
+        self.banner.setText(f"Top-5 predictions for {len(results)} image(s)")
+        self.images_title.setText("Predictions")
+        self.images.clear()
+        for r in results:
+            if r.error:
+                text = f"{Path(r.path).name}\n{r.error}"
+            else:
+                text = "\n".join(f"{c.label} {c.probability:.0%}" for c in r.top[:3])
+            item = QListWidgetItem(thumbnail(r.path), text)
+            item.setToolTip(
+                r.path
+                + (
+                    "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top)
+                    if r.top
+                    else ""
+                )
+            )
+            self.images.addItem(item)

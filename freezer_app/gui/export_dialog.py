@@ -1,0 +1,229 @@
+"""The Export dialog: a run folder (or bundle / weights file) to a format others can load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QUrl
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from freezer_app.core.errors import FreezerError
+from freezer_app.core.export import (
+    CHECKPOINTS,
+    FORMAT_TITLES,
+    FORMATS,
+    ExportResult,
+    default_export_path,
+    existing_targets,
+    export,
+)
+from freezer_app.gui import tasks
+
+
+class ExportDialog(QDialog):
+    def __init__(self, source: Path | None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Export")
+        self.setMinimumWidth(640)
+        self.task: tasks.Task | None = None
+        self.result: ExportResult | None = None
+        self._out_edited = False
+        layout = QVBoxLayout(self)
+        intro = QLabel(
+            "Write the trained model in a form timm, torchvision, TorchScript or ONNX users load "
+            "without Freezer. Every export is reloaded and its outputs compared before it is kept."
+        )
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        form = QFormLayout()
+        self.source = QLineEdit(str(source or ""))
+        self.source.setPlaceholderText("A run folder, exported bundle or weights file")
+        browse_source = QPushButton("Browse…")
+        row = QHBoxLayout()
+        row.addWidget(self.source, 1)
+        row.addWidget(browse_source)
+        form.addRow("From", row)
+        self.format = QComboBox()
+        for fmt in FORMATS:
+            self.format.addItem(FORMAT_TITLES[fmt], fmt)
+        form.addRow("Format", self.format)
+        self.checkpoint = QComboBox()
+        self.checkpoint.addItem("final weights (end of training)", "final")
+        self.checkpoint.addItem("best validation epoch", "best")
+        assert [self.checkpoint.itemData(i) for i in range(self.checkpoint.count())] == list(
+            CHECKPOINTS
+        )
+        form.addRow("Weights", self.checkpoint)
+        self.out = QLineEdit()
+        browse_out = QPushButton("Browse…")
+        row = QHBoxLayout()
+        row.addWidget(self.out, 1)
+        row.addWidget(browse_out)
+        form.addRow("To", row)
+        layout.addLayout(form)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        layout.addWidget(self.progress)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.report = QPlainTextEdit()
+        self.report.setReadOnly(True)
+        self.report.setVisible(False)
+        self.report.setMinimumHeight(140)
+        layout.addWidget(self.report)
+        self.buttons = QDialogButtonBox()
+        self.export_button = self.buttons.addButton(
+            "Export", QDialogButtonBox.ButtonRole.AcceptRole
+        )
+        self.open_button = self.buttons.addButton(
+            "Open folder", QDialogButtonBox.ButtonRole.ActionRole
+        )
+        self.open_button.setEnabled(False)
+        self.cancel_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        layout.addWidget(self.buttons)
+
+        browse_source.clicked.connect(self._browse_source)
+        browse_out.clicked.connect(self._browse_out)
+        self.export_button.clicked.connect(self.start)
+        self.open_button.clicked.connect(self._open_folder)
+        self.cancel_button.clicked.connect(self._cancel_or_close)
+        self.format.currentIndexChanged.connect(self._default_out)
+        self.checkpoint.currentIndexChanged.connect(self._default_out)
+        self.source.textChanged.connect(self._default_out)
+        self.out.textEdited.connect(lambda _t: setattr(self, "_out_edited", True))
+        self._default_out()
+
+    # ------------------------------------------------------------------ inputs
+    def fmt(self) -> str:
+        return str(self.format.currentData())
+
+    def _default_out(self) -> None:
+        if self._out_edited:
+            return
+        source = self.source.text().strip()
+        try:
+            self.out.setText(
+                str(default_export_path(source, self.fmt(), str(self.checkpoint.currentData())))
+                if source
+                else ""
+            )
+        except FreezerError:
+            self.out.setText("")
+
+    def _browse_source(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Run folder or bundle", self.source.text())
+        if folder:
+            self.source.setText(folder)
+
+    def _browse_out(self) -> None:
+        if self.fmt() in ("bundle", "code"):
+            path = QFileDialog.getExistingDirectory(self, "Export to folder", self.out.text())
+        else:
+            path, _ = QFileDialog.getSaveFileName(self, "Export to file", self.out.text())
+        if path:
+            self.out.setText(path)
+            self._out_edited = True
+
+    # ------------------------------------------------------------------ export
+    def start(self, force: bool = False) -> None:
+        source, out = self.source.text().strip(), self.out.text().strip()
+        if not source or not out:
+            self._error("Choose what to export and where to.", "")
+            return
+        if not force and existing_targets(self.fmt(), out):
+            answer = QMessageBox.question(
+                self,
+                "Replace?",
+                f"{out} already exists. Replace it? (It is swapped only once the new export is complete.)",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+            force = True
+        fmt, checkpoint = self.fmt(), str(self.checkpoint.currentData())
+
+        def work(progress, should_cancel):
+            return export(
+                source,
+                fmt,
+                out,
+                force=force,
+                checkpoint=checkpoint,
+                progress=progress,
+                should_cancel=should_cancel,
+            )
+
+        task = tasks.Task(work)
+        task.signals.progress.connect(self._progress)
+        task.signals.message.connect(self.status.setText)
+        task.signals.done.connect(self._done)
+        task.signals.failed.connect(self._failed)
+        self.progress.setVisible(True)
+        self.progress.setRange(0, 0)
+        self.status.setStyleSheet("")
+        self.status.setText("Exporting…")
+        self.export_button.setEnabled(False)
+        self.cancel_button.setText("Cancel")
+        self.task = tasks.start(task)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+
+    def _finished_task(self) -> None:
+        self.task = None
+        self.progress.setVisible(False)
+        self.export_button.setEnabled(True)
+        self.cancel_button.setText("Close")
+
+    def _done(self, result: ExportResult) -> None:
+        self._finished_task()
+        self.result = result
+        self.status.setStyleSheet("color: #2e7d32")
+        self.status.setText(f"Exported to {result.path}")
+        self.report.setPlainText(result.summary())
+        self.report.setVisible(True)
+        self.open_button.setEnabled(True)
+
+    def _failed(self, message: str, hint: str, details: str) -> None:
+        self._finished_task()
+        self._error(message, hint)
+
+    def _error(self, message: str, hint: str) -> None:
+        self.status.setStyleSheet("color: #b00020")
+        self.status.setText(f"{message} {hint}".strip())
+
+    def _cancel_or_close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.status.setText("Cancelling: nothing will be left half-written…")
+        else:
+            self.reject()
+
+    def _open_folder(self) -> None:
+        if self.result is not None:
+            path = Path(self.result.path)
+            QDesktopServices.openUrl(
+                QUrl.fromLocalFile(str(path if path.is_dir() else path.parent))
+            )
+
+    def reject(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        super().reject()
