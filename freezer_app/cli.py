@@ -413,9 +413,9 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- gui
 def cmd_gui(args: argparse.Namespace) -> int:
-    if args.train_steps and not args.screenshot:
+    if (args.train_steps or args.tab) and not args.screenshot:
         raise FreezerError(
-            "--train-steps only applies with --screenshot.", "Add --screenshot FILE.png."
+            "--train-steps and --tab only apply with --screenshot.", "Add --screenshot FILE.png."
         )
     if args.project and args.demo:
         raise FreezerError(
@@ -433,7 +433,11 @@ def cmd_gui(args: argparse.Namespace) -> int:
             "Reinstall with `make run` (PySide6 and pyqtgraph are needed).",
         ) from None
     return run_gui(
-        args.project, demo=args.demo, screenshot=args.screenshot, train_steps=args.train_steps
+        args.project,
+        demo=args.demo,
+        screenshot=args.screenshot,
+        train_steps=args.train_steps,
+        tab=args.tab,
     )
 
 
@@ -681,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="FILE", help="render the window to a PNG and exit")
     p.add_argument(
         "--train-steps", type=int, metavar="N", help="with --screenshot: train N steps first"
+    )
+    p.add_argument(
+        "--tab",
+        choices=["loss", "gradients", "updates", "frozen", "evaluate", "log"],
+        help="with --screenshot: show this plot tab",
     )
     p.set_defaults(func=cmd_gui)
     return parser

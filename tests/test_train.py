@@ -279,8 +279,11 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
         trainer.model.forward = nan_from_epoch_2
 
     trainer._setup = setup_then_poison
+    rec = Recorder()
+    trainer.emit = rec
     result = trainer.run()
     assert result.reason == "error"
+    assert [e.kind for e in rec.of(ev.ErrorEvent)] == ["non-finite-loss"]
     assert "became nan" in result.message.lower()
     assert "end of epoch 1" in result.message
     assert "learning rate" in result.hint

@@ -82,6 +82,17 @@ class LogEvent:
 
 
 @dataclass
+class ErrorEvent:
+    """A failure during training (NaN/Inf loss, out of memory); Finished follows with reason
+    "error". Problems found before training starts raise FreezerError instead."""
+
+    kind: str  # "non-finite-loss" | "out-of-memory"
+    step: int
+    message: str
+    hint: str
+
+
+@dataclass
 class PausedEvent:
     paused: bool
     step: int
@@ -111,6 +122,7 @@ Event = (
     | FrozenCheckEvent
     | PlanApplied
     | LogEvent
+    | ErrorEvent
     | PausedEvent
     | Finished
 )

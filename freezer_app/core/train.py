@@ -30,6 +30,7 @@ from freezer_app.core.data import (
 from freezer_app.core.errors import FreezerError, ProjectError
 from freezer_app.core.events import (
     EpochEvent,
+    ErrorEvent,
     EventSink,
     Finished,
     FrozenCheckEvent,
@@ -384,6 +385,9 @@ class Trainer:
             self.folder.flush()
         if reason in ("completed", "early-stopped"):
             self._save_weights(self.folder.weights)
+        if reason == "error":
+            kind = "non-finite-loss" if "loss became" in message else "out-of-memory"
+            self.emit(ErrorEvent(kind, self.step, message, hint))
         check = self.last_check
         result = Finished(
             reason=reason,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths, QTimer
@@ -45,16 +46,20 @@ def make_app() -> QApplication:
     return app  # type: ignore[return-value]
 
 
+TABS = ("loss", "gradients", "updates", "frozen", "evaluate", "log")
+
+
 def run_gui(
     project: str | None = None,
     demo: bool = False,
     screenshot: str | None = None,
     train_steps: int | None = None,
+    tab: str | None = None,
 ) -> int:
     app = make_app()
     # Screenshots must not depend on (or change) the user's saved window layout.
     settings = (
-        QSettings(str(Path(screenshot).with_suffix(".ini")), QSettings.Format.IniFormat)
+        QSettings(str(Path(tempfile.mkdtemp()) / "screenshot.ini"), QSettings.Format.IniFormat)
         if screenshot
         else None
     )
@@ -67,10 +72,10 @@ def run_gui(
     window.show()
     if screenshot is None:
         return app.exec()
-    return _screenshot(window, Path(screenshot), train_steps)
+    return _screenshot(window, Path(screenshot), train_steps, tab)
 
 
-def _screenshot(window: MainWindow, path: Path, train_steps: int | None) -> int:
+def _screenshot(window: MainWindow, path: Path, train_steps: int | None, tab: str | None) -> int:
     window.resize(1600, 950)
     wait_until(lambda: window.scan_task is None, 60)
     code = 0
@@ -84,8 +89,12 @@ def _screenshot(window: MainWindow, path: Path, train_steps: int | None) -> int:
             elif finished[0] is None or getattr(finished[0], "reason", "") == "error":
                 code = 1
             window.right.setCurrentWidget(window.grad_plot)
+            view = window.evaluate_view
+            wait_until(lambda: view.task is None, 120)  # the evaluation that follows a run
         else:
             code = 1
+    if tab:
+        window.right.setCurrentIndex(TABS.index(tab))
     QTimer.singleShot(0, lambda: None)
     wait_until(lambda: False, 0.3)  # let plots and the tree repaint
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +104,4 @@ def _screenshot(window: MainWindow, path: Path, train_steps: int | None) -> int:
         code = 1
     window.dirty = False
     window.close()
-    settings_file = Path(path).with_suffix(".ini")
-    settings_file.unlink(missing_ok=True)
     return code

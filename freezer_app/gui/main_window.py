@@ -120,6 +120,8 @@ class MainWindow(QMainWindow):
         self._set_running(False)
         self._connect()
         self._restore_settings()
+        self.data_panel.last_dir = self._last_dir("data")
+        self.model_panel.last_dir = self._last_dir("model")
         self.new_project(confirm=False)
 
     # ================================================================== actions & menus
@@ -380,6 +382,7 @@ class MainWindow(QMainWindow):
             return
         before = (self.project.model, self.project.weights, self.project.pretrained)
         if kind == "file":
+            self._remember_dir("model", Path(text).parent)
             try:
                 source = resolve_source(text)
             except FreezerError as e:
@@ -715,6 +718,8 @@ class MainWindow(QMainWindow):
             elif isinstance(event, ev.PausedEvent):
                 self.status_state.setText("paused" if event.paused else "training")
                 self.act_pause.setText("&Resume" if event.paused else "&Pause")
+            elif isinstance(event, ev.ErrorEvent):
+                self.log.add(f"error at step {event.step}: {event.message}")
             elif isinstance(event, ev.LogEvent):
                 self.log.add(event.message)
                 if event.level == "warning":
@@ -766,7 +771,6 @@ class MainWindow(QMainWindow):
         self.last_finished = result
         self.tree_model.set_applied_mask(None)
         if result.reason == "error":
-            self.log.add(f"error: {result.message}")
             self.error_dialog("Training stopped", result.message, result.hint)
         else:
             best = (

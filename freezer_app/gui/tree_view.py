@@ -96,7 +96,7 @@ class BarDelegate(QStyledItemDelegate):
         else:
             # Log scale over four decades below the largest value; the number sits beside the bar.
             width = 0.0 if fraction <= 0 else max(0.03, min(1.0, (math.log10(fraction) + 4) / 4))
-            bar_space = max(10, rect.width() - 58)
+            bar_space = max(10, rect.width() - 62)
             bar = QRect(rect.left(), rect.top() + 1, int(bar_space * width), rect.height() - 2)
             painter.fillRect(bar, QColor(66, 133, 244, 190))
             painter.setPen(QColor("#222"))
@@ -173,8 +173,8 @@ class TreePanel(QWidget):
         header = self.view.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)
-        header.resizeSection(NAME, 230)
-        for col, width in ((TYPE, 105), (PARAMS, 80), (TRAINABLE, 80), (GRAD, 100), (UPDATE, 100)):
+        header.resizeSection(NAME, 215)
+        for col, width in ((TYPE, 100), (PARAMS, 78), (TRAINABLE, 78), (GRAD, 100), (UPDATE, 100)):
             header.resizeSection(col, width)
         layout.addWidget(self.view, 1)
 
