@@ -21,8 +21,20 @@ def _err(message: str) -> None:
 
 
 # ---------------------------------------------------------------------- shared options
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-classes", type=int, metavar="N", help="size of the classifier head")
+    p.add_argument(
+        "--num-classes", type=_positive_int, metavar="N", help="size of the classifier head"
+    )
     w = p.add_mutually_exclusive_group()
     w.add_argument(
         "--pretrained", action="store_true", help="start from the library's pretrained weights"
@@ -82,6 +94,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from freezer_app.core.freeze import apply_mask, available_presets, plan_code, resolve
     from freezer_app.core.tree import ModelTree
     from freezer_app.textview import render_presets, render_tree, summary_line, use_colour
+
+    if args.depth is not None and args.depth < 0:
+        raise FreezerError(f"--depth must be 0 or more (got {args.depth}).", "Use e.g. --depth 2.")
 
     # A meta-device preview is instant for any size; a weights file is still checked against
     # it. Only --pretrained builds for real, since that is what checks the download.
@@ -236,7 +251,10 @@ def project_from_args(args: argparse.Namespace) -> Any:
             )
         project = Project()
     if args.model:
-        project.model = args.model
+        from freezer_app.core.project import absolute_model
+
+        # A run folder's project.json must work from any directory.
+        project.model = absolute_model(args.model, Path.cwd())
     if args.data:
         project.data.path = str(Path(args.data).expanduser().resolve())
     if args.pretrained:
@@ -474,15 +492,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loaded = _loaded_from_args(args)
     workers = args.workers if args.workers is not None else default_workers()
+    split, seed = _run_split(args.model, args.data) if not args.all_images else (None, 0)
     result = evaluate(
-        loaded, args.data, batch_size=args.batch_size, device=args.device, workers=workers
+        loaded,
+        args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=workers,
+        val_split=split,
+        seed=seed,
     )
+    if split:
+        result.notes.append(
+            f"the run's own validation split ({split:g}, seed {seed}); --all-images scores every image"
+        )
     result.model = f"{args.model} ({loaded.spec}, {loaded.weights_note})"
     if args.json:
         print(json.dumps(result.to_dict(worst=args.worst), indent=2))
     else:
         print(result.summary(worst=args.worst))
     return EXIT_OK
+
+
+def _run_split(model: str, data: str) -> tuple[float | None, int]:
+    """A run folder evaluated on the folder it trained on: the validation share it held out
+    (so training images are not scored), when that folder had no val/ of its own."""
+    project_file = Path(model) / "project.json"
+    if not project_file.is_file():
+        return None, 0
+    try:
+        project = json.loads(project_file.read_text())
+        same = Path(project["data"]["path"]).resolve() == Path(data).expanduser().resolve()
+        return (
+            (float(project["data"]["val_split"]), int(project["train"]["seed"]))
+            if same
+            else (None, 0)
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -661,6 +708,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=int, metavar="N", help="data loading processes")
     p.add_argument("--worst", type=int, default=5, metavar="N", help="list the N worst images")
+    p.add_argument(
+        "--all-images",
+        action="store_true",
+        help="score every image, even when MODEL is a run that held some out for validation",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 

@@ -229,3 +229,11 @@ def test_meta_preview_checks_weights_without_copying_a_model(tmp_path: Path) -> 
     torch.save(nn.Linear(2, 2).state_dict(), path)
     with pytest.raises(WeightsError, match="missing keys"):
         load_model("timm:test_resnet", weights=path, meta=True)
+
+
+def test_models_with_auxiliary_heads_return_plain_logits_when_training() -> None:
+    model = load_model("torchvision:googlenet", num_classes=3).module.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    with pytest.raises(Exception, match="1 or more"):
+        load_model("timm:test_resnet", num_classes=0)

@@ -194,3 +194,102 @@ def test_ctrl_c_saves_a_checkpoint(demo_data: Path, tmp_path: Path) -> None:
     assert "stopping after this step" in stderr
     assert "stopped after" in stdout
     assert (out / "checkpoints" / "last.pt").exists() and (out / "model.safetensors").exists()
+
+
+def test_project_with_a_relative_model_file_runs_from_anywhere(
+    demo_data: Path, tmp_path: Path, factory_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(factory_file.parent)
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                f"{factory_file.name}:build",
+                "--data",
+                str(demo_data),
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["train", str(out / "project.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    )
+
+
+def test_setup_failures_leave_no_run_folder_and_bad_settings_are_messages(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            "timm:test_resnet",
+            "--pretrained",
+            "--data",
+            str(demo_data),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2 and not out.exists()  # offline: nothing half-made to trip over next time
+    for flag, value, message in [
+        ("--label-smoothing", "2", "Label smoothing"),
+        ("--grad-clip", "-1", "Gradient clipping must be positive"),
+        ("--workers", "-1", "Data workers cannot be negative"),
+    ]:
+        code = main(
+            [
+                "train",
+                "--model",
+                "timm:test_resnet",
+                "--data",
+                str(demo_data),
+                flag,
+                value,
+                "--out",
+                str(out),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": "timm:test_resnet", "train": {"epochs": "2"}}')
+    assert main(["train", str(bad)]) == 2
+    assert "train.epochs must be int" in capsys.readouterr().err
+
+
+def test_a_model_that_rejects_the_input_size_is_an_error_message(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_file = tmp_path / "fixed.py"
+    model_file.write_text(
+        "from torch import nn\n"
+        "def build(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 10 * 10, num_classes))\n"
+    )
+    code = main(
+        [
+            "train",
+            "--model",
+            f"{model_file}:build",
+            "--data",
+            str(demo_data),
+            "--out",
+            str(tmp_path / "r"),
+            *FAST,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Training failed at step 1: RuntimeError: mat1 and mat2" in err and "--image-size" in err
+    assert "Traceback" not in err

@@ -118,3 +118,19 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path: Path) -> N
     assert not torch.equal(ds[(1, 0)][0], ds[(1, 1)][0])
     with pytest.raises(DataError, match="Unknown augmentation"):
         build_transforms({"input_size": (3, 24, 24)}, 24, "wild")
+
+
+def test_atomic_writes_have_the_usual_file_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import freezer_app.core.files as files
+
+    monkeypatch.setattr(files, "_UMASK", 0o022)
+    files.write_text(tmp_path / "a.txt", "x")
+    with files.atomic_dir(tmp_path / "bundle") as tmp:
+        (tmp / "f").write_text("y")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755
+    (tmp_path / "a.txt").chmod(0o640)
+    files.write_text(tmp_path / "a.txt", "z")  # replacing keeps the file's own mode
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640

@@ -282,3 +282,23 @@ def test_edit_appends_a_readable_selector() -> None:
     assert plan == FreezePlan(preset="head-only", unfreeze=["layer4"])
     plan = edit_plan(tree, plan, "layer4", False)
     assert plan == FreezePlan(preset="head-only")
+
+
+def test_unfreezing_a_batchnorm_lets_it_train_again_at_once() -> None:
+    model = timm.create_model("test_resnet", num_classes=3)
+    model.train()
+    apply_plan(model, FreezePlan(preset="head-only"))
+    model(torch.randn(2, 3, 32, 32))
+    assert model.bn1.training is False
+    apply_plan(model, FreezePlan(preset="train-all"))  # mid-epoch: no model.train() follows
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert model.bn1.training is True
+    assert not torch.equal(before, model.bn1.running_mean)
+
+
+def test_plan_files_with_wrong_types_are_clear_errors() -> None:
+    with pytest.raises(SelectorError, match="'freeze' must be a list"):
+        FreezePlan.from_dict({"freeze": "conv1"})
+    with pytest.raises(SelectorError, match="gradual-unfreezing step"):
+        FreezePlan.from_dict({"schedule": [{"epoch": 1, "presett": "train-all"}]})

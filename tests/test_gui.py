@@ -347,3 +347,48 @@ def test_export_dialog_writes_and_never_overwrites_silently(
     dialog.start()
     assert dialog.task is None and out.stat().st_mtime_ns == before
     dialog.reject()
+
+
+def test_gradual_unfreezing_moves_the_tree_but_not_the_project(window: MainWindow, qtbot) -> None:
+    from freezer_app.core.freeze import Phase
+
+    qtbot.mouseClick(window.settings_panel.fine_tune, Qt.MouseButton.LeftButton)
+    assert window.controller.plan.preset == "head-only"
+    assert window.project.plan.schedule == [Phase(1, "train-all")]
+    seen: list = []
+    window.runFinished.connect(lambda _r: None)
+    assert window.start_training()
+    window.session.events.connect(
+        lambda batch: seen.extend(e for e in batch if isinstance(e, ev.PlanApplied))
+    )
+    qtbot.waitUntil(lambda: window.session is None, timeout=120_000)
+    assert [(e.reason, e.plan.preset) for e in seen] == [
+        ("start", "head-only"),
+        ("schedule", "train-all"),
+    ]
+    assert window.project.plan.preset == "head-only"  # the schedule's start is kept
+    assert window.controller.plan.preset == "head-only"  # and shown again after the run
+    assert "freeze edit applied" not in window.log.toPlainText()
+
+
+def test_a_replaced_dataset_check_does_not_overwrite_the_new_one(
+    window: MainWindow, qtbot, demo_data: Path
+) -> None:
+    window.start_scan()
+    window.start_scan()  # cancels the first; its late "cancelled" must be ignored
+    qtbot.waitUntil(lambda: window.scan_task is None, timeout=30_000)
+    QThreadPool.globalInstance().waitForDone(30_000)
+    qtbot.wait(50)
+    assert window.report is not None and "cancelled" not in window.data_panel.summary.text()
+
+
+def test_evaluation_after_a_split_run_scores_only_held_out_images(
+    window: MainWindow, qtbot, demo_data: Path
+) -> None:
+    window.choose_data(str(demo_data / "train"))  # no val/ folder: 20% are held out
+    qtbot.waitUntil(lambda: window.scan_task is None and window.report is not None, timeout=30_000)
+    held_out = len(window.report.val)
+    _train(window, qtbot)
+    view = window.evaluate_view
+    qtbot.waitUntil(lambda: view.task is None and view.evaluation is not None, timeout=60_000)
+    assert view.evaluation.count == held_out == 24

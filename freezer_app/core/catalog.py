@@ -429,9 +429,15 @@ def _build_timm(spec: ModelSpec, num_classes: int | None, pretrained: bool) -> n
 def _build_torchvision(
     spec: ModelSpec, num_classes: int | None, pretrained: bool
 ) -> tuple[nn.Module, list[str]]:
+    aux = spec.name in _AUX_CLASSIFIERS
     if not pretrained:
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        return torchvision.models.get_model(spec.name, weights=None, **kwargs), []
+        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+        if aux:
+            # Auxiliary classifiers make training-mode outputs a tuple; fine-tuning uses the
+            # main head only (as torchvision does for its pretrained models).
+            kwargs.update(aux_logits=False, init_weights=True)
+        with warnings_suppressed():
+            return torchvision.models.get_model(spec.name, weights=None, **kwargs), []
     state = _torchvision_state(spec.name)
     weights = torchvision.models.get_model_weights(spec.name).DEFAULT
     n = num_classes or len(weights.meta["categories"])
@@ -447,7 +453,14 @@ def _build_torchvision(
         model.transform_input = True
     heads, _ = find_head_paths(model)
     dropped = load_weights(model, state, heads, f"torchvision weights for {spec.name}")
+    if aux:
+        model.aux_logits = False
+        for name in _AUX_CLASSIFIERS[spec.name]:
+            setattr(model, name, None)
     return model, dropped
+
+
+_AUX_CLASSIFIERS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
 @contextlib.contextmanager
@@ -550,6 +563,11 @@ def load_model(
     meta: allocate nothing (meta device), for an instant architecture preview. Weights are
         checked against the architecture but not copied.
     """
+    if num_classes is not None and num_classes < 1:
+        raise FreezerError(
+            f"The number of classes must be 1 or more (got {num_classes}).",
+            "Use e.g. --num-classes 10.",
+        )
     source = resolve_source(text)
     spec = source.spec
     if num_classes is None:

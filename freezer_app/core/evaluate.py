@@ -270,6 +270,8 @@ def evaluate(
     batch_size: int = 32,
     device: str = "auto",
     workers: int = 0,
+    val_split: float | None = None,
+    seed: int = 0,
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
 ) -> Evaluation:
@@ -277,12 +279,19 @@ def evaluate(
 
     The data folder's class names must be among the model's label names (a model without
     label names must have as many outputs as the folder has classes, in sorted order).
+    A folder without train/ and val/ is evaluated on all its images, or, with `val_split`
+    and `seed`, on exactly the validation share a training run with those settings held out.
     progress(done, total) is called after each batch; should_cancel() is checked before each
     (raising Cancelled).
     """
     folder, split = eval_folder(data)
-    report = scan_folder(folder, val_split=0.0)
-    items = report.train + report.val
+    if split == "all" and val_split:
+        report = scan_folder(folder, val_split=val_split, seed=seed)
+        items = list(report.val)
+        split = "val"
+    else:
+        report = scan_folder(folder, val_split=0.0)
+        items = report.train + report.val
     loaded = as_loaded(model)
     classes, mapping, notes = _match_classes(loaded, report.classes)
     if not items:

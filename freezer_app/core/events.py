@@ -86,7 +86,7 @@ class ErrorEvent:
     """A failure during training (NaN/Inf loss, out of memory); Finished follows with reason
     "error". Problems found before training starts raise FreezerError instead."""
 
-    kind: str  # "non-finite-loss" | "out-of-memory"
+    kind: str  # "non-finite-loss" | "out-of-memory" | "exception"
     step: int
     message: str
     hint: str
@@ -112,6 +112,7 @@ class Finished:
     seconds: float
     message: str = ""
     hint: str = ""
+    details: str = ""  # a traceback, for failures Freezer did not foresee
 
 
 Event = (

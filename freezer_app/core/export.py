@@ -658,14 +658,12 @@ def _export_code(src, out, force, progress, should_cancel) -> ExportResult:
     plan_json = plan.to_json() + "\n"
     if out.suffix == ".py":
         json_path = out.with_suffix(".json")
-        # Both files, or neither: the second is written only after the first is complete.
-        write_text(out, code)
-        try:
+        # Both files complete under temporary names first, then both renamed: a failure
+        # leaves the previous pair (or nothing) in place, never one old and one new file.
+        with atomic_path(out) as py_tmp, atomic_path(json_path) as json_tmp:
+            py_tmp.write_text(code)
             steps("writing the plan as JSON")
-            write_text(json_path, plan_json)
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
+            json_tmp.write_text(plan_json)
         files = [out, json_path]
     else:
         with atomic_dir(out, replace=force) as tmp:

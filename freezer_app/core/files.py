@@ -38,6 +38,29 @@ def _explain(path: Path, e: OSError) -> WriteError:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _usual_mode(tmp: Path, target: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create owner-only files; give the result the mode a plain write would
+    (the replaced file's mode, or the umask's default) so others can read exports."""
+    try:
+        mode = (
+            target.stat().st_mode & 0o7777
+            if target.exists()
+            else (0o777 if directory else 0o666) & ~_UMASK
+        )
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`.
@@ -54,6 +77,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _usual_mode(tmp, path)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -77,11 +101,16 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
         raise _explain(path, e) from None
     try:
         yield tmp
+        _usual_mode(tmp, path, directory=True)
         if path.exists() and replace:
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)  # put the previous version back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

@@ -60,11 +60,11 @@ class FreezePlan:
                 f"A freeze plan has: {', '.join(sorted(known))}.",
             )
         plan = cls(
-            preset=str(data.get("preset", "train-all")),
-            freeze=[str(s) for s in data.get("freeze", [])],
-            unfreeze=[str(s) for s in data.get("unfreeze", [])],
+            preset=_text(data.get("preset", "train-all"), "preset"),
+            freeze=_selectors(data.get("freeze", []), "freeze"),
+            unfreeze=_selectors(data.get("unfreeze", []), "unfreeze"),
             bn_policy=data.get("bn_policy", "frozen"),
-            schedule=[Phase(**p) for p in data.get("schedule", [])],
+            schedule=[_phase(p) for p in _list(data.get("schedule", []), "schedule")],
         )
         if plan.bn_policy not in BN_POLICIES:
             raise SelectorError(
@@ -97,6 +97,45 @@ class FreezePlan:
         if self.unfreeze:
             parts.append("unfreeze " + ", ".join(self.unfreeze))
         return "; ".join(parts)
+
+
+def _list(value: Any, key: str) -> list:
+    if not isinstance(value, list):
+        raise SelectorError(
+            f"Freeze plan: {key!r} must be a list, not {type(value).__name__}.",
+            f'Write e.g. "{key}": ["layer1", "type:BatchNorm2d"].'
+            if key != "schedule"
+            else 'Write e.g. "schedule": [{"epoch": 1, "preset": "train-all"}].',
+        )
+    return value
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise SelectorError(
+            f"Freeze plan: {key!r} must be text, not {type(value).__name__}.",
+            "Check the plan file.",
+        )
+    return value
+
+
+def _selectors(value: Any, key: str) -> list[str]:
+    return [_text(v, key) for v in _list(value, key)]
+
+
+def _phase(data: Any) -> Phase:
+    known = {"epoch", "preset", "freeze", "unfreeze"}
+    if not isinstance(data, dict) or set(data) - known or not isinstance(data.get("epoch"), int):
+        raise SelectorError(
+            f"Bad gradual-unfreezing step {data!r}.",
+            'Each step is {"epoch": N, "preset": P} with optional "freeze"/"unfreeze" lists.',
+        )
+    return Phase(
+        epoch=data["epoch"],
+        preset=_text(data.get("preset", "train-all"), "preset"),
+        freeze=_selectors(data.get("freeze", []), "freeze"),
+        unfreeze=_selectors(data.get("unfreeze", []), "unfreeze"),
+    )
 
 
 # ---------------------------------------------------------------------- selectors
@@ -403,7 +442,13 @@ def apply_plan(model: nn.Module, plan: FreezePlan, tree: ModelTree | None = None
 def _set_norm_guard(model: nn.Module, norms: list[nn.Module]) -> None:
     old = _norm_hooks.pop(model, None)
     if old is not None:
-        old.remove()
+        handle, guarded = old
+        handle.remove()
+        # Norm layers unfrozen now follow the model's mode again (train mode mid-epoch).
+        kept = {id(n) for n in norms}
+        for norm in guarded:
+            if id(norm) not in kept:
+                norm.training = model.training
     if not norms:
         return
 
@@ -412,7 +457,7 @@ def _set_norm_guard(model: nn.Module, norms: list[nn.Module]) -> None:
             for norm in norms:
                 norm.training = False
 
-    _norm_hooks[model] = model.register_forward_pre_hook(keep_frozen_norms_in_eval)
+    _norm_hooks[model] = (model.register_forward_pre_hook(keep_frozen_norms_in_eval), norms)
     if model.training:
         for norm in norms:
             norm.training = False

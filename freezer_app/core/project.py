@@ -128,6 +128,51 @@ class Project:
                 f"Unknown early-stopping metric {t.early_stop_metric!r}.",
                 "Use val_acc or val_loss.",
             ),
+            (
+                0 <= t.label_smoothing < 1,
+                f"Label smoothing must be in [0, 1) (got {t.label_smoothing}).",
+                "Use e.g. 0.1.",
+            ),
+            (
+                t.grad_clip is None or t.grad_clip > 0,
+                f"Gradient clipping must be positive (got {t.grad_clip}).",
+                "Use e.g. 1.0, or --no-grad-clip.",
+            ),
+            (
+                t.weight_decay >= 0,
+                f"Weight decay cannot be negative (got {t.weight_decay}).",
+                "Use e.g. 0.05.",
+            ),
+            (
+                0 <= t.momentum < 1,
+                f"Momentum must be in [0, 1) (got {t.momentum}).",
+                "Use e.g. 0.9.",
+            ),
+            (
+                t.warmup_epochs >= 0,
+                f"Warmup cannot be negative (got {t.warmup_epochs}).",
+                "Use e.g. 1.",
+            ),
+            (
+                t.early_stop_patience >= 0,
+                f"Early-stopping patience cannot be negative (got {t.early_stop_patience}).",
+                "Use 0 to turn it off.",
+            ),
+            (
+                t.max_steps is None or t.max_steps >= 0,
+                f"The step limit cannot be negative (got {t.max_steps}).",
+                "Use 0 for no limit.",
+            ),
+            (
+                d.workers is None or d.workers >= 0,
+                f"Data workers cannot be negative (got {d.workers}).",
+                "Use 0 to load images in the training process.",
+            ),
+            (
+                d.augmentation in ("none", "light", "strong"),
+                f"Unknown augmentation {d.augmentation!r}.",
+                "Use none, light or strong.",
+            ),
         ]
         for ok, message, hint in checks:
             if not ok:
@@ -169,6 +214,7 @@ class Project:
             raise ProjectError(f"Malformed project: {e}", "Check the project file.") from None
         if base_dir is not None:
             # Relative paths in a project file are relative to the file, not the shell.
+            project.model = absolute_model(project.model, base_dir)
             if project.data.path and not Path(project.data.path).expanduser().is_absolute():
                 project.data.path = str((base_dir / project.data.path).resolve())
             if project.weights and not Path(project.weights).expanduser().is_absolute():
@@ -192,12 +238,58 @@ class Project:
         write_json(path, self.to_dict())
 
 
+_TYPES = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list[str]": (list,),
+}
+
+
+def _check_type(section: str, name: str, annotation: str, value: Any) -> None:
+    """Values from a JSON file must have the type the setting declares (e.g. 5, not "5")."""
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None and "None" in options:
+        return
+    allowed = tuple(t for o in options for t in _TYPES.get(o, ()))
+    if allowed and (
+        not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+    ):
+        wanted = " or ".join(o for o in options if o != "None") + (
+            " or null" if "None" in options else ""
+        )
+        raise ProjectError(
+            f"Setting {section}.{name} must be {wanted}, not {json.dumps(value)}.",
+            "Fix the project file (numbers without quotes, true/false, null).",
+        )
+
+
 def _build(kind: type, values: dict[str, Any], section: str) -> Any:
-    names = {f.name for f in fields(kind)}
-    unknown = sorted(set(values) - names)
+    if not isinstance(values, dict):
+        raise ProjectError(
+            f"The {section} section must be a JSON object.", "Check the project file."
+        )
+    known = {f.name: f for f in fields(kind)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ProjectError(
             f"Unknown setting(s) in {section}: {', '.join(unknown)}.",
-            f"Known {section} settings: {', '.join(sorted(names))}.",
+            f"Known {section} settings: {', '.join(sorted(known))}.",
         )
+    for name, value in values.items():
+        _check_type(section, name, str(known[name].type), value)
     return kind(**values)
+
+
+def absolute_model(model: str, base: Path) -> str:
+    """A model string whose file paths (factory .py, bundle, weights) are made absolute."""
+    if ".py:" in model:
+        path, _, factory = model.rpartition(":")
+        if not Path(path).expanduser().is_absolute():
+            return f"{(base / Path(path).expanduser()).resolve()}:{factory}"
+        return model
+    candidate = Path(model).expanduser()
+    if not candidate.is_absolute() and (base / candidate).exists():
+        return str((base / candidate).resolve())
+    return model

@@ -36,13 +36,17 @@ class RunFolder:
     best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
     weights = property(lambda self: self.path / "model.safetensors")
 
-    def create(self) -> None:
-        """Make a new run folder; refuse to write into one that holds a run."""
-        if self.path.exists() and any(self.path.iterdir()):
+    def check_new(self) -> None:
+        """Refuse a folder that already holds files: a run never writes over other work."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise ProjectError(
                 f"The run folder {self.path} already holds files.",
                 "Pick a new --out folder, or continue that run with --resume.",
             )
+
+    def create(self) -> None:
+        """Make a new run folder; refuse to write into one that holds a run."""
+        self.check_new()
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,17 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
+def logits_of(output: Any) -> torch.Tensor:
+    """The class scores of a model's output: some return a named tuple (e.g. `.logits`)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}, not a tensor of class scores")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -136,7 +148,9 @@ class Trainer:
         if self.resume:
             self.folder.check_resumable()
         else:
-            self.folder.create()
+            # Checked now, created only once everything is ready: a run that cannot start
+            # leaves no half-made folder behind.
+            self.folder.check_new()
         seed_everything(t.seed)
         self.device = select_device(t.device)
         self.precision = select_precision(self.device, t.amp)
@@ -164,9 +178,20 @@ class Trainer:
         model = loaded.module
         self.tree = ModelTree(model, project.model)
         self.channels_last = wants_channels_last(model, self.device, t.channels_last)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        try:
+            model.to(self.device)
+            if self.channels_last:
+                model.to(memory_format=torch.channels_last)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            model.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise ProjectError(
+                f"The model does not fit in the memory of {self.device}.",
+                "Pick a smaller model, or train on another device (--device cpu).",
+            ) from None
         self.model = model
 
         train_tf, eval_tf = build_transforms(
@@ -206,14 +231,16 @@ class Trainer:
             self.current_plan = project.plan.phase_for_epoch(0)
             self._scheduled_phase = self.current_plan
             self._apply_plan(self.current_plan, "start", announce=False)
-            self.folder.write_json(self.folder.project, project.to_dict())
-            self.folder.write_json(self.folder.data_report, report.to_dict())
-            self.folder.write_json(self.folder.layers, {"layers": self.layers.names})
         if not any(p.requires_grad for p in model.parameters()):
             raise ProjectError(
                 "The freeze plan freezes every parameter, so there is nothing to train.",
                 "Unfreeze at least the head (e.g. --preset head-only).",
             )
+        if not self.resume:
+            self.folder.create()
+            self.folder.write_json(self.folder.project, project.to_dict())
+            self.folder.write_json(self.folder.data_report, report.to_dict())
+            self.folder.write_json(self.folder.layers, {"layers": self.layers.names})
 
     def _apply_plan(self, plan: FreezePlan, reason: str, announce: bool = True) -> None:
         """Set requires_grad, the BatchNorm guard, the optimizer's parameters and the frozen
@@ -343,50 +370,55 @@ class Trainer:
             )
         )
         self.emit(self._plan_event)
-        reason, message, hint = "completed", "", ""
+        reason, kind, message, hint, details = "completed", "", "", "", ""
         try:
             reason = self._train()
         except _StopRequested as stop:
-            reason = stop.reason
-            self._flush_losses(check=False)
-            self._write_frozen_check(self.verifier.check(self.epoch, self.step))
-            self._save_checkpoint()
-            self._save_weights(self.folder.weights)
-            what = "stopped" if reason == "stopped" else "reached the step limit"
-            self.emit(
-                LogEvent(
-                    f"{what} at step {self.step}; checkpoint saved, resume with --resume {self.folder.path}"
+            try:
+                # A NaN among the last unflushed steps must not be saved as a clean stop.
+                self._flush_losses()
+            except _NonFiniteLoss as e:
+                reason, kind, message, hint = self._non_finite(e)
+            else:
+                reason = stop.reason
+                self._write_frozen_check(self.verifier.check(self.epoch, self.step))
+                self._save_checkpoint()
+                self._save_weights(self.folder.weights)
+                what = "stopped" if reason == "stopped" else "reached the step limit"
+                self.emit(
+                    LogEvent(
+                        f"{what} at step {self.step}; checkpoint saved, resume with --resume {self.folder.path}"
+                    )
                 )
-            )
         except _NonFiniteLoss as e:
-            reason = "error"
-            where = (
-                f"the last good checkpoint (end of epoch {self.last_good_checkpoint_epoch}) is kept in {self.folder.last_checkpoint}"
-                if self.last_good_checkpoint_epoch
-                else "no checkpoint had been written yet"
-            )
-            message = f"The loss became {e.value} at step {e.step}; training stopped and {where}."
-            hint = (
-                f"Lower the learning rate (now {self.project.train.lr:g}), keep gradient clipping on, "
-                "or turn mixed precision off."
-            )
+            reason, kind, message, hint = self._non_finite(e)
         except Exception as e:
-            if not _is_oom(e):
-                raise
             reason = "error"
-            self._recover_from_oom()
-            bs = self.project.train.batch_size
-            message = f"Out of GPU memory at step {self.step + 1} (batch size {bs}, {self.precision.name})."
-            hint = (
-                f"Try a smaller batch size (e.g. {max(1, bs // 2)}), mixed precision (--amp bf16 or fp16), "
-                "a smaller image size, or freeze more layers (frozen layers need no gradients or optimizer state)."
-            )
+            self._recover_after_failure()
+            if _is_oom(e):
+                kind = "out-of-memory"
+                bs = self.project.train.batch_size
+                message = f"Out of GPU memory at step {self.step + 1} (batch size {bs}, {self.precision.name})."
+                hint = (
+                    f"Try a smaller batch size (e.g. {max(1, bs // 2)}), mixed precision (--amp bf16 or fp16), "
+                    "a smaller image size, or freeze more layers (frozen layers need no gradients or optimizer state)."
+                )
+            else:
+                # Nearly always the model and the data disagreeing (input size, output shape);
+                # reported like any other failure, and the process stays usable.
+                kind = "exception"
+                first = str(e).splitlines()[0] if str(e) else ""
+                message = f"Training failed at step {self.step + 1}: {type(e).__name__}: {first}"
+                hint = (
+                    "Check that the model accepts this image size (--image-size) and returns one "
+                    "score per class. Checkpoints written so far are kept."
+                )
+                details = traceback.format_exc()
         finally:
             self.folder.flush()
         if reason in ("completed", "early-stopped"):
             self._save_weights(self.folder.weights)
         if reason == "error":
-            kind = "non-finite-loss" if "loss became" in message else "out-of-memory"
             self.emit(ErrorEvent(kind, self.step, message, hint))
         check = self.last_check
         result = Finished(
@@ -402,10 +434,24 @@ class Trainer:
             seconds=time.monotonic() - started,
             message=message,
             hint=hint,
+            details=details,
         )
         self._release()
         self.emit(result)
         return result
+
+    def _non_finite(self, e: _NonFiniteLoss) -> tuple[str, str, str, str]:
+        where = (
+            f"the last good checkpoint (end of epoch {self.last_good_checkpoint_epoch}) is kept in {self.folder.last_checkpoint}"
+            if self.last_good_checkpoint_epoch
+            else "no checkpoint had been written yet"
+        )
+        message = f"The loss became {e.value} at step {e.step}; training stopped and {where}."
+        hint = (
+            f"Lower the learning rate (now {self.project.train.lr:g}), keep gradient clipping on, "
+            "or turn mixed precision off."
+        )
+        return "error", "non-finite-loss", message, hint
 
     def _release(self) -> None:
         """Free the accelerator: the process stays usable for the next run."""
@@ -418,7 +464,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _recover_from_oom(self) -> None:
+    def _recover_after_failure(self) -> None:
         self._pending_losses.clear()
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
@@ -478,7 +524,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
-                    loss = self.criterion(model(x), y)
+                    loss = self.criterion(logits_of(model(x)), y)
                 if self.scaler:
                     self.scaler.scale(loss).backward()
                     self.scaler.unscale_(self.optimizer)
@@ -563,7 +609,7 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                logits = model(x)
+                logits = logits_of(model(x))
             total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             count += y.shape[0]

@@ -118,6 +118,8 @@ class EvaluateView(QWidget):
         super().__init__(parent)
         self.source: Path | None = None
         self.data: str = ""
+        self.val_split: float | None = None
+        self.seed = 0
         self.evaluation: Evaluation | None = None
         self.task: tasks.Task | None = None
         layout = QVBoxLayout(self)
@@ -190,10 +192,15 @@ class EvaluateView(QWidget):
         self._update_buttons()
 
     # ------------------------------------------------------------------ inputs
-    def set_source(self, source: Path | None, data: str = "") -> None:
+    def set_source(
+        self, source: Path | None, data: str = "", val_split: float | None = None, seed: int = 0
+    ) -> None:
+        """What to evaluate, on which folder; with val_split/seed (a folder without val/), only
+        the images a run held out for validation are scored, never its training images."""
         self.source = source
         if data:
             self.data = data
+            self.val_split, self.seed = val_split, seed
         self.model_label.setText(
             f"Model: <b>{source}</b>" if source else "No model to evaluate yet."
         )
@@ -261,15 +268,16 @@ class EvaluateView(QWidget):
     def run(self) -> None:
         if self.source is None or not self.data or self.task is not None:
             return
-        source, data = str(self.source), self.data
+        source, data, split, seed = str(self.source), self.data, self.val_split, self.seed
         self.banner.setStyleSheet("")
         self.banner.setText("Evaluating…")
-        self._start(
-            lambda progress, cancelled: evaluate(
-                source, data, progress=progress, should_cancel=cancelled
-            ),
-            self.show_evaluation,
-        )
+
+        def work(progress, cancelled):
+            return evaluate(
+                source, data, val_split=split, seed=seed, progress=progress, should_cancel=cancelled
+            )
+
+        self._start(work, self.show_evaluation)
 
     def predict_images(self, paths: list[str]) -> None:
         if self.source is None:

@@ -55,12 +55,13 @@ class FreezeController(QObject):
             self.error.emit(f"{e.message} The freeze plan was reset to train-all.")
             self._set(FreezePlan(bn_policy=plan.bn_policy, schedule=plan.schedule))
 
-    def _set(self, plan: FreezePlan) -> None:
+    def _set(self, plan: FreezePlan, announce: bool = True) -> None:
         if self.tree is not None:
             self.tree.trainable = resolve(plan, self.tree)
         self.plan = plan
         self.model.refresh_states()
-        self.planChanged.emit(plan)
+        if announce:
+            self.planChanged.emit(plan)
 
     def mask(self) -> np.ndarray:
         assert self.tree is not None
@@ -143,7 +144,11 @@ class FreezeController(QObject):
         self.apply(plan, "Unfreezing schedule")
 
     def follow_run(self, plan: FreezePlan) -> None:
-        """A run switched plans on its own (gradual-unfreezing schedule): show it, no undo entry."""
+        """A run switched plans on its own (gradual-unfreezing schedule): show what trains now.
+
+        Silent: the project keeps its own plan (the schedule's start), nothing is sent back to
+        the run, and there is no undo entry. Edits made now start from what is shown.
+        """
         merged = FreezePlan(
             plan.preset,
             list(plan.freeze),
@@ -151,4 +156,8 @@ class FreezeController(QObject):
             self.plan.bn_policy,
             list(self.plan.schedule),
         )
-        self._set(merged)
+        self._set(merged, announce=False)
+
+    def show_plan(self, plan: FreezePlan) -> None:
+        """Back to the project's plan after a run (no undo entry, no change signal)."""
+        self._set(plan, announce=False)

@@ -485,7 +485,13 @@ class MainWindow(QMainWindow):
             self.scan_task = None
             self.data_panel.scanning(False)
 
+    def _is_current_scan(self) -> bool:
+        """Results of a scan that was cancelled or replaced must not overwrite the current one."""
+        return self.scan_task is not None and self.sender() is self.scan_task.signals
+
     def _scan_done(self, report: DataReport) -> None:
+        if not self._is_current_scan():
+            return
         self.scan_task = None
         self.data_panel.scanning(False)
         self.report = report
@@ -500,6 +506,8 @@ class MainWindow(QMainWindow):
         self.datasetChecked.emit(report)
 
     def _scan_failed(self, message: str, hint: str, details: str) -> None:
+        if not self._is_current_scan():
+            return
         self.scan_task = None
         self.data_panel.scanning(False)
         self.report = None
@@ -782,7 +790,7 @@ class MainWindow(QMainWindow):
             self.log.add(text)
             self.statusBar().showMessage(text, 15000)
             if (Path(result.run_dir) / "model.safetensors").exists():
-                self.evaluate_view.set_source(Path(result.run_dir), self.project.data.path)
+                self.evaluate_view.set_source(Path(result.run_dir), *self._evaluation_data())
                 self.evaluate_view.run()
         self.runFinished.emit(result)
 
@@ -799,16 +807,28 @@ class MainWindow(QMainWindow):
         self.redraw_timer.stop()
         self.redraw_all()
         self._set_running(False)
+        # A gradual-unfreezing schedule moved the tree along; show the project's plan again.
+        if (
+            self.controller.tree is not None
+            and self.controller.plan.to_dict() != self.project.plan.to_dict()
+        ):
+            self.controller.show_plan(copy.deepcopy(self.project.plan))
         if self.close_when_stopped:
             self.close()
 
-    def export_dialog(self) -> ExportDialog:
+    def export_dialog(self) -> ExportDialog | None:
         if self._running():
             self.statusBar().showMessage("Export when the run has finished (or stop it).", 5000)
+            return None
         source = self.run_dir if self.run_dir and (self.run_dir / "project.json").exists() else None
         dialog = ExportDialog(source, self)
         dialog.open()
         return dialog
+
+    def _evaluation_data(self) -> tuple[str, float | None, int]:
+        """The project's images, and the split that keeps training images out of the score."""
+        d = self.project.data
+        return d.path, d.val_split, self.project.train.seed
 
     def evaluate_last_run(self) -> None:
         if (
@@ -817,7 +837,7 @@ class MainWindow(QMainWindow):
             and (self.run_dir / "model.safetensors").exists()
         ):
             self.evaluate_view.set_source(self.run_dir)
-        self.evaluate_view.set_source(self.evaluate_view.source, self.project.data.path)
+        self.evaluate_view.set_source(self.evaluate_view.source, *self._evaluation_data())
         self.right.setCurrentWidget(self.evaluate_view)
         self.evaluate_view.run()
 
