@@ -392,3 +392,15 @@ def test_evaluation_after_a_split_run_scores_only_held_out_images(
     view = window.evaluate_view
     qtbot.waitUntil(lambda: view.task is None and view.evaluation is not None, timeout=60_000)
     assert view.evaluation.count == held_out == 24
+
+
+def test_opening_a_run_folder_as_the_model_continues_from_its_weights(
+    window: MainWindow, qtbot
+) -> None:
+    result = _train(window, qtbot)
+    window.choose_model(result.run_dir, "file")
+    assert window.project.model == "timm:test_resnet"
+    assert window.project.weights == str(Path(result.run_dir) / "model.safetensors")
+    assert "weights: model.safetensors" in window.model_panel.current.text()
+    again = _train(window, qtbot)
+    assert again.reason == "completed"

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListView,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -71,10 +72,14 @@ class ModelPanel(QWidget):
         self.list.activated.connect(lambda index: self.modelChosen.emit(index.data(), None))
 
         row = QHBoxLayout()
-        self.open_weights = QPushButton("Open weights or bundle…")
+        self.open_weights = QPushButton("Open weights or bundle ▾")
         self.open_weights.setToolTip(
             "A .safetensors/.pth file, an exported bundle folder, or a run folder"
         )
+        menu = QMenu(self.open_weights)
+        menu.addAction("Weights file (.safetensors, .pth)…", self._pick_weights)
+        menu.addAction("Bundle or run folder…", self._pick_folder)
+        self.open_weights.setMenu(menu)
         self.open_factory = QPushButton("Open model file (.py)…")
         self.open_factory.setToolTip(
             "Your own factory function returning an nn.Module (file.py:callable)"
@@ -92,7 +97,6 @@ class ModelPanel(QWidget):
         self.classes.setWordWrap(True)
         layout.addWidget(self.classes)
         self.pretrained.toggled.connect(self.pretrainedChanged)
-        self.open_weights.clicked.connect(self._pick_weights)
         self.open_factory.clicked.connect(self._pick_factory)
         self.last_dir = ""
 
@@ -133,14 +137,17 @@ class ModelPanel(QWidget):
             self.last_dir,
             "Weights (*.safetensors *.pth *.pt *.bin);;All files (*)",
         )
-        if not path:
-            folder = QFileDialog.getExistingDirectory(
-                self, "…or open a bundle / run folder", self.last_dir
-            )
-            path = folder
         if path:
             self.last_dir = str(Path(path).parent)
             self.modelChosen.emit(path, "file")
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Open a bundle or run folder", self.last_dir
+        )
+        if folder:
+            self.last_dir = str(Path(folder).parent)
+            self.modelChosen.emit(folder, "file")
 
     def _pick_factory(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -38,6 +38,12 @@ class Task(QRunnable):
 
     def run(self) -> None:
         try:
+            self._run()
+        finally:
+            _running.discard(self)
+
+    def _run(self) -> None:
+        try:
             result = self.fn(self._progress, self.cancelled.is_set)
         except FreezerError as e:
             self.signals.failed.emit(e.message, e.hint or "", "")
@@ -53,6 +59,12 @@ class Task(QRunnable):
             self.signals.message.emit(message)
 
 
+# Tasks in flight, kept alive here: the view that started one may be closed (and its Python
+# references dropped) while the task still runs and will emit its result.
+_running: set[Task] = set()
+
+
 def start(task: Task) -> Task:
+    _running.add(task)
     QThreadPool.globalInstance().start(task)
     return task
