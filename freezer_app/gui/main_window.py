@@ -779,7 +779,7 @@ class MainWindow(QMainWindow):
         self.last_finished = result
         self.tree_model.set_applied_mask(None)
         if result.reason == "error":
-            self.error_dialog("Training stopped", result.message, result.hint)
+            self.error_dialog("Training stopped", result.message, result.hint, result.details)
         else:
             best = (
                 f"best val_acc {result.best_val_acc:.3f}; "
