@@ -31,7 +31,6 @@ def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
     w.resize(1400, 900)
     w.show()
     qtbot.waitUntil(lambda: w.report is not None, timeout=30_000)
-    w.runs_root = tmp_path / "runs"
     w._runs_root = lambda: tmp_path / "runs"  # keep runs out of the user's folders
     yield w
     if w.session is not None:
@@ -161,8 +160,6 @@ def test_training_fills_the_plots_and_frozen_layers_show_zero(window: MainWindow
 
 def test_stop_ends_the_run_with_a_checkpoint(window: MainWindow, qtbot) -> None:
     window.settings_panel.epochs.setValue(500)
-    started: list = []
-    window.session_started = started
     finished: list = []
     window.runFinished.connect(finished.append)
     assert window.start_training()
