@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from freezer_app.core.catalog import load_model
+from freezer_app.core import timeline
 from freezer_app.core.errors import SelectorError
 from freezer_app.core.freeze import (
     FreezePlan,
@@ -148,9 +149,11 @@ def test_json_round_trip() -> None:
     )
     again = FreezePlan.from_json(plan.to_json())
     assert again == plan
-    assert again.phase_for_epoch(0).preset == "freeze-stages:2"
-    assert again.phase_for_epoch(2).preset == "train-last:1"
-    assert again.phase_for_epoch(5).preset == "train-all"
+    # Epoch-keyed phases start at the first step of the epoch after E epochs (10 steps each).
+    assert timeline.plan_at(again, 1, 10).preset == "freeze-stages:2"
+    assert timeline.plan_at(again, 11, 10).preset == "train-last:1"
+    assert timeline.plan_at(again, 21, 10).preset == "train-last:1"
+    assert timeline.plan_at(again, 31, 10).preset == "train-all"
     with pytest.raises(SelectorError, match="Unknown key"):
         FreezePlan.from_dict({"presett": "x"})
 
@@ -298,7 +301,7 @@ def test_unfreezing_a_batchnorm_lets_it_train_again_at_once() -> None:
 
 
 def test_plan_files_with_wrong_types_are_clear_errors() -> None:
-    with pytest.raises(SelectorError, match="'freeze' must be a list"):
+    with pytest.raises(SelectorError, match="plan.freeze must be a list of text"):
         FreezePlan.from_dict({"freeze": "conv1"})
-    with pytest.raises(SelectorError, match="gradual-unfreezing step"):
+    with pytest.raises(SelectorError, match=r"Unknown key\(s\) in plan.schedule\[0\]: presett"):
         FreezePlan.from_dict({"schedule": [{"epoch": 1, "presett": "train-all"}]})

@@ -154,7 +154,8 @@ def test_freezing_mid_run_keeps_that_layer_bit_identical_from_then_on(
         weight_decay=0.1,
     )
     applied = [e for e in rec.of(ev.PlanApplied) if e.reason == "edit"]
-    assert len(applied) == 1 and applied[0].step == 3
+    # Sent after step 3: step 4 is the first step trained with it.
+    assert len(applied) == 1 and applied[0].step == 4
     last = max(snaps)
     layer1 = [n for n in snaps[3] if n.startswith("layer1.") and "num_batches" not in n]
     assert any(not torch.equal(snaps[1][n], snaps[3][n]) for n in layer1)  # it trained before
@@ -328,9 +329,9 @@ def test_existing_run_folder_is_never_overwritten(demo_data: Path, tmp_path: Pat
 
 
 def test_everything_frozen_is_an_error(demo_data: Path, tmp_path: Path) -> None:
-    from freezer_app.core.errors import ProjectError
+    from freezer_app.core.errors import FreezerError
 
-    with pytest.raises(ProjectError, match="nothing to train"):
+    with pytest.raises(FreezerError, match="nothing to train"):
         Trainer(make_project(demo_data, plan=FreezePlan(freeze=["*"])), tmp_path / "run").run()
 
 

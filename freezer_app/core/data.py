@@ -398,6 +398,16 @@ class Loaders:
     val: DataLoader | None
     train_sampler: EpochBatchSampler
 
+    def close(self) -> None:
+        """End the worker processes now (persistent workers otherwise live as long as the
+        loader object, e.g. until the window that ran the training quits)."""
+        for loader in (self.train, self.val):
+            iterator = getattr(loader, "_iterator", None) if loader is not None else None
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            if loader is not None:
+                loader._iterator = None
+
 
 def default_workers() -> int:
     import os

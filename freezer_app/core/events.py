@@ -31,6 +31,7 @@ class RunStarted:
     epochs: int
     steps_per_epoch: int
     start_step: int  # > 0 when resuming
+    total_steps: int = 0
     data_report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,12 +68,19 @@ class FrozenCheckEvent:
 
 @dataclass
 class PlanApplied:
+    """The plan in effect changed (or a change was refused: the plan in effect stays).
+
+    `step` is the first optimizer step trained with `plan`; `mask` is the per-parameter
+    trainable mask (ModelTree order) the run now trains with."""
+
     step: int
     plan: FreezePlan
     trainable_params: int
     total_params: int
     layer_trainable: np.ndarray
-    reason: str  # "start", "schedule" or "edit"
+    reason: str  # "start", "resume", "schedule", "edit" or "refused"
+    mask: np.ndarray | None = None
+    message: str = ""
 
 
 @dataclass

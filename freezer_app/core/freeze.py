@@ -8,17 +8,20 @@ or `type:CLASSNAME` (every module of that class, subclasses included).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import json
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 from torch import nn
 
+from freezer_app.core import settings as settings_schema
 from freezer_app.core.errors import SelectorError
+from freezer_app.core.settings import setting
 from freezer_app.core.tree import ModelTree
 
 BnPolicy = Literal["frozen", "update"]
@@ -30,21 +33,60 @@ PRESET_FAMILIES: tuple[str, ...] = ("train-all", "head-only", "freeze-stages:K",
 class Phase:
     """One step of a gradual-unfreezing schedule: from `epoch` on, train with this selection."""
 
-    epoch: int
-    preset: str = "train-all"
-    freeze: list[str] = field(default_factory=list)
-    unfreeze: list[str] = field(default_factory=list)
+    epoch: int = setting(
+        1, help="Epochs completed before this selection takes over (0: from the start)", minimum=0
+    )
+    preset: str = setting("train-all", help="The preset this selection starts from")
+    freeze: list[str] = setting(default_factory=list, help="Selectors frozen after the preset")
+    unfreeze: list[str] = setting(
+        default_factory=list, help="Selectors unfrozen after the freezes"
+    )
+
+
+@dataclass
+class Edit:
+    """A change of the selection made during a run (a click in the tree), keyed by step:
+    `step` is the first optimizer step trained with it."""
+
+    step: int = setting(1, help="The first optimizer step trained with this selection", minimum=1)
+    preset: str = setting("train-all", help="The preset this selection starts from")
+    freeze: list[str] = setting(default_factory=list, help="Selectors frozen after the preset")
+    unfreeze: list[str] = setting(
+        default_factory=list, help="Selectors unfrozen after the freezes"
+    )
 
 
 @dataclass
 class FreezePlan:
-    preset: str = "train-all"
-    freeze: list[str] = field(default_factory=list)
-    unfreeze: list[str] = field(default_factory=list)
-    bn_policy: BnPolicy = "frozen"
-    # Gradual unfreezing: phases sorted by epoch; phase selections replace the plan's own
-    # from their epoch on (epoch 0 is the plan itself unless a phase says otherwise).
-    schedule: list[Phase] = field(default_factory=list)
+    """Which parameters train: a selection (preset, then freezes, then unfreezes) and its
+    timeline (schedule phases by epoch, edits by step)."""
+
+    preset: str = setting(
+        "train-all",
+        help="train-all, head-only, freeze-stages:K or train-last:K",
+        flag="--preset",
+        metavar="P",
+    )
+    freeze: list[str] = setting(
+        default_factory=list, help="Module paths, globs or type:CLASS frozen after the preset"
+    )
+    unfreeze: list[str] = setting(
+        default_factory=list, help="Selectors unfrozen after the freezes"
+    )
+    bn_policy: str = setting(
+        "frozen",
+        help="frozen: frozen norm layers keep their running statistics (eval mode); update: "
+        "they keep learning statistics",
+        choices=BN_POLICIES,
+        label="BatchNorm policy",
+    )
+    # Gradual unfreezing: from its epoch on, a phase's selection replaces the plan's own.
+    schedule: list[Phase] = setting(
+        default_factory=list, help="Gradual unfreezing: selections keyed by epoch"
+    )
+    edits: list[Edit] = setting(
+        default_factory=list, help="Changes made during a run, keyed by step"
+    )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -52,43 +94,42 @@ class FreezePlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FreezePlan:
-        known = {"preset", "freeze", "unfreeze", "bn_policy", "schedule"}
-        unknown = set(data) - known
-        if unknown:
-            raise SelectorError(
-                f"Unknown key(s) in freeze plan: {', '.join(sorted(unknown))}.",
-                f"A freeze plan has: {', '.join(sorted(known))}.",
-            )
-        plan = cls(
-            preset=_text(data.get("preset", "train-all"), "preset"),
-            freeze=_selectors(data.get("freeze", []), "freeze"),
-            unfreeze=_selectors(data.get("unfreeze", []), "unfreeze"),
-            bn_policy=data.get("bn_policy", "frozen"),
-            schedule=[_phase(p) for p in _list(data.get("schedule", []), "schedule")],
-        )
-        if plan.bn_policy not in BN_POLICIES:
-            raise SelectorError(
-                f"Unknown BatchNorm policy {plan.bn_policy!r}.", "Use 'frozen' or 'update'."
-            )
-        return plan
+        return settings_schema.load(cls, data, "plan", SelectorError)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> FreezePlan:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SelectorError(f"The freeze plan is not valid JSON: {e}.", "Check the file.") from None
+        return cls.from_dict(data)
 
-    # ------------------------------------------------------------------ schedule
-    def phase_for_epoch(self, epoch: int) -> FreezePlan:
-        """The plan in force during `epoch` (0-based), schedule applied."""
-        current = FreezePlan(self.preset, list(self.freeze), list(self.unfreeze), self.bn_policy)
-        for phase in sorted(self.schedule, key=lambda p: p.epoch):
-            if phase.epoch <= epoch:
-                current = FreezePlan(
-                    phase.preset, list(phase.freeze), list(phase.unfreeze), self.bn_policy
-                )
-        return current
+    # ------------------------------------------------------------------ selections
+    def selection(self) -> FreezePlan:
+        """This plan's own selection, without its timeline."""
+        return FreezePlan(self.preset, list(self.freeze), list(self.unfreeze), self.bn_policy)
+
+    def with_selection(self, preset: str, freeze: list[str], unfreeze: list[str]) -> FreezePlan:
+        """The same timeline and BatchNorm policy with another selection."""
+        return FreezePlan(
+            preset,
+            list(freeze),
+            list(unfreeze),
+            self.bn_policy,
+            copy.deepcopy(self.schedule),
+            copy.deepcopy(self.edits),
+        )
+
+    def same_selection(self, other: FreezePlan) -> bool:
+        return (self.preset, self.freeze, self.unfreeze, self.bn_policy) == (
+            other.preset,
+            other.freeze,
+            other.unfreeze,
+            other.bn_policy,
+        )
 
     def describe(self) -> str:
         parts = [self.preset]
@@ -97,45 +138,6 @@ class FreezePlan:
         if self.unfreeze:
             parts.append("unfreeze " + ", ".join(self.unfreeze))
         return "; ".join(parts)
-
-
-def _list(value: Any, key: str) -> list:
-    if not isinstance(value, list):
-        raise SelectorError(
-            f"Freeze plan: {key!r} must be a list, not {type(value).__name__}.",
-            f'Write e.g. "{key}": ["layer1", "type:BatchNorm2d"].'
-            if key != "schedule"
-            else 'Write e.g. "schedule": [{"epoch": 1, "preset": "train-all"}].',
-        )
-    return value
-
-
-def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise SelectorError(
-            f"Freeze plan: {key!r} must be text, not {type(value).__name__}.",
-            "Check the plan file.",
-        )
-    return value
-
-
-def _selectors(value: Any, key: str) -> list[str]:
-    return [_text(v, key) for v in _list(value, key)]
-
-
-def _phase(data: Any) -> Phase:
-    known = {"epoch", "preset", "freeze", "unfreeze"}
-    if not isinstance(data, dict) or set(data) - known or not isinstance(data.get("epoch"), int):
-        raise SelectorError(
-            f"Bad gradual-unfreezing step {data!r}.",
-            'Each step is {"epoch": N, "preset": P} with optional "freeze"/"unfreeze" lists.',
-        )
-    return Phase(
-        epoch=data["epoch"],
-        preset=_text(data.get("preset", "train-all"), "preset"),
-        freeze=_selectors(data.get("freeze", []), "freeze"),
-        unfreeze=_selectors(data.get("unfreeze", []), "unfreeze"),
-    )
 
 
 # ---------------------------------------------------------------------- selectors
@@ -328,7 +330,7 @@ def plan_for_mask(tree: ModelTree, mask: np.ndarray, base: FreezePlan) -> Freeze
     plain = _covering(tree, ~mask, ~mask)
     if len(plain) < len(freeze) + len(unfreeze):
         preset, freeze, unfreeze = "train-all", plain, []
-    return FreezePlan(preset, freeze, unfreeze, base.bn_policy, list(base.schedule))
+    return base.with_selection(preset, freeze, unfreeze)
 
 
 def _covering(tree: ModelTree, allowed: np.ndarray, needed: np.ndarray) -> list[str]:
@@ -363,23 +365,17 @@ def edit_plan(tree: ModelTree, plan: FreezePlan, selector: str, trainable: bool)
     target = current.copy()
     target[select(tree, selector)] = trainable
     if trainable:
-        candidate = FreezePlan(
+        candidate = plan.with_selection(
             plan.preset,
-            list(plan.freeze),
+            plan.freeze,
             [s for s in plan.unfreeze if s != selector] + [selector],
-            plan.bn_policy,
-            list(plan.schedule),
         )
     else:
         # Unfreeze selectors entirely inside the newly frozen part would undo the edit.
         covered = ~target
         kept_unfreeze = [s for s in plan.unfreeze if not covered[select(tree, s)].all()]
-        candidate = FreezePlan(
-            plan.preset,
-            [s for s in plan.freeze if s != selector] + [selector],
-            kept_unfreeze,
-            plan.bn_policy,
-            list(plan.schedule),
+        candidate = plan.with_selection(
+            plan.preset, [s for s in plan.freeze if s != selector] + [selector], kept_unfreeze
         )
     if np.array_equal(resolve(candidate, tree), target):
         return _drop_redundant(tree, candidate)
@@ -392,9 +388,7 @@ def _drop_redundant(tree: ModelTree, plan: FreezePlan) -> FreezePlan:
     for attr in ("unfreeze", "freeze"):
         i = 0
         while i < len(getattr(plan, attr)):
-            trial = FreezePlan(
-                plan.preset, list(plan.freeze), list(plan.unfreeze), plan.bn_policy, plan.schedule
-            )
+            trial = plan.with_selection(plan.preset, plan.freeze, plan.unfreeze)
             del getattr(trial, attr)[i]
             if np.array_equal(resolve(trial, tree), target):
                 plan = trial

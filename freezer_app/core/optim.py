@@ -1,4 +1,4 @@
-"""Optimizer parameter groups, learning-rate schedule, device and precision choices."""
+"""Optimizer parameter groups and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
-from freezer_app.core.errors import ProjectError
 from freezer_app.core.layout import compile_matcher, stage_matcher
 from freezer_app.core.project import TrainSettings
 from freezer_app.core.tree import ModelTree
@@ -122,74 +121,3 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ---------------------------------------------------------------------- device and precision
-def select_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU; explicit names are checked."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ProjectError(
-            f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N or mps."
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ProjectError(
-                "CUDA was requested but no CUDA GPU is available.", "Use --device auto or cpu."
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ProjectError(
-                f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s).",
-                "Use cuda:0 or auto.",
-            )
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ProjectError(
-            "Apple MPS was requested but is not available.", "Use --device auto or cpu."
-        )
-    return device
-
-
-@dataclass
-class Precision:
-    name: str  # fp32 | bf16 | fp16
-    autocast_dtype: torch.dtype | None
-    use_scaler: bool
-
-
-def select_precision(device: torch.device, amp: str) -> Precision:
-    if amp == "off":
-        return Precision("fp32", None, False)
-    if amp == "auto":
-        if device.type != "cuda":
-            return Precision("fp32", None, False)
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "bf16":
-        return Precision("bf16", torch.bfloat16, False)
-    if amp == "fp16":
-        if device.type not in ("cuda", "mps"):
-            raise ProjectError(
-                "fp16 mixed precision needs a GPU.", "Use --amp bf16 or off on the CPU."
-            )
-        return Precision("fp16", torch.float16, device.type == "cuda")
-    raise ProjectError(f"Unknown mixed precision mode {amp!r}.", "Use auto, bf16, fp16 or off.")
-
-
-def wants_channels_last(model: nn.Module, device: torch.device, setting: str) -> bool:
-    """channels_last speeds up convolutions on CUDA (tensor cores); it does nothing for ViTs."""
-    if setting == "on":
-        return True
-    if setting == "off" or device.type != "cuda":
-        return False
-    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
-    total = sum(p.numel() for p in model.parameters())
-    return conv > 0.5 * total

@@ -1,188 +1,297 @@
-"""The project file: everything needed to reproduce a run headless.
+"""The project: everything needed to repeat a run headless, declared once in the schema.
 
-The GUI edits a Project, the CLI builds one from flags, and every run folder holds the
-`project.json` it ran, so `freezer-app train RUN/project.json` repeats it.
+The window edits a Project, the CLI builds one from flags, and every run folder holds the
+`project.json` it ran (its freeze timeline included), so `freezer-app train RUN/project.json`
+repeats the run. Each field is a `setting(...)`: see core/settings.py for what is derived.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from freezer_app.core import settings as schema
 from freezer_app.core.errors import ProjectError
 from freezer_app.core.files import write_json
 from freezer_app.core.freeze import FreezePlan
+from freezer_app.core.settings import setting
 
-PROJECT_VERSION = 1
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-EARLY_STOP_METRICS = ("val_acc", "val_loss")
+PROJECT_VERSION = 2  # 2: plan.edits and resumes; version 1 files load unchanged
 
 
 @dataclass
 class DataSettings:
-    path: str = ""
-    val_split: float = 0.2
-    image_size: int | None = None  # None: the model's own input size
-    augmentation: str = "light"
-    workers: int | None = None  # None: a sensible number for this machine
-    # Filled in when a run starts, so a bundle knows its label names.
-    classes: list[str] = field(default_factory=list)
+    """The image folder and how images are read."""
+
+    path: str = setting(
+        "",
+        help="Image folder: one sub-folder per class, or train/ and val/ folders",
+        flag="--data",
+        metavar="DIR",
+        required=True,
+        form=False,
+        label="Image folder",
+    )
+    val_split: float = setting(
+        0.2,
+        help="Share of each class held out for validation when there is no val/ folder "
+        "(seeded, stratified)",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_maximum=True,
+        label="Validation split",
+    )
+    image_size: int | None = setting(
+        None,
+        help="Training and validation image size in pixels",
+        minimum=16,
+        maximum=2048,
+        none="the model's own input size",
+        none_word="auto",
+        unit="px",
+        label="Image size",
+    )
+    augmentation: str = setting(
+        "light",
+        help="none: resize and crop only; light: random crops and flips; strong: RandAugment "
+        "and random erasing",
+        choices=("none", "light", "strong"),
+        flag="--augment",
+        label="Augmentation",
+    )
+    workers: int | None = setting(
+        None,
+        help="Data loading processes",
+        minimum=0,
+        maximum=64,
+        none="a sensible number for this machine",
+        none_word="auto",
+        zero="load images in the training process",
+        label="Data workers",
+    )
+    classes: list[str] = setting(
+        default_factory=list,
+        help="Class names, filled in when a run starts (so an export knows its labels)",
+        flag="",
+        form=False,
+    )
 
 
 @dataclass
 class TrainSettings:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = 1.0
-    head_lr_mult: float = 1.0
-    layer_decay: float | None = None  # e.g. 0.75; None: same learning rate for every layer
-    label_smoothing: float = 0.1
-    early_stop_patience: int = 0  # epochs without improvement; 0: off
-    early_stop_metric: str = "val_acc"
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: str = "auto"  # auto | on | off
-    seed: int = 0
-    telemetry_every: int = 10  # steps between per-layer statistics
-    max_steps: int | None = None  # stop after this many steps in all (for quick trials)
+    """How the model is trained."""
+
+    epochs: int = setting(
+        5, help="Passes over the training images", minimum=1, maximum=100_000, resumable=True
+    )
+    batch_size: int = setting(
+        32, help="Images per step; lower it if you run out of memory", minimum=1, maximum=65_536
+    )
+    lr: float = setting(
+        1e-3,
+        help="Base learning rate (the peak of the warmup + cosine schedule)",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=100.0,
+        label="Learning rate",
+    )
+    optimizer: str = setting(
+        "adamw",
+        help="AdamW suits most fine-tuning; SGD uses Nesterov momentum",
+        choices=("adamw", "sgd"),
+    )
+    weight_decay: float = setting(
+        0.05,
+        help="Weight decay; never applied to norms, biases and timm's no_weight_decay() "
+        "parameters",
+        minimum=0.0,
+        maximum=10.0,
+    )
+    momentum: float = setting(
+        0.9,
+        help="SGD momentum (Nesterov when above 0)",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_maximum=True,
+    )
+    schedule: str = setting(
+        "cosine",
+        help="Learning-rate schedule after warmup",
+        choices=("cosine", "constant"),
+    )
+    warmup_epochs: float = setting(
+        1.0,
+        help="Epochs of linear warmup (capped at 20% of the run)",
+        minimum=0.0,
+        maximum=1000.0,
+    )
+    grad_clip: float | None = setting(
+        1.0,
+        help="Clip the gradient norm to this",
+        minimum=0.0,
+        exclusive_minimum=True,
+        none="no clipping",
+        none_word="off",
+        label="Gradient clip",
+    )
+    head_lr_mult: float = setting(
+        1.0,
+        help="The head's learning rate = base × this (e.g. 10 for a fresh head)",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=10_000.0,
+        label="Head LR ×",
+    )
+    layer_decay: float | None = setting(
+        None,
+        help="Layer-wise learning-rate decay: each layer closer to the input gets × this "
+        "(e.g. 0.75)",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=1.0,
+        none="the same learning rate for every layer",
+        none_word="off",
+    )
+    label_smoothing: float = setting(
+        0.1,
+        help="Cross-entropy label smoothing",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_maximum=True,
+    )
+    early_stop_patience: int = setting(
+        0,
+        help="Stop after this many epochs without a better early-stopping metric",
+        minimum=0,
+        maximum=100_000,
+        zero="off",
+        flag="--early-stop",
+        metavar="EPOCHS",
+        resumable=True,
+        label="Early stopping",
+    )
+    early_stop_metric: str = setting(
+        "val_acc",
+        help="What early stopping and the best checkpoint follow",
+        choices=("val_acc", "val_loss"),
+        label="Early-stop metric",
+    )
+    device: str = setting(
+        "auto",
+        help="Where to train; auto picks CUDA, then Apple MPS, then the CPU",
+        choices=("auto", "cpu", "cuda", "mps"),
+        open_choices=True,
+        metavar="D",
+    )
+    amp: str = setting(
+        "auto",
+        help="Mixed precision; auto = bf16 (or fp16) on CUDA, off elsewhere",
+        choices=("auto", "bf16", "fp16", "off"),
+        label="Mixed precision",
+    )
+    channels_last: str = setting(
+        "auto",
+        help="channels_last memory format; auto = on for convolutional models on CUDA",
+        choices=("auto", "on", "off"),
+        label="Channels last",
+    )
+    seed: int = setting(
+        0,
+        help="Seeds weights, data order, splits and augmentation",
+        minimum=0,
+        maximum=2**31 - 1,
+    )
+    telemetry_every: int = setting(
+        10,
+        help="Steps between per-layer gradient and update statistics",
+        minimum=1,
+        maximum=1_000_000,
+        label="Telemetry every",
+    )
+    max_steps: int | None = setting(
+        None,
+        help="Stop after this many optimizer steps in all (for quick trials)",
+        minimum=1,
+        none="no limit: train every epoch",
+        none_word="none",
+        resumable=True,
+        label="Step limit",
+    )
+
+
+@dataclass
+class ResumeRecord:
+    """What a resume changed, kept in the run's project.json."""
+
+    step: int = setting(0, help="The step the run resumed after", minimum=0)
+    changes: list[str] = setting(
+        default_factory=list, help="Settings the resume changed, as 'key: old -> new'"
+    )
 
 
 @dataclass
 class Project:
-    model: str = "timm:resnet18"
-    pretrained: bool = False
-    weights: str | None = None
-    num_classes: int | None = None  # taken from the data when a run starts
-    plan: FreezePlan = field(default_factory=FreezePlan)
-    data: DataSettings = field(default_factory=DataSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    name: str = ""
-    version: int = PROJECT_VERSION
+    """A Freezer project: the model, its freeze timeline, the data and the training settings."""
+
+    version: int = setting(
+        PROJECT_VERSION, help="Format version of this file", minimum=1, flag="", form=False
+    )
+    name: str = setting(
+        "", help="The project's name; run folders are named after it", metavar="NAME", form=False
+    )
+    model: str = setting(
+        "timm:resnet18",
+        help="timm:NAME, torchvision:NAME, FILE.py:CALLABLE, a bundle or run folder, or a "
+        "weights file",
+        metavar="MODEL",
+        required=True,
+        form=False,
+    )
+    pretrained: bool = setting(
+        False, help="Start from the library's pretrained weights", form=False
+    )
+    weights: str | None = setting(
+        None,
+        help="Start from a local .safetensors/.pth file",
+        none="no weights file",
+        metavar="FILE",
+        form=False,
+    )
+    num_classes: int | None = setting(
+        None,
+        help="Size of the classifier, taken from the data when a run starts",
+        minimum=1,
+        none="from the data",
+        flag="",
+        form=False,
+    )
+    plan: FreezePlan = setting(
+        default_factory=FreezePlan,
+        help="The freeze plan and its timeline: schedule phases and step-keyed edits",
+    )
+    data: DataSettings = setting(default_factory=DataSettings, help="The image folder")
+    train: TrainSettings = setting(default_factory=TrainSettings, help="Training settings")
+    resumes: list[ResumeRecord] = setting(
+        default_factory=list, help="What each resume of this run changed", flag="", form=False
+    )
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ProjectError naming the first setting that cannot work."""
-        t, d = self.train, self.data
-        checks = [
-            (bool(self.model.strip()), "No model chosen.", "Pick a model, e.g. timm:resnet18."),
-            (
-                bool(d.path),
-                "No image folder chosen.",
-                "Choose a folder with one sub-folder per class.",
-            ),
-            (
-                t.epochs >= 1,
-                f"Epochs must be at least 1 (got {t.epochs}).",
-                "Set epochs to 1 or more.",
-            ),
-            (
-                t.batch_size >= 1,
-                f"Batch size must be at least 1 (got {t.batch_size}).",
-                "Use e.g. 32.",
-            ),
-            (t.lr > 0, f"Learning rate must be positive (got {t.lr}).", "Use e.g. 1e-3."),
-            (t.optimizer in OPTIMIZERS, f"Unknown optimizer {t.optimizer!r}.", "Use adamw or sgd."),
-            (
-                t.schedule in SCHEDULES,
-                f"Unknown schedule {t.schedule!r}.",
-                "Use cosine or constant.",
-            ),
-            (
-                t.amp in AMP_MODES,
-                f"Unknown mixed precision mode {t.amp!r}.",
-                "Use auto, bf16, fp16 or off.",
-            ),
-            (
-                0 <= d.val_split < 1,
-                f"Validation split must be in [0, 1) (got {d.val_split}).",
-                "Use e.g. 0.2.",
-            ),
-            (
-                d.image_size is None or 16 <= d.image_size <= 2048,
-                f"Image size {d.image_size} is out of range.",
-                "Use 16..2048.",
-            ),
-            (
-                t.layer_decay is None or 0 < t.layer_decay <= 1,
-                f"Layer decay must be in (0, 1] (got {t.layer_decay}).",
-                "Use e.g. 0.75.",
-            ),
-            (
-                t.head_lr_mult > 0,
-                f"Head learning-rate multiplier must be positive (got {t.head_lr_mult}).",
-                "Use e.g. 10.",
-            ),
-            (t.telemetry_every >= 1, "Telemetry interval must be at least 1 step.", "Use e.g. 10."),
-            (
-                t.early_stop_metric in EARLY_STOP_METRICS,
-                f"Unknown early-stopping metric {t.early_stop_metric!r}.",
-                "Use val_acc or val_loss.",
-            ),
-            (
-                0 <= t.label_smoothing < 1,
-                f"Label smoothing must be in [0, 1) (got {t.label_smoothing}).",
-                "Use e.g. 0.1.",
-            ),
-            (
-                t.grad_clip is None or t.grad_clip > 0,
-                f"Gradient clipping must be positive (got {t.grad_clip}).",
-                "Use e.g. 1.0, or --no-grad-clip.",
-            ),
-            (
-                t.weight_decay >= 0,
-                f"Weight decay cannot be negative (got {t.weight_decay}).",
-                "Use e.g. 0.05.",
-            ),
-            (
-                0 <= t.momentum < 1,
-                f"Momentum must be in [0, 1) (got {t.momentum}).",
-                "Use e.g. 0.9.",
-            ),
-            (
-                t.warmup_epochs >= 0,
-                f"Warmup cannot be negative (got {t.warmup_epochs}).",
-                "Use e.g. 1.",
-            ),
-            (
-                t.early_stop_patience >= 0,
-                f"Early-stopping patience cannot be negative (got {t.early_stop_patience}).",
-                "Use 0 to turn it off.",
-            ),
-            (
-                t.max_steps is None or t.max_steps >= 0,
-                f"The step limit cannot be negative (got {t.max_steps}).",
-                "Use 0 for no limit.",
-            ),
-            (
-                d.workers is None or d.workers >= 0,
-                f"Data workers cannot be negative (got {d.workers}).",
-                "Use 0 to load images in the training process.",
-            ),
-            (
-                d.augmentation in ("none", "light", "strong"),
-                f"Unknown augmentation {d.augmentation!r}.",
-                "Use none, light or strong.",
-            ),
-        ]
-        for ok, message, hint in checks:
-            if not ok:
-                raise ProjectError(message, hint)
+        schema.validate(self)
+        if self.pretrained and self.weights:
+            raise ProjectError(
+                "Choose either pretrained weights or a weights file, not both.",
+                "Turn off pretrained, or remove the weights file.",
+            )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["plan"] = self.plan.to_dict()
-        return data
+        from dataclasses import asdict
+
+        return asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -194,24 +303,12 @@ class Project:
                 "A project file must hold a JSON object.", "Open a project.json written by Freezer."
             )
         version = data.get("version", PROJECT_VERSION)
-        if version > PROJECT_VERSION:
+        if isinstance(version, int) and version > PROJECT_VERSION:
             raise ProjectError(
                 f"This project was written by a newer Freezer (format {version}).",
                 "Update freezer-app to open it.",
             )
-        try:
-            project = cls(
-                model=str(data.get("model", "")),
-                pretrained=bool(data.get("pretrained", False)),
-                weights=data.get("weights"),
-                num_classes=data.get("num_classes"),
-                plan=FreezePlan.from_dict(data.get("plan", {})),
-                data=_build(DataSettings, data.get("data", {}), "data"),
-                train=_build(TrainSettings, data.get("train", {}), "train"),
-                name=str(data.get("name", "")),
-            )
-        except TypeError as e:
-            raise ProjectError(f"Malformed project: {e}", "Check the project file.") from None
+        project = schema.load(cls, {**data, "version": PROJECT_VERSION})
         if base_dir is not None:
             # Relative paths in a project file are relative to the file, not the shell.
             project.model = absolute_model(project.model, base_dir)
@@ -228,7 +325,7 @@ class Project:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ProjectError(f"Project file not found: {path}", "Check the path.") from None
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ProjectError(
                 f"Cannot read project {path}: {e}", "The file may be damaged."
             ) from None
@@ -237,49 +334,13 @@ class Project:
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
 
-
-_TYPES = {
-    "int": (int,),
-    "float": (int, float),
-    "str": (str,),
-    "bool": (bool,),
-    "list[str]": (list,),
-}
+    def copy(self) -> Project:
+        return Project.from_dict(self.to_dict())
 
 
-def _check_type(section: str, name: str, annotation: str, value: Any) -> None:
-    """Values from a JSON file must have the type the setting declares (e.g. 5, not "5")."""
-    options = [a.strip() for a in annotation.split("|")]
-    if value is None and "None" in options:
-        return
-    allowed = tuple(t for o in options for t in _TYPES.get(o, ()))
-    if allowed and (
-        not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
-    ):
-        wanted = " or ".join(o for o in options if o != "None") + (
-            " or null" if "None" in options else ""
-        )
-        raise ProjectError(
-            f"Setting {section}.{name} must be {wanted}, not {json.dumps(value)}.",
-            "Fix the project file (numbers without quotes, true/false, null).",
-        )
-
-
-def _build(kind: type, values: dict[str, Any], section: str) -> Any:
-    if not isinstance(values, dict):
-        raise ProjectError(
-            f"The {section} section must be a JSON object.", "Check the project file."
-        )
-    known = {f.name: f for f in fields(kind)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ProjectError(
-            f"Unknown setting(s) in {section}: {', '.join(unknown)}.",
-            f"Known {section} settings: {', '.join(sorted(known))}.",
-        )
-    for name, value in values.items():
-        _check_type(section, name, str(known[name].type), value)
-    return kind(**values)
+def resumable_keys() -> list[str]:
+    """Settings that `train --resume` accepts: the run stays the run its checkpoint belongs to."""
+    return [s.key for s in schema.all_settings(Project) if s.spec.resumable]
 
 
 def absolute_model(model: str, base: Path) -> str:
@@ -293,3 +354,44 @@ def absolute_model(model: str, base: Path) -> str:
     if not candidate.is_absolute() and (base / candidate).exists():
         return str((base / candidate).resolve())
     return model
+
+
+def project_schema() -> dict[str, Any]:
+    """The JSON Schema of project.json."""
+    return schema.json_schema(Project)
+
+
+def project_reference() -> str:
+    """The README's table of project.json keys."""
+    return schema.markdown_reference(Project)
+
+
+def apply_resume_changes(project: Project, given: dict[str, Any]) -> list[str]:
+    """Apply the settings a resume may change; anything else is a clear error.
+
+    A run stopped by its step limit continues to the end of its epochs unless a new limit is
+    given. Returns the changes as 'key: old -> new' for the run's record.
+    """
+    allowed = resumable_keys()
+    refused = sorted(k for k in given if k not in allowed)
+    if refused:
+        flags = {s.key: s.flag for s in schema.all_settings(Project)}
+        raise ProjectError(
+            "A resumed run keeps the settings it started with; these cannot change: "
+            + ", ".join(flags.get(k, k) for k in refused)
+            + ".",
+            "Only "
+            + ", ".join(flags[k] for k in allowed)
+            + " may be given with --resume. To train with other settings, start a new run "
+            "(e.g. `freezer-app train --model RUN_DIR --data ...` continues from its weights).",
+        )
+    changes = dict(given)
+    changes.setdefault("train.max_steps", None)
+    out = []
+    for key, value in changes.items():
+        old = schema.get_value(project, key)
+        if old != value:
+            schema.set_value(project, key, value)
+            out.append(f"{key}: {json.dumps(old)} -> {json.dumps(value)}")
+    schema.validate(project)
+    return out

@@ -1,9 +1,11 @@
-"""The run folder: one per training run.
+"""The run folder: one per training run, its layout, its name, and which images it scores.
 
-project.json          everything needed to run it again (`freezer-app train project.json`)
+project.json          everything needed to run it again (`freezer-app train project.json`),
+                      the freeze timeline's edits and what each resume changed included
 data_report.json      what the dataset check found
 metrics.jsonl         per step: loss, lr; per epoch: train_loss, val_loss, val_acc, images_per_s
 telemetry.jsonl       per-layer statistics every few steps (layer names in layers.json)
+plans.jsonl           every freeze-plan change the run applied (or refused), by step
 frozen_check.jsonl    per epoch: were all frozen tensors bit-identical?
 checkpoints/last.pt   everything needed to resume (written each epoch and on stop)
 checkpoints/best.safetensors   weights of the best validation epoch
@@ -13,22 +15,24 @@ model.safetensors     final weights, keys exactly as model.state_dict()
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from freezer_app.core.errors import ProjectError
-from freezer_app.core.files import write_json, write_text
+from freezer_app.core.files import write_json
 
 
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        self._streams: dict[str, IO[str]] = {}
 
     project = property(lambda self: self.path / "project.json")
     data_report = property(lambda self: self.path / "data_report.json")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     telemetry = property(lambda self: self.path / "telemetry.jsonl")
+    plans = property(lambda self: self.path / "plans.jsonl")
     layers = property(lambda self: self.path / "layers.json")
     frozen_check = property(lambda self: self.path / "frozen_check.jsonl")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -67,49 +71,51 @@ class RunFolder:
                 "The run stopped before its first checkpoint; start it again with `freezer-app train PROJECT.json`.",
             )
 
-    # ---------------------------------------------------------------- line logs
-    def append(self, name: str, record: dict[str, Any]) -> None:
-        stream = self._streams.get(name)
-        if stream is None:
-            stream = open(self.path / name, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-            self._streams[name] = stream
-        stream.write(json.dumps(record) + "\n")
-
-    def flush(self) -> None:
-        for stream in self._streams.values():
-            stream.flush()
-
-    def close(self) -> None:
-        for stream in self._streams.values():
-            stream.close()
-        self._streams.clear()
-
-    def truncate_after(self, step: int, epoch: int) -> None:
-        """On resume: drop log lines written after the checkpoint, so nothing is counted twice."""
-        self.close()
-        for path, keep in (
-            (
-                self.metrics,
-                lambda r: (
-                    r.get("step", 0) <= step
-                    if r.get("type") == "step"
-                    else r.get("epoch", 0) <= epoch
-                ),
-            ),
-            (self.telemetry, lambda r: r.get("step", 0) <= step),
-            (self.frozen_check, lambda r: r.get("epoch", 0) <= epoch),
-        ):
-            if not path.exists():
-                continue
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and keep(json.loads(line))
-            ]
-            write_text(path, "".join(line + "\n" for line in kept))
-
     def write_json(self, path: Path, data: Any) -> None:
         write_json(path, data)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "project.json").is_file() and (
+        (path / "model.safetensors").exists() or (path / "checkpoints").is_dir()
+    )
+
+
+def run_stem(name: str, model: str) -> str:
+    """A file-name-safe stem for a project's runs: its name, else the model's."""
+    stem = name or model.split(":")[-1].split("/")[-1].removesuffix(".py")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "run"
+    return stem[:80]
+
+
+def new_run_dir(root: str | Path, name: str, model: str) -> Path:
+    """runs/NAME-YYYYmmdd-HHMMSS, with a counter when two runs start in the same second."""
+    root = Path(root)
+    base = f"{run_stem(name, model)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate = root / base
+    n = 2
+    while candidate.exists():
+        candidate = root / f"{base}-{n}"
+        n += 1
+    return candidate
+
+
+def evaluation_split(run: str | Path, data: str | Path) -> tuple[float | None, int]:
+    """Which images of `data` a run is scored on: when the run trained on this same folder and
+    held out a validation share (no val/ of its own), that share (val_split, seed), so its
+    training images are not scored; otherwise (None, 0): every image of the folder's eval set."""
+    project_file = Path(run) / "project.json"
+    if not project_file.is_file():
+        return None, 0
+    try:
+        project = json.loads(project_file.read_text())
+        same = Path(project["data"]["path"]).resolve() == Path(data).expanduser().resolve()
+        if not same:
+            return None, 0
+        return float(project["data"]["val_split"]), int(project["train"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, 0
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -246,7 +246,7 @@ class MainWindow(QMainWindow):
         self._show_device()
 
     def _show_device(self) -> None:
-        from freezer_app.core.optim import select_device
+        from freezer_app.core.device import select_device
 
         setting = (
             self.settings_panel.device.currentText() if hasattr(self, "settings_panel") else "auto"

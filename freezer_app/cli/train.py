@@ -1,0 +1,245 @@
+"""`freezer-app train`: fine-tune from flags or a project file, repeat a run, or resume one.
+
+The setting flags are generated from the project schema (core/settings.py): each has the
+schema's help, default and range, and lands in the project under its key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from freezer_app.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_plan_options,
+    err,
+    plan_flags_given,
+    plan_from_args,
+)
+from freezer_app.core.errors import FreezerError
+
+
+def add_parser(sub: Any) -> None:
+    from freezer_app.core import settings
+    from freezer_app.core.project import Project, resumable_keys
+
+    resumable = ", ".join(settings.find(Project, k).flag for k in resumable_keys())
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on an image folder",
+        description="Fine-tune MODEL on the image folder DIR (one sub-folder per class), repeat a "
+        "saved project or run (`train RUN/project.json`), or continue a stopped run "
+        f"(`train --resume RUN`, where only {resumable} may be given). The number of classes "
+        "comes from the data. Setting flags override the project file.",
+    )
+    p.add_argument(
+        "project",
+        nargs="?",
+        metavar="PROJECT.json",
+        help="a project file (e.g. a run's project.json)",
+    )
+    settings.add_flags(p, Project, exclude=("plan",))
+    p.add_argument("--no-grad-clip", dest="train.grad_clip", action="store_const", const=None,
+                   default=argparse.SUPPRESS, help="do not clip gradients (as --grad-clip off)")
+    add_plan_options(p)
+    p.add_argument(
+        "--unfreeze-schedule",
+        metavar="E:PRESET,...",
+        help="gradual unfreezing, e.g. 1:train-last:1,3:train-all",
+    )
+    p.add_argument("--out", metavar="DIR", help="run folder to create (default runs/NAME-TIME)")
+    p.add_argument(
+        "--resume", metavar="DIR", help=f"continue a stopped run in its folder (with {resumable})"
+    )
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def project_from_args(args: argparse.Namespace) -> Any:
+    """The project a `train` command line describes (not for --resume)."""
+    from freezer_app.core import settings, timeline
+    from freezer_app.core.project import Project, absolute_model
+
+    given = settings.given_flags(args, Project)
+    if args.project:
+        project = Project.load(args.project)
+    else:
+        if "model" not in given or "data.path" not in given:
+            raise FreezerError(
+                "Say what to train: --model MODEL --data DIR (or a PROJECT.json).",
+                "Example: freezer-app train --model timm:resnet18 --data ./images --out runs/first",
+            )
+        project = Project()
+    if "pretrained" in given and "weights" in given and given["pretrained"] and given["weights"]:
+        raise FreezerError(
+            "Choose either --pretrained or --weights, not both.", "Drop one of them."
+        )
+    for key, value in given.items():
+        if key == "model":
+            # A run folder's project.json must work from any directory.
+            value = absolute_model(value, Path.cwd())
+        elif key in ("data.path", "weights") and value:
+            value = str(Path(value).expanduser().resolve())
+        settings.set_value(project, key, value)
+        if key == "weights" and value:
+            project.pretrained = False
+        if key == "pretrained" and value:
+            project.weights = None
+    project.plan = plan_from_args(args, project.plan)
+    if args.unfreeze_schedule:
+        project.plan.schedule = timeline.parse_schedule(args.unfreeze_schedule)
+    return project
+
+
+def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
+    from freezer_app.core import settings
+    from freezer_app.core.project import Project
+
+    if args.project or args.out:
+        raise FreezerError(
+            "--resume continues a run in its own folder.",
+            "Drop PROJECT.json and --out (or repeat the run with `train RUN/project.json --out NEW`).",
+        )
+    flags = plan_flags_given(args)
+    if flags:
+        raise FreezerError(
+            f"A resumed run keeps its freeze plan and timeline; {', '.join(flags)} cannot be given.",
+            "Change the plan while a run trains (in the window), or start a new run.",
+        )
+    return settings.given_flags(args, Project)
+
+
+class Progress:
+    """A per-epoch progress bar on stderr, and the run's log lines."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.steps_per_epoch = 0
+        self.epochs = 0
+
+    def __call__(self, event: Any) -> None:
+        from tqdm import tqdm
+
+        from freezer_app.core import events as ev
+
+        if isinstance(event, ev.RunStarted):
+            self.steps_per_epoch, self.epochs = event.steps_per_epoch, event.epochs
+            err(
+                f"training {event.model} on {event.device} ({event.precision}): "
+                f"{event.trainable_params:,} of {event.total_params:,} parameters train, "
+                f"{len(event.classes)} classes, {event.steps_per_epoch} steps per epoch"
+            )
+            err(f"run folder: {event.run_dir}")
+        elif isinstance(event, ev.StepEvent) and not self.quiet:
+            if self.bar is None:
+                done = (event.step - 1) % self.steps_per_epoch
+                self.bar = tqdm(
+                    total=self.steps_per_epoch,
+                    initial=done,
+                    desc=f"epoch {event.epoch}/{self.epochs}",
+                    unit="step",
+                    file=sys.stderr,
+                    leave=True,
+                    dynamic_ncols=True,
+                )
+            self.bar.update(1)
+            self.bar.set_postfix(
+                loss=f"{event.loss:.4f}", img_s=f"{event.images_per_s:.0f}", refresh=False
+            )
+        elif isinstance(event, ev.EpochEvent):
+            self.close()
+            val = (
+                f"val_loss {event.val_loss:.4f}  val_acc {event.val_acc:.3f}"
+                if event.val_acc is not None
+                else "no validation images"
+            )
+            best = "  (best)" if event.is_best else ""
+            err(
+                f"epoch {event.epoch}: train_loss {event.train_loss:.4f}  {val}  "
+                f"{event.images_per_s:.0f} img/s{best}"
+            )
+        elif isinstance(event, ev.FrozenCheckEvent):
+            err(f"  frozen check: {event.check.summary()}")
+        elif isinstance(event, ev.LogEvent):
+            self.close()
+            err(("warning: " if event.level == "warning" else "") + event.message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from freezer_app.core.data import scan_folder
+    from freezer_app.core.events import RunControl
+    from freezer_app.core.project import Project
+    from freezer_app.core.run_folder import new_run_dir
+    from freezer_app.core.train import Trainer
+
+    changes: dict[str, Any] = {}
+    if args.resume:
+        changes = _resume_changes(args)
+        out = Path(args.resume)
+        project = Project.load(out / "project.json")
+    else:
+        project = project_from_args(args)
+        project.validate()
+        out = Path(args.out) if args.out else new_run_dir("runs", project.name, project.model)
+    report = scan_folder(project.data.path, project.data.val_split, project.train.seed)
+    err(report.summary())
+    control = RunControl()
+    progress = Progress(quiet=args.quiet)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        progress.close()
+        err("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        control.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = Trainer(
+            project,
+            out,
+            on_event=progress,
+            control=control,
+            resume=bool(args.resume),
+            report=report,
+            resume_changes=changes,
+        ).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+    if args.json:
+        print(json.dumps(result.__dict__, indent=2))
+    else:
+        print(summary(result))
+    if result.reason == "error":
+        err(f"error: {result.message}")
+        if result.hint:
+            err(result.hint)
+        return EXIT_FAILED
+    if result.frozen_check_passed is False:
+        return EXIT_FAILED
+    # 130: interrupted, as a shell reports Ctrl-C
+    return 130 if result.reason == "stopped" else EXIT_OK
+
+
+def summary(r: Any) -> str:
+    lines = [
+        f"{r.reason} after {r.epochs_completed} epoch(s), {r.steps} steps in {r.seconds:.1f} s"
+    ]
+    if r.best_val_acc is not None:
+        lines.append(f"best val_acc {r.best_val_acc:.4f} (epoch {r.best_epoch})")
+    lines.append(f"frozen check: {r.frozen_check_summary}")
+    lines.append(f"run folder: {r.run_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The run's line logs: metrics, telemetry, freeze-plan changes and frozen checks.
+
+Records are buffered in open files for the length of the run and flushed at epoch ends, on
+pause and on stop. On resume, lines written after the checkpoint are dropped first, so a
+resumed run never counts a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from freezer_app.core.files import write_text
+from freezer_app.core.run_folder import RunFolder
+
+
+class Logbook:
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+        self._streams: dict[Path, IO[str]] = {}
+
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
+        stream = self._streams.get(path)
+        if stream is None:
+            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+            self._streams[path] = stream
+        stream.write(json.dumps(record) + "\n")
+
+    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        self._append(
+            self.folder.metrics,
+            {"type": "step", "step": step, "epoch": epoch, "loss": loss, "lr": lr},
+        )
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        self._append(self.folder.metrics, {"type": "epoch", **record})
+
+    def telemetry(self, record: dict[str, Any]) -> None:
+        self._append(self.folder.telemetry, record)
+
+    def frozen_check(self, record: dict[str, Any]) -> None:
+        self._append(self.folder.frozen_check, record)
+
+    def plan(self, record: dict[str, Any]) -> None:
+        self._append(self.folder.plans, record)
+
+    def flush(self) -> None:
+        for stream in self._streams.values():
+            stream.flush()
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
+
+    def truncate_after(self, step: int, epoch: int) -> None:
+        """On resume: drop log lines written after the checkpoint, so nothing is counted twice."""
+        self.close()
+        folder = self.folder
+        for path, keep in (
+            (
+                folder.metrics,
+                lambda r: (
+                    r.get("step", 0) <= step
+                    if r.get("type") == "step"
+                    else r.get("epoch", 0) <= epoch
+                ),
+            ),
+            (folder.telemetry, lambda r: r.get("step", 0) <= step),
+            # A change keyed by step s was applied before step s ran: the checkpoint after
+            # `step` steps holds the plan of every change up to s = step, none after.
+            (folder.plans, lambda r: r.get("step", 0) <= step),
+            (folder.frozen_check, lambda r: r.get("epoch", 0) <= epoch),
+        ):
+            if not path.exists():
+                continue
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and keep(json.loads(line))
+            ]
+            write_text(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,192 @@
+"""Everything a run needs before its first step: checked project, data, model, optimizer.
+
+Nothing here writes to the run folder: a run that cannot start leaves nothing behind. The
+whole freeze timeline is resolved against the model (a cheap meta-device preview) before any
+weights are downloaded or images loaded, so an unknown preset or a selector that matches
+nothing in a later phase or edit fails at once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from freezer_app.core import timeline
+from freezer_app.core.catalog import LoadedModel, load_model, preview_model
+from freezer_app.core.data import (
+    DataReport,
+    Loaders,
+    build_transforms,
+    default_workers,
+    make_loaders,
+    scan_folder,
+)
+from freezer_app.core.errors import ProjectError
+from freezer_app.core.device import (
+    Precision,
+    select_device,
+    select_precision,
+    wants_channels_last,
+)
+from freezer_app.core.optim import GroupSpec, build_optimizer, lr_factor, param_groups
+from freezer_app.core.project import Project
+from freezer_app.core.run_folder import RunFolder
+from freezer_app.core.telemetry import FrozenVerifier, LayerIndex, TelemetryProbe
+from freezer_app.core.train import checkpoint
+from freezer_app.core.tree import ModelTree
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
+
+
+@dataclass
+class RunParts:
+    """What `prepare` builds; the trainer owns it for the length of the run."""
+
+    device: torch.device
+    precision: Precision
+    report: DataReport
+    loaded: LoadedModel
+    model: nn.Module
+    tree: ModelTree
+    channels_last: bool
+    loaders: Loaders
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    groups: list[GroupSpec]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    criterion: nn.Module
+    layers: LayerIndex
+    probe: TelemetryProbe
+    verifier: FrozenVerifier
+    saved: dict[str, Any] | None  # the checkpoint being resumed
+
+
+def total_steps(project: Project, steps_per_epoch: int) -> int:
+    t = project.train
+    total = t.epochs * steps_per_epoch
+    return min(total, t.max_steps) if t.max_steps else total
+
+
+def prepare(
+    project: Project, folder: RunFolder, resume: bool, report: DataReport | None
+) -> RunParts:
+    t = project.train
+    project.validate()
+    saved = None
+    if resume:
+        folder.check_resumable()
+        saved = checkpoint.load(folder.last_checkpoint)
+    else:
+        folder.check_new()
+    seed_everything(t.seed)
+    device = select_device(t.device)
+    precision = select_precision(device, t.amp)
+
+    if report is None:
+        report = scan_folder(project.data.path, project.data.val_split, t.seed)
+    if resume and project.data.classes and project.data.classes != report.classes:
+        raise ProjectError(
+            "The dataset's classes changed since this run started "
+            f"({', '.join(project.data.classes)} then, {', '.join(report.classes)} now).",
+            "Resume with the same data, or start a new run.",
+        )
+    project.data.classes = list(report.classes)
+    project.num_classes = report.num_classes
+
+    if saved is not None:
+        # The architecture the run resolved when it started: the bundle or weights file it
+        # started from may have moved since, and the weights come from the checkpoint.
+        loaded = load_model(saved["architecture"], num_classes=report.num_classes)
+        loaded.data_config = dict(saved["data_config"])
+    else:
+        # Fail fast, before any download: every selection of the timeline must resolve.
+        preview = preview_model(project.model, num_classes=report.num_classes)
+        timeline.check(project.plan, ModelTree(preview.module, project.model))
+        loaded = load_model(
+            project.model,
+            num_classes=report.num_classes,
+            pretrained=project.pretrained,
+            weights=project.weights,
+        )
+    model = loaded.module
+    tree = ModelTree(model, project.model)
+    timeline.check(project.plan, tree)
+    channels_last = wants_channels_last(model, device, t.channels_last)
+    try:
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ProjectError(
+            f"The model does not fit in the memory of {device}.",
+            "Pick a smaller model, or train on another device (--device cpu).",
+        ) from None
+
+    train_tf, eval_tf = build_transforms(
+        loaded.data_config, project.data.image_size, project.data.augmentation
+    )
+    workers = project.data.workers if project.data.workers is not None else default_workers()
+    loaders = make_loaders(
+        report,
+        train_tf,
+        eval_tf,
+        t.batch_size,
+        workers,
+        t.seed,
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = len(loaders.train_sampler)
+    total = total_steps(project, steps_per_epoch)
+    warmup = min(int(t.warmup_epochs * steps_per_epoch), total // 5)
+
+    groups = param_groups(model, tree, t)
+    optimizer = build_optimizer(groups, t)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, t.schedule)
+    )
+    layers = LayerIndex(model, tree)
+    return RunParts(
+        device=device,
+        precision=precision,
+        report=report,
+        loaded=loaded,
+        model=model,
+        tree=tree,
+        channels_last=channels_last,
+        loaders=loaders,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=warmup,
+        groups=groups,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type) if precision.use_scaler else None,
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        layers=layers,
+        probe=TelemetryProbe(layers, device, t.telemetry_every),
+        verifier=FrozenVerifier(model),
+        saved=saved,
+    )

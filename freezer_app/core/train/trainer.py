@@ -1,0 +1,688 @@
+"""The training loop: events out, commands in. No Qt here; the GUI runs this on a QThread.
+
+trainer = Trainer(project, "runs/first", on_event=print)
+result = trainer.run()          # a Finished event
+
+Setup is in setup.py, the checkpoint format in checkpoint.py, the line logs in logbook.py.
+The freeze plan follows the project's timeline (core/timeline.py); edits sent through
+`control` join that timeline at the step they take effect and are written into the run's
+project.json, so `freezer-app train RUN/project.json` repeats the run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from freezer_app.core import timeline
+from freezer_app.core.catalog import META_LABELS, META_MODEL, META_NUM_CLASSES
+from freezer_app.core.data import DataReport
+from freezer_app.core.errors import FreezerError
+from freezer_app.core.events import (
+    EpochEvent,
+    ErrorEvent,
+    EventSink,
+    Finished,
+    FrozenCheckEvent,
+    LogEvent,
+    PausedEvent,
+    PlanApplied,
+    RunControl,
+    RunStarted,
+    StepEvent,
+    TelemetryEvent,
+)
+from freezer_app.core.files import save_safetensors
+from freezer_app.core.freeze import Edit, FreezePlan, apply_mask, resolve
+from freezer_app.core.optim import lr_factor, restrict_to_trainable
+from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
+from freezer_app.core.run_folder import RunFolder
+from freezer_app.core.telemetry import FrozenCheck
+from freezer_app.core.train import checkpoint
+from freezer_app.core.train.logbook import Logbook
+from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
+
+
+class _StopRequested(Exception):
+    """Stop at this step boundary, keeping a mid-epoch checkpoint to resume from."""
+
+    def __init__(self, reason: str = "stopped") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss {value} at step {step}")
+        self.step = step
+        self.value = value
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The class scores of a model's output: some return a named tuple (e.g. `.logits`)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}, not a tensor of class scores")
+
+
+class Trainer:
+    """One training run of a project into a run folder.
+
+    Commands (stop, pause/resume, a new freeze plan) arrive through `control` and take effect
+    at the next step boundary. Setup problems (bad data, unknown model, a timeline selector
+    that matches nothing, offline weights) raise FreezerError before anything is written;
+    problems during training (NaN loss, out of memory) end the run with a Finished event
+    whose reason is "error".
+
+    resume_changes: settings given with `--resume` ({"train.epochs": 10}); only those the
+    schema marks resumable are accepted.
+    """
+
+    def __init__(
+        self,
+        project: Project,
+        run_dir: str | Path,
+        on_event: EventSink | None = None,
+        control: RunControl | None = None,
+        resume: bool = False,
+        report: DataReport | None = None,
+        resume_changes: dict[str, Any] | None = None,
+    ) -> None:
+        self.project = project
+        self.folder = RunFolder(run_dir)
+        self.log = Logbook(self.folder)
+        self.emit: EventSink = on_event or (lambda event: None)
+        self.control = control or RunControl()
+        self.resume = resume
+        self.resume_changes = dict(resume_changes or {})
+        self.report = report
+        self.parts: RunParts | None = None
+        self.model: nn.Module | None = None
+        self.step = 0
+        self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0
+        self.best: dict[str, Any] = {"metric": None, "epoch": None, "val_acc": None}
+        self.stale_epochs = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_count = 0
+        self.last_val_acc: float | None = None
+        self.last_check: FrozenCheck | None = None
+        self.last_good_checkpoint_epoch: int | None = None
+        self.paused_seconds = 0.0  # in the current epoch: not counted as training time
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_lrs: list[float] = []
+        self._pending_steps: list[tuple[int, int]] = []
+        self.current_plan = FreezePlan()
+        self._entry_key: tuple[str, int] | None = None
+
+    # ================================================================== setup
+    def _setup(self) -> None:
+        changes: list[str] = []
+        if self.resume:
+            changes = apply_resume_changes(self.project, self.resume_changes)
+        parts = prepare(self.project, self.folder, self.resume, self.report)
+        self.parts = parts
+        self.model, self.tree, self.report = parts.model, parts.tree, parts.report
+        self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
+        if parts.saved is not None:
+            self._restore(parts.saved)
+            self.project.resumes.append(ResumeRecord(self.step, changes))
+            self._write_project()
+        else:
+            entry = timeline.entry_at(self.timeline, 1)
+            self._entry_key = entry.key
+            self._apply_plan(entry.plan, "start", announce=False)
+            self.folder.create()
+            self._write_project()
+            self.folder.write_json(self.folder.data_report, parts.report.to_dict())
+            self.folder.write_json(self.folder.layers, {"layers": parts.layers.names})
+            self.log.plan(self._plan_record(self._plan_event))
+
+    def _write_project(self) -> None:
+        self.folder.write_json(self.folder.project, self.project.to_dict())
+
+    # ================================================================== the freeze plan
+    def _apply_plan(self, plan: FreezePlan, reason: str, announce: bool = True) -> bool:
+        """Make `plan`'s selection the plan in effect, at a step boundary: requires_grad, the
+        BatchNorm guard, the optimizer's parameters and the frozen check's references.
+
+        A selection that would leave nothing to train is refused: the run goes on with the
+        plan in effect, and says so. Returns whether the plan was applied.
+        """
+        parts = self.parts
+        assert parts is not None
+        plan = FreezePlan(plan.preset, list(plan.freeze), list(plan.unfreeze), plan.bn_policy)
+        mask = resolve(plan, parts.tree)
+        step = self.step + 1
+        if not mask.any():
+            message = (
+                f"step {step}: the {reason} '{plan.describe()}' would leave nothing to train, "
+                f"so it was refused; training goes on with '{self.current_plan.describe()}'"
+            )
+            event = PlanApplied(
+                step,
+                self.current_plan,
+                parts.tree.trainable_params,
+                parts.tree.total_params,
+                parts.layers.layer_trainable(),
+                "refused",
+                parts.tree.trainable.copy(),
+                message,
+            )
+            self.emit(LogEvent(message, "warning"))
+            self.emit(event)
+            self.log.plan({**self._plan_record(event), "refused": plan.to_dict()})
+            return False
+        applied = apply_mask(parts.model, parts.tree, mask, plan.bn_policy)
+        restrict_to_trainable(parts.optimizer, parts.groups)
+        parts.verifier.sync(self.step, parts.tree.frozen_norm_paths(), plan.bn_policy)
+        self.current_plan = plan
+        event = PlanApplied(
+            step,
+            plan,
+            applied.trainable,
+            applied.total,
+            parts.layers.layer_trainable(),
+            reason,
+            mask.copy(),
+        )
+        self._plan_event = event
+        if announce:
+            self.emit(event)
+            self.emit(
+                LogEvent(
+                    f"step {step}: freeze plan now '{plan.describe()}' "
+                    f"({applied.trainable:,} of {applied.total:,} parameters train; {reason})"
+                )
+            )
+            self.log.plan(self._plan_record(event))
+        return True
+
+    def _plan_record(self, event: PlanApplied) -> dict[str, Any]:
+        return {
+            "step": event.step,
+            "epoch": self.epoch + 1,
+            "reason": event.reason,
+            "plan": event.plan.to_dict(),
+            "trainable_params": event.trainable_params,
+            "total_params": event.total_params,
+        }
+
+    def _follow_timeline(self) -> None:
+        """Before each step: the schedule phase or recorded edit whose time has come."""
+        entry = timeline.entry_at(self.timeline, self.step + 1)
+        if entry.key == self._entry_key:
+            return
+        # Every entry that starts at this step, in order (a phase, then an edit made at that
+        # same step), so a repeat of the run passes through the same plans as the original.
+        for e in self.timeline:
+            if e.start_step == entry.start_step and e.kind != "start":
+                self._entry_key = e.key
+                self._apply_plan(e.plan, e.kind)
+        self._entry_key = entry.key
+
+    def _take_edit(self) -> None:
+        """A plan sent from outside (the window's tree): applied now and recorded as an edit
+        of the run's timeline, in project.json and plans.jsonl."""
+        plan = self.control.take_plan()
+        if plan is None or plan.same_selection(self.current_plan):
+            return
+        if not self._apply_plan(plan, "edit"):
+            return
+        edit = Edit(self.step + 1, plan.preset, list(plan.freeze), list(plan.unfreeze))
+        edits = [e for e in self.project.plan.edits if e.step != edit.step] + [edit]
+        self.project.plan.edits = sorted(edits, key=lambda e: e.step)
+        self.timeline = timeline.entries(self.project.plan, self.parts.steps_per_epoch)
+        self._entry_key = timeline.entry_at(self.timeline, self.step + 1).key
+        self._write_project()
+
+    # ================================================================== checkpoints
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.parts.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.parts.device)
+        return state
+
+    def _save_checkpoint(self) -> None:
+        parts = self.parts
+        assert parts is not None
+        checkpoint.save(
+            self.folder.last_checkpoint,
+            {
+                "architecture": str(parts.loaded.spec),
+                "num_classes": parts.report.num_classes,
+                "data_config": dict(parts.loaded.data_config),
+                "model": parts.model.state_dict(),
+                "optimizer": checkpoint.named_optimizer_state(parts.optimizer, parts.model),
+                "scaler": parts.scaler.state_dict() if parts.scaler else None,
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_count],
+                "plan": self.current_plan.to_dict(),
+                "timeline_entry": list(self._entry_key) if self._entry_key else None,
+                "frozen": parts.verifier.state_dict(),
+                "best": dict(self.best),
+                "stale_epochs": self.stale_epochs,
+                "rng": self._rng_state(),
+                "classes": list(parts.report.classes),
+            },
+        )
+        if self.batch_in_epoch == 0:
+            self.last_good_checkpoint_epoch = self.epoch
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        parts = self.parts
+        assert parts is not None
+        parts.model.load_state_dict(ckpt["model"])
+        self.step = int(ckpt["step"])
+        self.epoch = int(ckpt["epoch"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        self.epoch_loss_sum, self.epoch_loss_count = ckpt["epoch_loss"]
+        self.best = dict(ckpt["best"])
+        self.stale_epochs = int(ckpt["stale_epochs"])
+        entry = ckpt.get("timeline_entry")
+        self._entry_key = (str(entry[0]), int(entry[1])) if entry else None
+        # The plan in force at the checkpoint decides which parameters the optimizer steps,
+        # so apply it before putting their state back (by name).
+        self._apply_plan(FreezePlan.from_dict(ckpt["plan"]), "resume", announce=False)
+        checkpoint.load_named_optimizer_state(parts.optimizer, parts.model, ckpt["optimizer"])
+        # The schedule is a function of the step: no positional state to restore, and a new
+        # epoch count (a resume may change it) stretches the rest of the schedule.
+        parts.scheduler.last_epoch = self.step
+        factor = self._lr_factor(self.step)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        if parts.scaler and ckpt.get("scaler"):
+            parts.scaler.load_state_dict(ckpt["scaler"])
+        parts.verifier.load_state_dict(ckpt["frozen"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and parts.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], parts.device)
+        self.log.truncate_after(self.step, self.epoch)
+        self.last_good_checkpoint_epoch = self.epoch
+        self.log.plan(self._plan_record(self._plan_event))
+        self.emit(
+            LogEvent(
+                f"resumed at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})"
+            )
+        )
+
+    def _lr_factor(self, step: int) -> float:
+        parts = self.parts
+        return lr_factor(
+            step, parts.total_steps, parts.warmup_steps, self.project.train.schedule
+        )
+
+    def _save_weights(self, path: Path) -> None:
+        parts = self.parts
+        assert parts is not None
+        metadata = {
+            # The architecture, even when the run started from a bundle or weights file.
+            META_MODEL: str(parts.loaded.spec),
+            META_NUM_CLASSES: str(parts.report.num_classes),
+            META_LABELS: json.dumps(parts.report.classes),
+        }
+        save_safetensors(parts.model.state_dict(), path, metadata)
+
+    # ================================================================== the loop
+    def run(self) -> Finished:
+        started = time.monotonic()
+        try:
+            self._setup()
+        except FreezerError:
+            self._release()
+            raise
+        parts = self.parts
+        assert parts is not None
+        self.emit(
+            RunStarted(
+                run_dir=str(self.folder.path),
+                model=self.project.model,
+                device=str(parts.device),
+                precision=parts.precision.name,
+                classes=list(parts.report.classes),
+                total_params=parts.tree.total_params,
+                trainable_params=parts.tree.trainable_params,
+                layer_names=list(parts.layers.names),
+                layer_trainable=parts.layers.layer_trainable(),
+                epochs=self.project.train.epochs,
+                steps_per_epoch=parts.steps_per_epoch,
+                start_step=self.step,
+                data_report=parts.report.to_dict(),
+                total_steps=parts.total_steps,
+            )
+        )
+        self.emit(self._plan_event)
+        reason, kind, message, hint, details = "completed", "", "", "", ""
+        try:
+            reason = self._train()
+        except _StopRequested as stop:
+            try:
+                # A NaN among the last unflushed steps must not be saved as a clean stop.
+                self._flush_losses()
+            except _NonFiniteLoss as e:
+                reason, kind, message, hint = self._non_finite(e)
+            else:
+                reason = stop.reason
+                self._write_frozen_check(parts.verifier.check(self.epoch, self.step))
+                self._save_checkpoint()
+                self._save_weights(self.folder.weights)
+                what = "stopped" if reason == "stopped" else "reached the step limit"
+                self.emit(
+                    LogEvent(
+                        f"{what} at step {self.step}; checkpoint saved, resume with --resume {self.folder.path}"
+                    )
+                )
+        except _NonFiniteLoss as e:
+            reason, kind, message, hint = self._non_finite(e)
+        except Exception as e:
+            reason = "error"
+            self._recover_after_failure()
+            if is_oom(e):
+                kind = "out-of-memory"
+                bs = self.project.train.batch_size
+                message = f"Out of GPU memory at step {self.step + 1} (batch size {bs}, {parts.precision.name})."
+                hint = (
+                    f"Try a smaller batch size (e.g. {max(1, bs // 2)}), mixed precision (--amp bf16 or fp16), "
+                    "a smaller image size, or freeze more layers (frozen layers need no gradients or optimizer state)."
+                )
+            else:
+                # Nearly always the model and the data disagreeing (input size, output shape);
+                # reported like any other failure, and the process stays usable.
+                kind = "exception"
+                first = str(e).splitlines()[0] if str(e) else ""
+                message = f"Training failed at step {self.step + 1}: {type(e).__name__}: {first}"
+                hint = (
+                    "Check that the model accepts this image size (--image-size) and returns one "
+                    "score per class. Checkpoints written so far are kept."
+                )
+                details = traceback.format_exc()
+        finally:
+            self.log.flush()
+        if reason in ("completed", "early-stopped"):
+            self._save_weights(self.folder.weights)
+        if reason == "error":
+            self.emit(ErrorEvent(kind, self.step, message, hint))
+        check = self.last_check
+        result = Finished(
+            reason=reason,
+            run_dir=str(self.folder.path),
+            steps=self.step,
+            epochs_completed=self.epoch,
+            best_val_acc=self.best.get("val_acc"),
+            best_epoch=self.best.get("epoch"),
+            last_val_acc=self.last_val_acc,
+            frozen_check_passed=check.passed if check else None,
+            frozen_check_summary=check.summary() if check else "not run",
+            seconds=time.monotonic() - started,
+            message=message,
+            hint=hint,
+            details=details,
+        )
+        self._release()
+        self.emit(result)
+        return result
+
+    def _non_finite(self, e: _NonFiniteLoss) -> tuple[str, str, str, str]:
+        where = (
+            f"the last good checkpoint (end of epoch {self.last_good_checkpoint_epoch}) is kept in {self.folder.last_checkpoint}"
+            if self.last_good_checkpoint_epoch
+            else "no checkpoint had been written yet"
+        )
+        message = f"The loss became {e.value} at step {e.step}; training stopped and {where}."
+        hint = (
+            f"Lower the learning rate (now {self.project.train.lr:g}), keep gradient clipping on, "
+            "or turn mixed precision off."
+        )
+        return "error", "non-finite-loss", message, hint
+
+    def _release(self) -> None:
+        """End the data-loader workers and free the accelerator: the process stays usable for
+        the next run, and no worker process outlives its run."""
+        self.log.close()
+        self._pending_losses.clear()
+        parts = self.parts
+        if parts is None:
+            return
+        parts.loaders.close()
+        parts.probe.release()
+        parts.optimizer.state.clear()
+        if parts.device.type != "cpu":
+            parts.model.to("cpu")
+        if parts.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _recover_after_failure(self) -> None:
+        self._pending_losses.clear()
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        if self.parts.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _boundary(self) -> None:
+        """Between steps: honour stop and pause, then the timeline and edits for the next step."""
+        control = self.control
+        if control.stop_requested:
+            raise _StopRequested
+        if control.paused:
+            self._flush_losses()
+            self.log.flush()
+            self.emit(PausedEvent(True, self.step))
+            paused_at = time.monotonic()
+            while control.paused and not control.stop_requested:
+                control.wait_while_paused(0.1)
+            self.paused_seconds += time.monotonic() - paused_at
+            if control.stop_requested:
+                raise _StopRequested
+            self.emit(PausedEvent(False, self.step))
+        self._follow_timeline()
+        self._take_edit()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.parts.loaders.train_sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        yield from self.parts.loaders.train
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.parts.precision.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.parts.device.type, dtype=dtype)
+
+    def _train(self) -> str:
+        t = self.project.train
+        parts = self.parts
+        assert parts is not None
+        model, optimizer = parts.model, parts.optimizer
+        non_blocking = parts.device.type == "cuda"
+        trainable_params = lambda: [p for g in optimizer.param_groups for p in g["params"]]
+        log_every = 1 if parts.device.type == "cpu" else 10
+        while self.epoch < t.epochs:
+            if self.batch_in_epoch == 0:
+                self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+            model.train()
+            epoch_start = time.monotonic()
+            self.paused_seconds = 0.0
+            images = 0
+            batches = self._batches()
+            for x, y in batches:
+                self._boundary()
+                x = x.to(parts.device, non_blocking=non_blocking)
+                y = y.to(parts.device, non_blocking=non_blocking)
+                if parts.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                with self._autocast():
+                    loss = parts.criterion(logits_of(model(x)), y)
+                if parts.scaler:
+                    parts.scaler.scale(loss).backward()
+                    parts.scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                self.step += 1
+                parts.probe.begin(self.step, self.epoch + 1)
+                if t.grad_clip:
+                    nn.utils.clip_grad_norm_(trainable_params(), t.grad_clip)
+                if parts.scaler:
+                    parts.scaler.step(optimizer)
+                    parts.scaler.update()
+                else:
+                    optimizer.step()
+                parts.scheduler.step()
+                self.batch_in_epoch += 1
+                images += y.shape[0]
+                record = parts.probe.end()
+                if record is not None:
+                    self.log.telemetry(record.to_json())
+                    self.emit(TelemetryEvent(record))
+                self._pending_losses.append(loss.detach())
+                self._pending_lrs.append(t.lr * self._lr_factor(self.step - 1))
+                self._pending_steps.append((self.step, self.epoch + 1))
+                if len(self._pending_losses) >= log_every:
+                    self._flush_losses(rate=images / self._training_seconds(epoch_start))
+                if (
+                    t.max_steps
+                    and self.step >= t.max_steps
+                    and self.batch_in_epoch < parts.steps_per_epoch
+                ):
+                    batches.close()
+                    raise _StopRequested("step-limit")
+            seconds = self._training_seconds(epoch_start)
+            self._flush_losses(rate=images / seconds)
+            stop = self._end_epoch(images / seconds, seconds)
+            if stop:
+                return "early-stopped"
+            if t.max_steps and self.step >= t.max_steps:
+                return "completed"
+        return "completed"
+
+    def _training_seconds(self, epoch_start: float) -> float:
+        """Time spent training in this epoch: paused time does not count."""
+        return max(1e-9, time.monotonic() - epoch_start - self.paused_seconds)
+
+    def _flush_losses(self, rate: float = 0.0, check: bool = True) -> None:
+        """One device-to-host copy for the losses of several steps (no sync every step on GPU)."""
+        if not self._pending_losses:
+            return
+        values = torch.stack(self._pending_losses).float().tolist()
+        for value, lr, (step, epoch) in zip(values, self._pending_lrs, self._pending_steps):
+            if check and not math.isfinite(value):
+                self._pending_losses.clear()
+                self._pending_lrs.clear()
+                self._pending_steps.clear()
+                raise _NonFiniteLoss(step, value)
+            self.epoch_loss_sum += value
+            self.epoch_loss_count += 1
+            self.log.step(step, epoch, value, lr)
+            self.emit(StepEvent(step, epoch, value, lr, rate))
+        self._pending_losses.clear()
+        self._pending_lrs.clear()
+        self._pending_steps.clear()
+
+    @torch.no_grad()
+    def _validate(self) -> tuple[float | None, float | None]:
+        parts = self.parts
+        if parts.loaders.val is None:
+            return None, None
+        model = parts.model
+        model.eval()
+        total_loss = torch.zeros((), device=parts.device)
+        correct = torch.zeros((), device=parts.device, dtype=torch.long)
+        count = 0
+        for x, y in parts.loaders.val:
+            if self.control.stop_requested:
+                # All batches are done, so a resumed run goes straight to this validation.
+                raise _StopRequested
+            x = x.to(parts.device, non_blocking=True)
+            y = y.to(parts.device, non_blocking=True)
+            if parts.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = logits_of(model(x))
+            total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            count += y.shape[0]
+        model.train()
+        if count == 0:
+            return None, None
+        return float(total_loss) / count, float(correct) / count
+
+    def _end_epoch(self, images_per_s: float, seconds: float) -> bool:
+        t = self.project.train
+        val_loss, val_acc = self._validate()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.last_val_acc = val_acc
+        train_loss = self.epoch_loss_sum / max(1, self.epoch_loss_count)
+        metric = (
+            val_acc
+            if t.early_stop_metric == "val_acc"
+            else (-val_loss if val_loss is not None else None)
+        )
+        if metric is None:
+            metric = -train_loss
+        is_best = self.best["metric"] is None or metric > self.best["metric"]
+        if is_best:
+            self.best = {"metric": metric, "epoch": self.epoch, "val_acc": val_acc}
+            self.stale_epochs = 0
+            self._save_weights(self.folder.best_weights)
+        else:
+            self.stale_epochs += 1
+        self.log.epoch(
+            {
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "images_per_s": images_per_s,
+                "seconds": seconds,
+            }
+        )
+        self.emit(
+            EpochEvent(
+                self.epoch, self.step, train_loss, val_loss, val_acc, images_per_s, seconds, is_best
+            )
+        )
+        self._write_frozen_check(self.parts.verifier.check(self.epoch, self.step))
+        self._save_checkpoint()
+        self.log.flush()
+        if (
+            t.early_stop_patience
+            and self.stale_epochs >= t.early_stop_patience
+            and self.epoch < t.epochs
+        ):
+            self.emit(
+                LogEvent(
+                    f"early stop: no better {t.early_stop_metric} for {self.stale_epochs} epochs"
+                )
+            )
+            return True
+        return False
+
+    def _write_frozen_check(self, check: FrozenCheck) -> None:
+        self.last_check = check
+        self.log.frozen_check(check.to_json())
+        self.emit(FrozenCheckEvent(check))
+        if not check.passed:
+            self.emit(
+                LogEvent(f"frozen check after epoch {check.epoch}: {check.summary()}", "warning")
+            )
+
+
+__all__ = ["Trainer", "logits_of", "total_steps"]
