@@ -23,6 +23,13 @@ from freezer_app.core.catalog import (
 )
 from freezer_app.core.errors import ModelNotFoundError, OfflineError, WeightsError
 from freezer_app.core.layout import TORCHVISION_HEADS, find_head_paths
+from freezer_app.core.torchvision_compat import (
+    AUX_HEADS,
+    constructor_kwargs,
+    loader_code,
+    strip_aux_heads,
+    transform_input_of,
+)
 
 
 def test_parse_prefixed_and_bare_names(factory_file: Path) -> None:
@@ -237,3 +244,29 @@ def test_models_with_auxiliary_heads_return_plain_logits_when_training() -> None
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
     with pytest.raises(Exception, match="1 or more"):
         load_model("timm:test_resnet", num_classes=0)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_torchvision_quirks_rebuild_the_trained_architecture(name: str) -> None:
+    """Freezer builds GoogLeNet and Inception v3 without auxiliary classifiers; the pretrained
+    layout has them (their last layers are heads too) until strip_aux_heads, and loader_code
+    rebuilds what Freezer trained, transform_input included."""
+    trained = load_model(f"torchvision:{name}", num_classes=3, meta=True).module
+    assert transform_input_of(name, trained) is False
+    assert transform_input_of("resnet18", trained) is None
+    with torch.device("meta"):
+        full = torchvision.models.get_model(
+            name, weights=None, num_classes=3, **constructor_kwargs(name, pretrained=True)
+        )
+    assert full.transform_input is True  # torchvision's pretrained weights expect it
+    heads, _ = find_head_paths(full)
+    assert set(heads) == {"fc", *AUX_HEADS[type(full).__name__]}
+    strip_aux_heads(name, full)
+    assert full.state_dict().keys() == trained.state_dict().keys()
+    namespace: dict = {}
+    with torch.device("meta"):
+        exec("import torchvision\n" + loader_code(name, 3, transform_input=True), namespace)
+    rebuilt = namespace["model"]
+    assert rebuilt.state_dict().keys() == trained.state_dict().keys()
+    assert rebuilt.transform_input is True
+    assert constructor_kwargs("resnet18", pretrained=True) == {}

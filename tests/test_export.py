@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import make_project
 
-from freezer_app.cli import EXPORT_CHECKPOINTS, EXPORT_FORMATS, main
-from freezer_app.core import export as export_mod
+from freezer_app.cli import main
+from freezer_app.cli.export import EXPORT_CHECKPOINTS, EXPORT_FORMATS
 from freezer_app.core.catalog import META_MODEL, load_model
 from freezer_app.core.errors import (
     Cancelled,
@@ -34,6 +34,7 @@ from freezer_app.core.export import (
     existing_targets,
     export,
 )
+from freezer_app.core.export import bundle as bundle_mod
 from freezer_app.core.files import WriteError
 from freezer_app.core.freeze import FreezePlan, apply_plan
 from freezer_app.core.train import Trainer
@@ -60,10 +61,22 @@ def tv_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _reference(model_text: str, folder: Path, batch: int = 4) -> tuple[Path, Path]:
+@pytest.fixture(scope="module")
+def googlenet_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GoogLeNet: trained without its auxiliary classifiers, at 64 px."""
+    out = tmp_path_factory.mktemp("export-googlenet") / "run"
+    project = make_project(
+        demo_data, epochs=1, max_steps=2, batch_size=8, model="torchvision:googlenet"
+    )
+    project.data.image_size = 64
+    Trainer(project, out).run()
+    return out
+
+
+def _reference(model_text: str, folder: Path, batch: int = 4, size: int = 32) -> tuple[Path, Path]:
     """A fixed input and the original model's logits on it, saved for the fresh process."""
     loaded = load_model(model_text)
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = loaded.module.eval()(x)
     torch.save(x, folder / "input.pt")
@@ -227,6 +240,61 @@ def test_torchvision_bundle_loads_with_get_model_and_safetensors(
     assert out["readme"] in config["label_names"]
 
 
+def test_googlenet_bundle_loads_with_its_readme_code(
+    googlenet_run: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    """GoogLeNet and Inception v3 train without auxiliary classifiers and carry a transform_input
+    flag outside their state_dict: the bundle, its check and its README code rebuild them so."""
+    # A run from torchvision's pretrained weights trained with transform_input on (the weights
+    # expect it); its project says so.
+    pretrained = tmp_path / "pretrained-run"
+    shutil.copytree(googlenet_run, pretrained, ignore=shutil.ignore_patterns("export"))
+    project = json.loads((pretrained / "project.json").read_text())
+    (pretrained / "project.json").write_text(json.dumps({**project, "pretrained": True}))
+    assert load_model(str(googlenet_run)).module.transform_input is False
+    assert load_model(str(pretrained)).module.transform_input is True
+
+    image = next((demo_data / "val" / "stripes").iterdir())
+    checks = {}
+    for run, flag in ((googlenet_run, False), (pretrained, True)):
+        result = export(run, "bundle", tmp_path / f"bundle-{flag}")
+        assert result.validated and result.max_abs_diff < TOL
+        bundle = Path(result.path)
+        config = json.loads((bundle / "config.json").read_text())
+        assert config["architecture"] == "googlenet"
+        assert config["model_args"] == {
+            "aux_logits": False,
+            "init_weights": False,
+            "transform_input": flag,
+        }
+        assert f"transform_input={flag}" in (bundle / "README.md").read_text()
+        assert load_model(str(bundle)).module.transform_input is flag
+        folder = tmp_path / f"ref-{flag}"
+        folder.mkdir()
+        x_path, ref_path = _reference(str(run), folder, batch=2, size=64)
+        checks[str(flag)] = (str(x_path), str(ref_path), _readme_code(bundle, image))
+    # The flag changes the logits: code without it would not reproduce them.
+    assert not torch.equal(torch.load(checks["False"][1]), torch.load(checks["True"][1]))
+    out = _fresh(
+        f"""
+        import contextlib, io, json
+        import torch
+        out = {{}}
+        for flag, (x, ref, code) in {checks!r}.items():
+            namespace = {{}}
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                exec(code, namespace)
+            with torch.no_grad():
+                y = namespace["model"](torch.load(x))
+            out[flag] = [(y - torch.load(ref)).abs().max().item(), printed.getvalue().split()[0]]
+        print(json.dumps(out))
+        """
+    )
+    for diff, label in out.values():
+        assert diff < TOL, out
+        assert label in ("circles", "squares", "stripes")
+
+
 # ---------------------------------------------------------------------- reuse in Freezer
 def test_exports_open_again_as_models(run: Path, demo_data: Path, tmp_path: Path) -> None:
     bundle = Path(export(run, "bundle", tmp_path / "bundle").path)
@@ -377,7 +445,7 @@ def test_interrupted_or_cancelled_export_leaves_nothing(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(export_mod, "_bundle_check", interrupt)  # after the weights are written
+        m.setattr(bundle_mod, "_bundle_check", interrupt)  # after the weights are written
         with pytest.raises(KeyboardInterrupt):
             export(run, "bundle", tmp_path / "bundle")
     with monkeypatch.context() as m:

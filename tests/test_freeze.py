@@ -10,8 +10,8 @@ import timm
 import torch
 from torch import nn
 
-from freezer_app.core.catalog import load_model
 from freezer_app.core import timeline
+from freezer_app.core.catalog import load_model
 from freezer_app.core.errors import SelectorError
 from freezer_app.core.freeze import (
     FreezePlan,

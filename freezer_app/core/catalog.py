@@ -31,6 +31,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_
 from timm.models import split_model_name_tag
 from torch import nn
 
+from freezer_app.core import torchvision_compat
 from freezer_app.core.errors import FreezerError, ModelNotFoundError, OfflineError, WeightsError
 from freezer_app.core.layout import find_head_paths
 from freezer_app.core.network import download_guard, host_reachable
@@ -70,6 +71,9 @@ class ModelSource:
     num_classes: int | None = None
     label_names: list[str] | None = None
     data_config: dict[str, Any] | None = None
+    # torchvision's transform_input flag the weights were trained with (not in the state_dict);
+    # None: not recorded, the architecture's default.
+    transform_input: bool | None = None
 
 
 @dataclass
@@ -210,7 +214,14 @@ def _source_from_path(path: Path) -> ModelSource:
         except FreezerError:
             beside = None
         same = beside is not None and beside.spec == spec
-        return ModelSource(spec, path, n, labels, beside.data_config if same else None)
+        return ModelSource(
+            spec,
+            path,
+            n,
+            labels,
+            beside.data_config if same else None,
+            beside.transform_input if same else None,
+        )
     beside = _source_beside(path)
     if beside is not None:
         return beside
@@ -262,12 +273,15 @@ def _source_from_config(config_path: Path, weights: Path | None) -> ModelSource:
         for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         if k in pcfg
     }
+    model_args = config.get("model_args")
+    transform_input = model_args.get("transform_input") if isinstance(model_args, dict) else None
     return ModelSource(
         parse_model(model),
         weights,
         config.get("num_classes"),
         config.get("label_names"),
         data_config or None,
+        transform_input if isinstance(transform_input, bool) else None,
     )
 
 
@@ -298,7 +312,27 @@ def _source_from_project(project_path: Path, weights: Path | None) -> ModelSourc
         project.get("num_classes") or (len(classes) if classes else None),
         classes,
         data_config,
+        _trained_transform_input(spec, model, bool(project.get("pretrained"))),
     )
+
+
+def _trained_transform_input(spec: ModelSpec, model: str, pretrained: bool) -> bool | None:
+    """The transform_input flag a run trained with: set by torchvision's pretrained weights, or
+    carried over from the bundle, run or weights file it started from."""
+    if spec.kind != TORCHVISION or not torchvision_compat.has_quirks(spec.name):
+        return None
+    if pretrained:
+        return torchvision_compat.constructor_kwargs(spec.name, pretrained=True).get(
+            "transform_input"
+        )
+    candidate = Path(model).expanduser()
+    if ".py:" in model or not (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
+        return None
+    try:
+        source = resolve_source(model)
+    except FreezerError:
+        return None
+    return source.transform_input if source.spec == spec else None
 
 
 # ---------------------------------------------------------------------- building
@@ -429,38 +463,22 @@ def _build_timm(spec: ModelSpec, num_classes: int | None, pretrained: bool) -> n
 def _build_torchvision(
     spec: ModelSpec, num_classes: int | None, pretrained: bool
 ) -> tuple[nn.Module, list[str]]:
-    aux = spec.name in _AUX_CLASSIFIERS
     if not pretrained:
         kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-        if aux:
-            # Auxiliary classifiers make training-mode outputs a tuple; fine-tuning uses the
-            # main head only (as torchvision does for its pretrained models).
-            kwargs.update(aux_logits=False, init_weights=True)
+        kwargs.update(torchvision_compat.constructor_kwargs(spec.name, pretrained=False))
         with warnings_suppressed():
             return torchvision.models.get_model(spec.name, weights=None, **kwargs), []
     state = _torchvision_state(spec.name)
     weights = torchvision.models.get_model_weights(spec.name).DEFAULT
     n = num_classes or len(weights.meta["categories"])
     # Pretrained torchvision models may need architecture flags their weights imply.
-    extra = (
-        {"aux_logits": True, "init_weights": False}
-        if spec.name in ("googlenet", "inception_v3")
-        else {}
-    )
+    extra = torchvision_compat.constructor_kwargs(spec.name, pretrained=True)
     with warnings_suppressed():
         model = torchvision.models.get_model(spec.name, weights=None, num_classes=n, **extra)
-    if spec.name == "inception_v3":
-        model.transform_input = True
     heads, _ = find_head_paths(model)
     dropped = load_weights(model, state, heads, f"torchvision weights for {spec.name}")
-    if aux:
-        model.aux_logits = False
-        for name in _AUX_CLASSIFIERS[spec.name]:
-            setattr(model, name, None)
+    torchvision_compat.strip_aux_heads(spec.name, model)
     return model, dropped
-
-
-_AUX_CLASSIFIERS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
 @contextlib.contextmanager
@@ -578,6 +596,15 @@ def load_model(
             "Choose either pretrained weights or a weights file, not both.",
             "Drop --pretrained or --weights.",
         )
+    transform_input = source.transform_input
+    if transform_input is None and weights_path is not None and source.weights is None:
+        # Weights from a run or bundle carry the flag they were trained with.
+        try:
+            beside = _source_beside(weights_path)
+        except FreezerError:
+            beside = None
+        if beside is not None and beside.spec == spec:
+            transform_input = beside.transform_input
     note = "randomly initialised"
     dropped: list[str] = []
     try:
@@ -602,6 +629,8 @@ def load_model(
             f"Building {spec} failed: {type(e).__name__}: {e}",
             "Check the model name and the number of classes.",
         ) from e
+    if transform_input is not None and spec.kind == TORCHVISION:
+        torchvision_compat.set_transform_input(spec.name, module, transform_input)
     heads, _ = find_head_paths(module)
     if weights_path is not None:
         state = read_state_dict(weights_path)

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
+from freezer_app.core.torchvision_compat import AUX_HEADS
+
 # The classifier of each torchvision classification model class. Inception and GoogLeNet also
-# carry auxiliary classifiers (present only when built with aux_logits).
-TORCHVISION_HEADS: dict[str, tuple[str, ...]] = {
+# carry auxiliary classifiers (present only when built with aux_logits): see torchvision_compat.
+_MAIN_HEADS: dict[str, tuple[str, ...]] = {
     "AlexNet": ("classifier.6",),
     "ConvNeXt": ("classifier.2",),
     "DenseNet": ("classifier",),
     "EfficientNet": ("classifier.1",),
-    "GoogLeNet": ("fc", "aux1.fc2", "aux2.fc2"),
-    "Inception3": ("fc", "AuxLogits.fc"),
+    "GoogLeNet": ("fc",),
+    "Inception3": ("fc",),
     "MNASNet": ("classifier.1",),
     "MaxVit": ("classifier.5",),
     "MobileNetV2": ("classifier.1",),
@@ -35,6 +37,9 @@ TORCHVISION_HEADS: dict[str, tuple[str, ...]] = {
     "SwinTransformer": ("head",),
     "VGG": ("classifier.6",),
     "VisionTransformer": ("heads.head",),
+}
+TORCHVISION_HEADS: dict[str, tuple[str, ...]] = {
+    cls: heads + AUX_HEADS.get(cls, ()) for cls, heads in _MAIN_HEADS.items()
 }
 
 MATCH_PREV_GROUP = 99999.0  # timm's marker: "belongs to the group before me"

@@ -76,10 +76,9 @@ class RunFolder:
 
 
 def is_run_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "project.json").is_file() and (
-        (path / "model.safetensors").exists() or (path / "checkpoints").is_dir()
-    )
+    """A folder a run wrote (a bundle holds a config.json instead)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / "project.json").is_file() and not (p / "config.json").is_file()
 
 
 def run_stem(name: str, model: str) -> str:

@@ -26,17 +26,18 @@ from freezer_app.core.data import (
     make_loaders,
     scan_folder,
 )
-from freezer_app.core.errors import ProjectError
 from freezer_app.core.device import (
     Precision,
     select_device,
     select_precision,
     wants_channels_last,
 )
+from freezer_app.core.errors import ProjectError
 from freezer_app.core.optim import GroupSpec, build_optimizer, lr_factor, param_groups
 from freezer_app.core.project import Project
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenVerifier, LayerIndex, TelemetryProbe
+from freezer_app.core.torchvision_compat import set_transform_input
 from freezer_app.core.train import checkpoint
 from freezer_app.core.tree import ModelTree
 
@@ -116,6 +117,8 @@ def prepare(
         # started from may have moved since, and the weights come from the checkpoint.
         loaded = load_model(saved["architecture"], num_classes=report.num_classes)
         loaded.data_config = dict(saved["data_config"])
+        if saved.get("transform_input") is not None:
+            set_transform_input(loaded.spec.name, loaded.module, saved["transform_input"])
     else:
         # Fail fast, before any download: every selection of the timeline must resolve.
         preview = preview_model(project.model, num_classes=report.num_classes)

@@ -50,6 +50,7 @@ from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenCheck
 from freezer_app.core.train import checkpoint
 from freezer_app.core.train.logbook import Logbook
+from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
 
 
@@ -266,6 +267,8 @@ class Trainer:
                 "architecture": str(parts.loaded.spec),
                 "num_classes": parts.report.num_classes,
                 "data_config": dict(parts.loaded.data_config),
+                # Not in the state dict, and not implied by the architecture's name.
+                "transform_input": transform_input_of(parts.loaded.spec.name, parts.model),
                 "model": parts.model.state_dict(),
                 "optimizer": checkpoint.named_optimizer_state(parts.optimizer, parts.model),
                 "scaler": parts.scaler.state_dict() if parts.scaler else None,

@@ -1,0 +1,37 @@
+"""Exports that other tools load as they are.
+
+- ``bundle``       a folder in the Hugging Face / timm layout (``bundle.py``, README by
+                   ``model_card.py``): ``model.safetensors``, ``config.json``, the freeze plan,
+                   the training record and a model card
+- ``pth``          the ``state_dict``, for ``torch.load(PATH, weights_only=True)``
+- ``torchscript``  a traced module, for ``torch.jit.load``
+- ``onnx``         ONNX with a dynamic batch axis, validated with onnxruntime when installed
+- ``code``         the freeze plan as a PyTorch snippet and as JSON (``formats.py``)
+
+``api.export`` is the entry point. Every export is written under a temporary name and renamed
+when complete: a failed or cancelled export leaves nothing behind, and an existing target is
+replaced only with ``force=True``. TorchScript, ONNX and bundle exports are reloaded and their
+logits compared with the model's before they are put in place.
+"""
+
+from freezer_app.core.export.api import (
+    CHECKPOINTS,
+    FORMAT_TITLES,
+    FORMATS,
+    ExportResult,
+    ExportSource,
+    default_export_path,
+    existing_targets,
+    export,
+)
+
+__all__ = [
+    "CHECKPOINTS",
+    "FORMATS",
+    "FORMAT_TITLES",
+    "ExportResult",
+    "ExportSource",
+    "default_export_path",
+    "existing_targets",
+    "export",
+]

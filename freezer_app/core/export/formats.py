@@ -1,0 +1,355 @@
+"""The single-file formats (pth, TorchScript, ONNX) and the freeze plan as code, with the
+helpers every writer shares to reload an export and compare its logits with the model's.
+
+Each writer is ``writer(src, out, force, progress, should_cancel) -> ExportResult``; ``api.export``
+picks one by format name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from freezer_app.core import torchvision_compat
+from freezer_app.core.catalog import TIMM, TORCHVISION
+from freezer_app.core.errors import ExportError
+from freezer_app.core.export.api import ExportResult, ExportSource, Steps
+from freezer_app.core.files import atomic_dir, atomic_path, torch_save, write_text
+from freezer_app.core.freeze import FreezePlan, plan_code, resolve
+from freezer_app.core.tree import ModelTree
+
+ONNX_HINT = "pip install freezer-app[onnx]"
+
+
+# ---------------------------------------------------------------------- helpers
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
+
+
+def input_size(src: ExportSource) -> tuple[int, int, int]:
+    size = tuple(int(s) for s in src.loaded.data_config.get("input_size", (3, 224, 224)))
+    return (size[0], size[1], size[2])
+
+
+def example_input(src: ExportSource, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *input_size(src), generator=g)
+
+
+def logits_of(module: Any, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        y = module(x)
+    if not isinstance(y, torch.Tensor):
+        raise ExportError(
+            f"The model returns {type(y).__name__}, not a tensor of logits.",
+            "Export a model whose forward() returns one tensor.",
+        )
+    return y.detach().float().cpu()
+
+
+def compare(expected: torch.Tensor, got: torch.Tensor, what: str) -> float:
+    if tuple(expected.shape) != tuple(got.shape):
+        raise ExportError(
+            f"The {what} returns shape {tuple(got.shape)}, the model {tuple(expected.shape)}.",
+            "This model cannot be exported in this format as it is.",
+        )
+    diff = float((expected - got).abs().max())
+    tolerance = 1e-3 * max(1.0, float(expected.abs().max()))
+    if not math.isfinite(diff) or diff > tolerance:
+        raise ExportError(
+            f"The {what} does not reproduce the model's outputs (max |diff| {diff:.3g}).",
+            "Nothing was written. The model may use operations this format does not capture.",
+        )
+    return diff
+
+
+@contextlib.contextmanager
+def quiet():
+    """Exporters warn and print a lot; keep the terminal and JSON output clean."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The TorchScript-based ONNX exporter dumps its whole graph to the process's stderr (from
+    C++) when it fails; the failure is reported as a message instead."""
+    log_was_on = bool(torch._C._jit_is_onnx_log_enabled())
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                # Its log goes to a buffered C++ stdout by default; send it to the (silenced)
+                # unbuffered stderr instead.
+                torch._C._jit_set_onnx_log_output_stream("stderr")
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        # torch's exporter switches its log on and never off again.
+        torch._C._jit_set_onnx_log_enabled(log_was_on)
+
+
+# ---------------------------------------------------------------------- pth
+def export_pth(src, out, force, progress, should_cancel) -> ExportResult:
+    steps = Steps(1, progress, should_cancel)
+    steps("writing the state_dict")
+    torch_save(cpu_state(src.loaded.module), out)
+    steps.finish()
+    return ExportResult(
+        "pth",
+        str(out),
+        [str(out)],
+        [
+            "a plain state_dict: torch.load(PATH, weights_only=True), then "
+            f"model.load_state_dict(...) into {constructor_code(src)}"
+        ],
+    )
+
+
+# ---------------------------------------------------------------------- TorchScript
+def export_torchscript(src, out, force, progress, should_cancel) -> ExportResult:
+    steps = Steps(3, progress, should_cancel)
+    model = src.loaded.module
+    steps("tracing the model")
+    example = example_input(src, 2)
+    try:
+        with quiet():
+            traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
+    except Exception as e:
+        raise ExportError(
+            f"TorchScript tracing failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "Try the ONNX or bundle format instead.",
+        ) from None
+    steps("writing and reloading")
+    with atomic_path(out) as tmp:
+        with quiet():
+            traced.save(str(tmp))
+            loaded = torch.jit.load(str(tmp), map_location="cpu")
+        check = example_input(src, 3, seed=1)
+        diff = compare(logits_of(model, check), logits_of(loaded, check), "reloaded TorchScript")
+        steps("finishing")
+    steps.finish()
+    c, h, w = input_size(src)
+    return ExportResult(
+        "torchscript",
+        str(out),
+        [str(out)],
+        [
+            f"TorchScript reloaded with torch.jit.load and checked: max |diff| {diff:.2g}",
+            f"traced at {c}x{h}x{w} input: any batch size works; other image sizes may not",
+        ],
+        validated=True,
+        max_abs_diff=diff,
+    )
+
+
+# ---------------------------------------------------------------------- ONNX
+def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Write ONNX with a dynamic batch axis: the TorchScript-based exporter (needs only the
+    onnx package), or torch.export's when that fails and onnxscript is installed."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ExportError(
+            "ONNX export needs the onnx package, which is not installed.",
+            f"Install it with: {ONNX_HINT}",
+        )
+    names = {"input_names": ["input"], "output_names": ["logits"]}
+    try:
+        with quiet(), _native_stderr_silenced():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                **names,
+            )
+        return "TorchScript-based exporter"
+    except Exception as legacy:
+        first = f"{type(legacy).__name__}: {str(legacy).splitlines()[0] if str(legacy) else ''}"
+        if importlib.util.find_spec("onnxscript") is None:
+            raise ExportError(
+                f"ONNX export failed: {first}",
+                "The newer exporter may handle this model: pip install onnxscript, then try again.",
+            ) from None
+    try:
+        batch = torch.export.Dim("batch", min=1)
+        with quiet():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=({0: batch},),
+                **names,
+            )
+        return "torch.export-based exporter"
+    except Exception as e:
+        raise ExportError(
+            f"ONNX export failed with both exporters: {first}; then "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "Try the TorchScript or bundle format instead.",
+        ) from None
+
+
+def export_onnx(src, out, force, progress, should_cancel) -> ExportResult:
+    steps = Steps(3, progress, should_cancel)
+    model = copy.deepcopy(src.loaded.module).eval()
+    notes = []
+    validated, diff = False, None
+    with atomic_path(out) as tmp:
+        steps("exporting to ONNX")
+        how = _onnx_export(model, example_input(src, 2), tmp)
+        steps("validating with onnxruntime")
+        if importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime
+
+            try:
+                session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+                check = example_input(src, 3, seed=1)
+                got = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
+            except Exception as e:
+                raise ExportError(
+                    f"onnxruntime cannot run the exported model: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}",
+                    "Nothing was written. Try the TorchScript or bundle format instead.",
+                ) from None
+            diff = compare(logits_of(model, check), torch.from_numpy(got).float(), "ONNX model")
+            validated = True
+            notes.append(f"ONNX validated with onnxruntime on a batch of 3: max |diff| {diff:.2g}")
+        else:
+            notes.append(f"not validated: onnxruntime is not installed ({ONNX_HINT})")
+        steps("finishing")
+    steps.finish()
+    c, h, w = input_size(src)
+    notes.append(f"input 'input' (batch x {c} x {h} x {w}, dynamic batch), output 'logits'; {how}")
+    return ExportResult("onnx", str(out), [str(out)], notes, validated=validated, max_abs_diff=diff)
+
+
+# ---------------------------------------------------------------------- code
+def transform_input(src: ExportSource) -> bool | None:
+    """torchvision's transform_input flag of the model (not in its state_dict), if it has one."""
+    spec = src.loaded.spec
+    if spec.kind != TORCHVISION:
+        return None
+    return torchvision_compat.transform_input_of(spec.name, src.loaded.module)
+
+
+def constructor_code(src: ExportSource) -> str:
+    """The expression that builds the architecture, ready for the model's state_dict."""
+    spec, n = src.loaded.spec, src.loaded.num_classes
+    if spec.kind == TIMM:
+        return f"timm.create_model({spec.name!r}, num_classes={n})"
+    if spec.kind == TORCHVISION:
+        return torchvision_compat.constructor_code(spec.name, n, transform_input(src))
+    return f"{spec.factory}(num_classes={n})"
+
+
+def construction_code(src: ExportSource) -> list[str]:
+    """Imports and the line that builds ``model``."""
+    spec = src.loaded.spec
+    if spec.kind == TIMM:
+        return ["import timm", "", f"model = {constructor_code(src)}"]
+    if spec.kind == TORCHVISION:
+        n = src.loaded.num_classes
+        return [
+            "import torchvision",
+            "",
+            torchvision_compat.loader_code(spec.name, n, transform_input(src)),
+        ]
+    path = Path(spec.name)
+    return [
+        "import sys",
+        "",
+        f"sys.path.insert(0, {str(path.parent.resolve())!r})",
+        f"from {path.stem} import {spec.factory}  # your model file",
+        "",
+        f"model = {constructor_code(src)}",
+    ]
+
+
+def _plan_or_fail(src: ExportSource) -> FreezePlan:
+    if src.plan is None:
+        raise ExportError(
+            f"{src.path or src.loaded.spec} carries no freeze plan.",
+            "Export the code from a run folder or a bundle Freezer wrote.",
+        )
+    return src.plan
+
+
+def freeze_plan_code(src: ExportSource) -> str:
+    """A runnable script: build the model, then freeze it as the plan says."""
+    plan = _plan_or_fail(src)
+    tree = ModelTree(src.loaded.module, str(src.loaded.spec))
+    body = plan_code(tree, resolve(plan, tree), plan)
+    header = [
+        f'"""Freezer freeze plan for {src.loaded.spec} ({src.loaded.num_classes} classes)."""'
+    ]
+    if plan.schedule:
+        header.append("# Gradual unfreezing (see freeze_plan.json), from epoch:")
+        header += [
+            f"#   {p.epoch}: {p.preset} {p.freeze or ''} {p.unfreeze or ''}" for p in plan.schedule
+        ]
+    lines = [
+        *header,
+        "",
+        *construction_code(src),
+        "# To start from the fine-tuned weights of a bundle:",
+        "# from safetensors.torch import load_file",
+        '# model.load_state_dict(load_file("model.safetensors"))',
+        "",
+    ]
+    return "\n".join(lines) + "\n" + body
+
+
+def export_code(src, out, force, progress, should_cancel) -> ExportResult:
+    plan = _plan_or_fail(src)
+    steps = Steps(2, progress, should_cancel)
+    steps("writing the freeze plan")
+    code = freeze_plan_code(src)
+    plan_json = plan.to_json() + "\n"
+    if out.suffix == ".py":
+        json_path = out.with_suffix(".json")
+        # Both files complete under temporary names first, then both renamed: a failure
+        # leaves the previous pair (or nothing) in place, never one old and one new file.
+        with atomic_path(out) as py_tmp, atomic_path(json_path) as json_tmp:
+            py_tmp.write_text(code)
+            steps("writing the plan as JSON")
+            json_tmp.write_text(plan_json)
+        files = [out, json_path]
+    else:
+        with atomic_dir(out, replace=force) as tmp:
+            write_text(tmp / "freeze_plan.py", code)
+            steps("writing the plan as JSON")
+            write_text(tmp / "freeze_plan.json", plan_json)
+        files = [out / "freeze_plan.py", out / "freeze_plan.json"]
+    steps.finish()
+    return ExportResult(
+        "code",
+        str(out),
+        [str(f) for f in files],
+        [f"freeze plan '{plan.describe()}' as runnable PyTorch code and as JSON"],
+    )

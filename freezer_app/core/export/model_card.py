@@ -1,0 +1,110 @@
+"""The bundle's README.md: a model card with the code to load the model, its input, the freeze
+plan, the training settings and metrics, and the frozen check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from freezer_app.core.catalog import FILE, TIMM, TORCHVISION
+from freezer_app.core.export.api import ExportSource
+from freezer_app.core.freeze import resolve
+from freezer_app.core.tree import ModelTree
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def readme(src: ExportSource, folder: Path, loading_code: str, check_how: str) -> str:
+    """README.md of the bundle at `folder`; loading_code is shown under "Load it"."""
+    from freezer_app.core.telemetry import Drift, FrozenCheck
+
+    loaded = src.loaded
+    spec = loaded.spec
+    library = {TIMM: "timm", TORCHVISION: "torchvision", FILE: "pytorch"}[spec.kind]
+    title = src.name or spec.name
+    labels = src.label_names
+    dc = loaded.data_config
+    lines = [
+        "---",
+        f"library_name: {library}",
+        "tags:",
+        "- image-classification",
+        "- freezer-app",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"`{spec}` fine-tuned with Freezer (freezer-app) for {loaded.num_classes} "
+        f"classes: {', '.join(labels)}.",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        loading_code.rstrip(),
+        "```",
+        "",
+        f"Checked when exported: {check_how} reproduces the trained model's logits.",
+        "",
+        "Continue fine-tuning it with Freezer: "
+        f"`freezer-app train --model {folder} --data IMAGES`, or predict: "
+        f"`freezer-app predict {folder} image.jpg`.",
+        "",
+        "## Input",
+        "",
+        f"- size: {'x'.join(str(s) for s in dc.get('input_size', ()))}",
+        f"- mean {list(dc.get('mean', ()))}, std {list(dc.get('std', ()))}",
+        f"- interpolation: {dc.get('interpolation')}, crop_pct: {dc.get('crop_pct')}",
+    ]
+    if src.plan is not None:
+        tree = ModelTree(loaded.module, str(spec))
+        mask = resolve(src.plan, tree)
+        lines += [
+            "",
+            "## Freeze plan",
+            "",
+            f"{src.plan.describe()}: {int(tree.numel[mask].sum()):,} of {tree.total_params:,} "
+            f"parameters trained; BatchNorm: {src.plan.bn_policy}. "
+            "See `freeze_plan.json` and `freeze_plan.py`.",
+        ]
+    training = src.training or {}
+    if training:
+        t = training.get("train") or {}
+        lines += ["", "## Training", ""]
+        if t:
+            lines.append(
+                f"- {training.get('epochs_completed')} epoch(s), {training.get('steps')} steps; "
+                f"{t.get('optimizer')} lr {t.get('lr')}, batch size {t.get('batch_size')}, "
+                f"weight decay {t.get('weight_decay')}, {t.get('schedule')} schedule"
+            )
+        for key, label in (("final_metrics", "final epoch"), ("best_metrics", "best epoch")):
+            m = training.get(key)
+            if m:
+                lines.append(
+                    f"- {label} ({m.get('epoch')}): train_loss {_fmt(m.get('train_loss'))}, "
+                    f"val_loss {_fmt(m.get('val_loss'))}, val_acc {_fmt(m.get('val_acc'))}"
+                )
+        lines.append(f"- weights exported: {training.get('checkpoint', src.checkpoint)}")
+        check = training.get("frozen_check")
+        if check:
+            fc = FrozenCheck(
+                int(check.get("epoch", 0)),
+                int(check.get("step", 0)),
+                int(check.get("checked", 0)),
+                [Drift(**d) for d in check.get("drifted", [])],
+            )
+            lines.append(f"- frozen check: {fc.summary()}")
+        lines.append("- all settings: `training.json`")
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `model.safetensors`: the weights (keys as `model.state_dict()`)",
+        "- `config.json`: architecture, classes and preprocessing (timm / Hugging Face layout)",
+    ]
+    if src.plan is not None:
+        lines.append("- `freeze_plan.json`, `freeze_plan.py`: which layers were frozen")
+    if training:
+        lines.append("- `training.json`: training settings, metrics and the frozen check")
+    return "\n".join(lines) + "\n"
