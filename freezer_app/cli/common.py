@@ -77,8 +77,11 @@ def plan_flags_given(args: argparse.Namespace) -> list[str]:
     present = vars(args)
     flags = [f for f, key in (("--plan", "plan"),) if present.get(key)]
     flags += [f for f in ("--freeze", "--unfreeze") if present.get(f[2:])]
-    flags += [f for f, key in (("--preset", "plan.preset"), ("--bn-policy", "plan.bn_policy"))
-              if key in present]
+    flags += [
+        f
+        for f, key in (("--preset", "plan.preset"), ("--bn-policy", "plan.bn_policy"))
+        if key in present
+    ]
     if present.get("unfreeze_schedule"):
         flags.append("--unfreeze-schedule")
     return flags

@@ -44,8 +44,14 @@ def add_parser(sub: Any) -> None:
         help="a project file (e.g. a run's project.json)",
     )
     settings.add_flags(p, Project, exclude=("plan",))
-    p.add_argument("--no-grad-clip", dest="train.grad_clip", action="store_const", const=None,
-                   default=argparse.SUPPRESS, help="do not clip gradients (as --grad-clip off)")
+    p.add_argument(
+        "--no-grad-clip",
+        dest="train.grad_clip",
+        action="store_const",
+        const=None,
+        default=argparse.SUPPRESS,
+        help="do not clip gradients (as --grad-clip off)",
+    )
     add_plan_options(p)
     p.add_argument(
         "--unfreeze-schedule",

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from freezer_app.core.catalog import LoadedModel, load_model
 from freezer_app.core.data import TRAIN_DIRS, VAL_DIRS, build_transforms, load_rgb, scan_folder
-from freezer_app.core.errors import Cancelled, DataError
 from freezer_app.core.device import select_device
+from freezer_app.core.errors import Cancelled, DataError
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]

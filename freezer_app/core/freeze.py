@@ -38,9 +38,7 @@ class Phase:
     )
     preset: str = setting("train-all", help="The preset this selection starts from")
     freeze: list[str] = setting(default_factory=list, help="Selectors frozen after the preset")
-    unfreeze: list[str] = setting(
-        default_factory=list, help="Selectors unfrozen after the freezes"
-    )
+    unfreeze: list[str] = setting(default_factory=list, help="Selectors unfrozen after the freezes")
 
 
 @dataclass
@@ -51,9 +49,7 @@ class Edit:
     step: int = setting(1, help="The first optimizer step trained with this selection", minimum=1)
     preset: str = setting("train-all", help="The preset this selection starts from")
     freeze: list[str] = setting(default_factory=list, help="Selectors frozen after the preset")
-    unfreeze: list[str] = setting(
-        default_factory=list, help="Selectors unfrozen after the freezes"
-    )
+    unfreeze: list[str] = setting(default_factory=list, help="Selectors unfrozen after the freezes")
 
 
 @dataclass
@@ -70,9 +66,7 @@ class FreezePlan:
     freeze: list[str] = setting(
         default_factory=list, help="Module paths, globs or type:CLASS frozen after the preset"
     )
-    unfreeze: list[str] = setting(
-        default_factory=list, help="Selectors unfrozen after the freezes"
-    )
+    unfreeze: list[str] = setting(default_factory=list, help="Selectors unfrozen after the freezes")
     bn_policy: str = setting(
         "frozen",
         help="frozen: frozen norm layers keep their running statistics (eval mode); update: "
@@ -104,7 +98,9 @@ class FreezePlan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise SelectorError(f"The freeze plan is not valid JSON: {e}.", "Check the file.") from None
+            raise SelectorError(
+                f"The freeze plan is not valid JSON: {e}.", "Check the file."
+            ) from None
         return cls.from_dict(data)
 
     # ------------------------------------------------------------------ selections

@@ -8,7 +8,7 @@ repeats the run. Each field is a `setting(...)`: see core/settings.py for what i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,7 @@ class TrainSettings:
     )
     weight_decay: float = setting(
         0.05,
-        help="Weight decay; never applied to norms, biases and timm's no_weight_decay() "
-        "parameters",
+        help="Weight decay; never applied to norms, biases and timm's no_weight_decay() parameters",
         minimum=0.0,
         maximum=10.0,
     )

@@ -235,7 +235,9 @@ def range_problem(s: Setting, value: Any) -> str | None:
     return None
 
 
-def setting_error(s: Setting, problem: str, error: type[FreezerError] = ProjectError) -> FreezerError:
+def setting_error(
+    s: Setting, problem: str, error: type[FreezerError] = ProjectError
+) -> FreezerError:
     hint = f"{s.spec.help}."
     example = s.spec.example or (json.dumps(s.default) if not s.is_nested else "")
     if example and example != "null":
@@ -281,8 +283,10 @@ def check_value(
         value = float(value)
     problem = range_problem(s, value)
     if problem:
-        raise setting_error(s, problem, error) if not where else error(
-            f"Setting {key} {problem}.", f"{s.spec.help}."
+        raise (
+            setting_error(s, problem, error)
+            if not where
+            else error(f"Setting {key} {problem}.", f"{s.spec.help}.")
         )
     return value
 
@@ -479,9 +483,7 @@ def _value_schema(s: Setting) -> dict[str, Any]:
         out["description"] = spec.help
         return out
     if s.kind is list:
-        items = (
-            _object_schema(s.item, s.key) if is_dataclass(s.item) else {"type": "string"}
-        )
+        items = _object_schema(s.item, s.key) if is_dataclass(s.item) else {"type": "string"}
         out = {"type": "array", "items": items}
     else:
         out = {"type": _JSON_TYPES[s.kind]}

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from freezer_app.core import timeline
-from freezer_app.core.catalog import META_LABELS, META_MODEL, META_NUM_CLASSES
+from freezer_app.core.catalog import META_LABELS, META_MODEL, META_NUM_CLASSES, TORCHVISION
 from freezer_app.core.data import DataReport
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.events import (
@@ -268,7 +268,9 @@ class Trainer:
                 "num_classes": parts.report.num_classes,
                 "data_config": dict(parts.loaded.data_config),
                 # Not in the state dict, and not implied by the architecture's name.
-                "transform_input": transform_input_of(parts.loaded.spec.name, parts.model),
+                "transform_input": transform_input_of(parts.loaded.spec.name, parts.model)
+                if parts.loaded.spec.kind == TORCHVISION
+                else None,
                 "model": parts.model.state_dict(),
                 "optimizer": checkpoint.named_optimizer_state(parts.optimizer, parts.model),
                 "scaler": parts.scaler.state_dict() if parts.scaler else None,
@@ -329,9 +331,7 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         parts = self.parts
-        return lr_factor(
-            step, parts.total_steps, parts.warmup_steps, self.project.train.schedule
-        )
+        return lr_factor(step, parts.total_steps, parts.warmup_steps, self.project.train.schedule)
 
     def _save_weights(self, path: Path) -> None:
         parts = self.parts
