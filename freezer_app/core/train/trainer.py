@@ -48,9 +48,9 @@ from freezer_app.core.optim import lr_factor, restrict_to_trainable
 from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenCheck
+from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train import checkpoint
 from freezer_app.core.train.logbook import Logbook
-from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
 
 
