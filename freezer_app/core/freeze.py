@@ -62,11 +62,16 @@ class FreezePlan:
         help="train-all, head-only, freeze-stages:K or train-last:K",
         flag="--preset",
         metavar="P",
+        form=False,  # the window edits the selection in the tree
     )
     freeze: list[str] = setting(
-        default_factory=list, help="Module paths, globs or type:CLASS frozen after the preset"
+        default_factory=list,
+        help="Module paths, globs or type:CLASS frozen after the preset",
+        form=False,
     )
-    unfreeze: list[str] = setting(default_factory=list, help="Selectors unfrozen after the freezes")
+    unfreeze: list[str] = setting(
+        default_factory=list, help="Selectors unfrozen after the freezes", form=False
+    )
     bn_policy: str = setting(
         "frozen",
         help="frozen: frozen norm layers keep their running statistics (eval mode); update: "
@@ -76,10 +81,10 @@ class FreezePlan:
     )
     # Gradual unfreezing: from its epoch on, a phase's selection replaces the plan's own.
     schedule: list[Phase] = setting(
-        default_factory=list, help="Gradual unfreezing: selections keyed by epoch"
+        default_factory=list, help="Gradual unfreezing: selections keyed by epoch", form=False
     )
     edits: list[Edit] = setting(
-        default_factory=list, help="Changes made during a run, keyed by step"
+        default_factory=list, help="Changes made during a run, keyed by step", form=False
     )
 
     # ------------------------------------------------------------------ serialisation

@@ -119,6 +119,7 @@ class TrainSettings:
         "cosine",
         help="Learning-rate schedule after warmup",
         choices=("cosine", "constant"),
+        label="LR schedule",
     )
     warmup_epochs: float = setting(
         1.0,
@@ -211,7 +212,8 @@ class TrainSettings:
     )
     max_steps: int | None = setting(
         None,
-        help="Stop after this many optimizer steps in all (for quick trials)",
+        help="Stop after this many optimizer steps in all (for quick trials; the learning-rate "
+        "schedule still spans every epoch, so a resume continues the same run)",
         minimum=1,
         none="no limit: train every epoch",
         none_word="none",

@@ -526,7 +526,7 @@ def markdown_reference(cls: type) -> str:
         if s.spec.unit:
             allowed = (allowed + " " if allowed else "") + f"({s.spec.unit})"
         flag = f"`{s.flag}`" if s.spec.flag != "" and s.kind is not list else ""
-        meaning = s.spec.help + (" May change on resume." if s.spec.resumable else "")
+        meaning = s.spec.help + (". May change on resume." if s.spec.resumable else "")
         lines.append(
             f"| `{s.key}` | {kind} | `{default}` | {allowed} | {flag} | {meaning} |".replace(
                 "||", "| |"

@@ -9,6 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, QStandardPaths, QTimer
 from PySide6.QtWidgets import QApplication
 
+from freezer_app.cli.gui import TABS
 from freezer_app.core.data import write_demo_data
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.project import DataSettings, Project, TrainSettings
@@ -46,7 +47,6 @@ def make_app() -> QApplication:
     return app  # type: ignore[return-value]
 
 
-TABS = ("loss", "gradients", "updates", "frozen", "evaluate", "log")
 
 
 def run_gui(
@@ -80,19 +80,24 @@ def _screenshot(window: MainWindow, path: Path, train_steps: int | None, tab: st
     wait_until(lambda: window.scan_task is None, 60)
     code = 0
     if train_steps:
-        if window.start_training(max_steps=train_steps):
-            finished: list[object] = []
-            window.runFinished.connect(finished.append)
-            if not wait_until(lambda: bool(finished) and window.session is None, 600):
-                print("error: training did not finish in time", file=sys.stderr)
-                code = 1
-            elif finished[0] is None or getattr(finished[0], "reason", "") == "error":
-                code = 1
+        # The same Train action a click triggers, on a project limited to N steps.
+        window.project_ctl.note({"train.max_steps": train_steps})
+        finished: list[object] = []
+        window.runFinished.connect(finished.append)
+        window.act_train.trigger()
+        if window.session is None:
+            print("error: training did not start", file=sys.stderr)
+            code = 1
+        elif not wait_until(lambda: bool(finished) and window.session is None, 600):
+            print("error: training did not finish in time", file=sys.stderr)
+            code = 1
+        elif finished[0] is None or getattr(finished[0], "reason", "") == "error":
+            code = 1
+        else:
             window.right.setCurrentWidget(window.grad_plot)
             view = window.evaluate_view
             wait_until(lambda: view.task is None, 120)  # the evaluation that follows a run
-        else:
-            code = 1
+            print(f"run folder: {window.run_dir}")
     if tab:
         window.right.setCurrentIndex(TABS.index(tab))
     QTimer.singleShot(0, lambda: None)
@@ -102,6 +107,6 @@ def _screenshot(window: MainWindow, path: Path, train_steps: int | None, tab: st
     if not ok:
         print(f"error: could not write {path}", file=sys.stderr)
         code = 1
-    window.dirty = False
+    window.project_ctl.undo_stack.setClean()
     window.close()
     return code

@@ -1,67 +1,80 @@
-"""Freeze edits with undo/redo: clicks and menu actions become new freeze plans (core logic)."""
+"""Clicks in the model tree become freeze plans; the tree shows the one plan in effect.
+
+Idle, the plan in effect is the project's: an edit is an undoable project command (undo and
+redo live in the project controller). During a run it is the run's, as its PlanApplied events
+report it: an edit goes to the run (`editForRun`) and its rows show as pending until the run
+applies it at the next step, or refuses it (nothing left to train) and the tree returns to the
+plan in effect. The tree's boxes, the summary line and the status bar all read `plan`/`tree`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.freeze import FreezePlan, edit_plan, plan_code, plan_for_mask, resolve
 from freezer_app.core.tree import ModelTree
+from freezer_app.gui.project_controller import ProjectController, touches
 from freezer_app.gui.tree_model import FreezeTreeModel
 
 
-class _PlanChange(QUndoCommand):
-    def __init__(
-        self, controller: FreezeController, before: FreezePlan, after: FreezePlan, text: str
-    ) -> None:
-        super().__init__(text)
-        self.controller = controller
-        self.before = before
-        self.after = after
-
-    def redo(self) -> None:
-        self.controller._set(self.after)
-
-    def undo(self) -> None:
-        self.controller._set(self.before)
-
-
 class FreezeController(QObject):
-    """Owns the freeze plan being edited and keeps the tree model in step with it."""
-
-    planChanged = Signal(object)  # FreezePlan
+    planChanged = Signal(object)  # the plan shown changed (FreezePlan)
+    editForRun = Signal(object)  # a FreezePlan for the live run
     error = Signal(str)  # a message for the status bar
 
-    def __init__(self, model: FreezeTreeModel, parent: QObject | None = None) -> None:
+    def __init__(
+        self, model: FreezeTreeModel, project: ProjectController, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.model = model
+        self.project = project
         self.tree: ModelTree | None = None
-        self.plan = FreezePlan()
-        self.undo_stack = QUndoStack(self)
+        self.live: FreezePlan | None = None  # the run's plan in effect; None while idle
+        self.requested: FreezePlan | None = None  # sent to the run, not applied yet
         model.editRequested.connect(self.edit)
+        project.changed.connect(self._project_changed)
 
-    # ------------------------------------------------------------------ state
-    def set_tree(self, tree: ModelTree | None, plan: FreezePlan) -> None:
-        """A new model: rebuild the tree and apply `plan` (falling back to train-all if it
-        names modules this model does not have)."""
+    @property
+    def undo_stack(self):
+        return self.project.undo_stack
+
+    @property
+    def running(self) -> bool:
+        return self.live is not None
+
+    @property
+    def plan(self) -> FreezePlan:
+        """The plan the tree shows: the project's, or during a run the run's (or the edit
+        on its way to it)."""
+        if self.live is not None:
+            return self.requested or self.live
+        return self.project.project.plan
+
+    # ------------------------------------------------------------------ showing
+    def set_tree(self, tree: ModelTree | None) -> None:
+        """A new model (or class count): rebuild the tree and show the plan on it."""
         self.tree = tree
-        self.undo_stack.clear()
         self.model.set_tree(tree)
-        try:
-            self._set(plan)
-        except FreezerError as e:
-            self.error.emit(f"{e.message} The freeze plan was reset to train-all.")
-            self._set(FreezePlan(bn_policy=plan.bn_policy, schedule=plan.schedule))
+        self._show()
 
-    def _set(self, plan: FreezePlan, announce: bool = True) -> None:
+    def _show(self) -> None:
+        plan = self.plan
         if self.tree is not None:
-            self.tree.trainable = resolve(plan, self.tree)
-        self.plan = plan
+            try:
+                self.tree.trainable = resolve(plan, self.tree)
+            except FreezerError as e:
+                # The plan names modules this model lacks: show everything trainable and say
+                # so; Train checks the plan again and refuses it with the same message.
+                self.tree.trainable = np.ones(len(self.tree.params), dtype=bool)
+                self.error.emit(f"The freeze plan does not fit this model: {e.message}")
         self.model.refresh_states()
-        if announce:
-            self.planChanged.emit(plan)
+        self.planChanged.emit(plan)
+
+    def _project_changed(self, keys: set[str]) -> None:
+        if self.live is None and touches(keys, "plan"):
+            self._show()
 
     def mask(self) -> np.ndarray:
         assert self.tree is not None
@@ -71,18 +84,59 @@ class FreezeController(QObject):
         assert self.tree is not None
         return plan_code(self.tree, self.tree.trainable, self.plan)
 
+    # ------------------------------------------------------------------ the run
+    def run_started(self, plan: FreezePlan) -> None:
+        self.live, self.requested = plan, None
+
+    def follow_run(self, plan: FreezePlan, mask: np.ndarray | None, reason: str) -> None:
+        """The run's plan in effect (it changed, or a change was refused)."""
+        self.live = plan
+        if reason in ("edit", "refused", "start", "resume"):
+            self.requested = None
+        if self.tree is None:
+            return
+        if mask is not None and mask.shape == self.tree.trainable.shape:
+            applied = mask
+        else:
+            applied = resolve(plan, self.tree)
+        self.model.set_applied_mask(applied)
+        self.tree.trainable = resolve(self.requested, self.tree) if self.requested else applied
+        self.model.refresh_states()
+        self.planChanged.emit(self.plan)
+
+    def run_ended(self) -> None:
+        """Back to the project's plan; live values measured under another plan are dropped."""
+        self.live = self.requested = None
+        self.model.set_applied_mask(None)
+        self._show()
+
     # ------------------------------------------------------------------ edits
     def apply(self, plan: FreezePlan, text: str) -> None:
         if self.tree is None:
             return
         try:
-            resolve(plan, self.tree)
+            mask = resolve(plan, self.tree)
         except FreezerError as e:
             self.error.emit(str(e.message))
             return
-        if plan.to_dict() == self.plan.to_dict():
+        if self.live is not None:
+            if not mask.any():
+                self.error.emit(
+                    f"{text}: that would leave nothing to train, so it was not sent to the run."
+                )
+                self.model.refresh_states()  # the clicked box goes back to what trains
+                return
+            if plan.same_selection(self.plan):
+                return
+            self.requested = plan.selection()
+            self.tree.trainable = mask
+            self.model.refresh_states()
+            self.planChanged.emit(self.plan)
+            self.editForRun.emit(self.requested)
             return
-        self.undo_stack.push(_PlanChange(self, self.plan, plan, text))
+        if plan.to_dict() == self.project.project.plan.to_dict():
+            return
+        self.project.set_values({"plan": plan}, text)
 
     def edit(self, selector: str, trainable: bool) -> None:
         """Freeze or unfreeze everything `selector` covers (a check-box click)."""
@@ -97,16 +151,12 @@ class FreezeController(QObject):
         self.apply(plan, f"{verb} {selector}")
 
     def set_preset(self, preset: str) -> None:
-        self.apply(
-            FreezePlan(preset, [], [], self.plan.bn_policy, list(self.plan.schedule)),
-            f"Preset {preset}",
-        )
+        self.apply(self.plan.with_selection(preset, [], []), f"Preset {preset}")
 
     def train_only(self, selector: str) -> None:
-        plan = FreezePlan(
-            self.plan.preset, ["*"], [selector], self.plan.bn_policy, list(self.plan.schedule)
+        self.apply(
+            self.plan.with_selection(self.plan.preset, ["*"], [selector]), f"Train only {selector}"
         )
-        self.apply(plan, f"Train only {selector}")
 
     def freeze_before(self, path: str) -> None:
         """Freeze every parameter registered before this module (the layers that feed it)."""
@@ -121,43 +171,3 @@ class FreezeController(QObject):
 
     def freeze_type(self, type_name: str, trainable: bool = False) -> None:
         self.edit(f"type:{type_name}", trainable)
-
-    def set_bn_policy(self, policy: str) -> None:
-        if policy != self.plan.bn_policy:
-            plan = FreezePlan(
-                self.plan.preset,
-                list(self.plan.freeze),
-                list(self.plan.unfreeze),
-                policy,
-                list(self.plan.schedule),
-            )  # type: ignore[arg-type]
-            self.apply(plan, f"BatchNorm policy {policy}")
-
-    def set_schedule(self, schedule: list) -> None:
-        plan = FreezePlan(
-            self.plan.preset,
-            list(self.plan.freeze),
-            list(self.plan.unfreeze),
-            self.plan.bn_policy,
-            list(schedule),
-        )
-        self.apply(plan, "Unfreezing schedule")
-
-    def follow_run(self, plan: FreezePlan) -> None:
-        """A run switched plans on its own (gradual-unfreezing schedule): show what trains now.
-
-        Silent: the project keeps its own plan (the schedule's start), nothing is sent back to
-        the run, and there is no undo entry. Edits made now start from what is shown.
-        """
-        merged = FreezePlan(
-            plan.preset,
-            list(plan.freeze),
-            list(plan.unfreeze),
-            self.plan.bn_policy,
-            list(self.plan.schedule),
-        )
-        self._set(merged, announce=False)
-
-    def show_plan(self, plan: FreezePlan) -> None:
-        """Back to the project's plan after a run (no undo entry, no change signal)."""
-        self._set(plan, announce=False)

@@ -1,8 +1,12 @@
-"""The main window: project panels, the model tree, live plots, and the training controls."""
+"""The main window: widgets, actions, menus and layout persistence.
+
+The project is owned by the project controller (gui/project_controller.py), runs by the run
+controller (gui/run_controller.py), freeze edits by the freeze controller; the window builds
+the widgets and wires them together.
+"""
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -21,18 +25,23 @@ from PySide6.QtWidgets import (
 
 from freezer_app import __version__
 from freezer_app.core import events as ev
-from freezer_app.core.catalog import LoadedModel, preview_model, resolve_source
+from freezer_app.core import timeline
+from freezer_app.core.catalog import LoadedModel, load_model, preview_model, resolve_source
 from freezer_app.core.data import DataReport, scan_folder
+from freezer_app.core.device import select_device
 from freezer_app.core.errors import FreezerError
-from freezer_app.core.freeze import FreezePlan, resolve
+from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
+from freezer_app.core.run_folder import new_run_dir
 from freezer_app.core.tree import ModelTree
 from freezer_app.gui import tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
 from freezer_app.gui.export_dialog import ExportDialog
 from freezer_app.gui.freeze_controller import FreezeController
-from freezer_app.gui.panels import DataPanel, ModelPanel, SettingsPanel
+from freezer_app.gui.panels import DataPanel, ModelPanel, TrainingPanel
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
+from freezer_app.gui.project_controller import ProjectController, touches
+from freezer_app.gui.run_controller import RunController, RunViews
 from freezer_app.gui.run_views import FrozenCheckView, RunLog
 from freezer_app.gui.tree_model import FreezeTreeModel, human
 from freezer_app.gui.tree_view import TreePanel
@@ -54,6 +63,9 @@ def default_runs_dir() -> Path:
 
 
 class MainWindow(QMainWindow):
+    """Widgets, actions, menus and layout. The project lives in `project_ctl`, runs in
+    `run_ctl`, freeze edits in `controller`; the window wires them to the views."""
+
     runFinished = Signal(object)  # core.events.Finished (also after a setup failure: None)
     datasetChecked = Signal(object)  # DataReport or None
 
@@ -62,24 +74,20 @@ class MainWindow(QMainWindow):
         self.settings = settings or QSettings("Freezer", "freezer-app")
         self.setWindowTitle("Freezer")
         self.setWindowIcon(icon())
-        self.project = Project()
-        self.project_path: Path | None = None
-        self.dirty = False
+        self.project_ctl = ProjectController(self)
         self.report: DataReport | None = None
         self.loaded: LoadedModel | None = None
-        self.session: TrainingSession | None = None
-        self.run_dir: Path | None = None
+        self._preview_key: tuple | None = None
         self.close_when_stopped = False
         self.scan_task: tasks.Task | None = None
         self.last_finished: ev.Finished | None = None
-        self._step_speed = 0.0
 
         # ---------------------------------------------------------------- widgets
         self.tree_model = FreezeTreeModel()
-        self.controller = FreezeController(self.tree_model, self)
+        self.controller = FreezeController(self.tree_model, self.project_ctl, self)
         self.model_panel = ModelPanel()
-        self.data_panel = DataPanel()
-        self.settings_panel = SettingsPanel()
+        self.data_panel = DataPanel(self.project_ctl)
+        self.settings_panel = TrainingPanel(self.project_ctl)
         self.tree_panel = TreePanel(self.controller)
         self.left = QTabWidget()
         self.left.addTab(self.model_panel, "Model")
@@ -108,21 +116,51 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
         self.setAcceptDrops(True)
 
-        # Plots are redrawn from a timer, and only the one on screen: drawing is what costs,
-        # so ~10 redraws a second keep the window responsive however fast steps arrive.
-        self.redraw_timer = QTimer(self)
-        self.redraw_timer.setInterval(100)
-        self.redraw_timer.timeout.connect(self._redraw_visible)
-        self.right.currentChanged.connect(lambda _i: self._redraw_visible())
-
         self._build_actions()
         self._build_status_bar()
+        self.run_ctl = RunController(
+            RunViews(
+                loss=self.loss_plot,
+                gradients=self.grad_plot,
+                updates=self.heatmap,
+                frozen=self.frozen_view,
+                log=self.log,
+                tree=self.tree_model,
+                status=self.statusBar(),
+                state=self.status_state,
+                speed=self.status_speed,
+                device=self.status_device,
+            ),
+            self.controller,
+            self,
+        )
         self._set_running(False)
         self._connect()
         self._restore_settings()
         self.data_panel.last_dir = self._last_dir("data")
         self.model_panel.last_dir = self._last_dir("model")
         self.new_project(confirm=False)
+
+    # ================================================================== state others own
+    @property
+    def project(self) -> Project:
+        return self.project_ctl.project
+
+    @property
+    def project_path(self) -> Path | None:
+        return self.project_ctl.path
+
+    @property
+    def dirty(self) -> bool:
+        return self.project_ctl.dirty
+
+    @property
+    def session(self) -> TrainingSession | None:
+        return self.run_ctl.session
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.run_ctl.run_dir
 
     # ================================================================== actions & menus
     def _action(
@@ -134,7 +172,8 @@ class MainWindow(QMainWindow):
         if tip:
             action.setStatusTip(tip)
             action.setToolTip(f"{tip} ({action.shortcut().toString()})" if shortcut else tip)
-        action.triggered.connect(slot)
+        # triggered(bool) carries `checked`: slots get no arguments, so nothing leaks into them.
+        action.triggered.connect(lambda _checked=False: slot())
         return action
 
     def _build_actions(self) -> None:
@@ -189,10 +228,10 @@ class MainWindow(QMainWindow):
             "Ctrl+Shift+E",
             "Confusion matrix and per-class accuracy of the last run",
         )
-        undo = self.controller.undo_stack.createUndoAction(self, "&Undo freeze edit")
-        undo.setShortcut(K.Undo)
-        redo = self.controller.undo_stack.createRedoAction(self, "&Redo freeze edit")
-        redo.setShortcut(K.Redo)
+        self.act_undo = self.project_ctl.undo_stack.createUndoAction(self, "&Undo")
+        self.act_undo.setShortcut(K.Undo)
+        self.act_redo = self.project_ctl.undo_stack.createRedoAction(self, "&Redo")
+        self.act_redo.setShortcut(K.Redo)
 
         menu = self.menuBar().addMenu("&File")
         for a in (self.act_new, self.act_open):
@@ -205,7 +244,7 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addAction(self.act_quit)
         edit = self.menuBar().addMenu("&Edit")
-        for a in (undo, redo, self.act_filter, self.act_copy_code):
+        for a in (self.act_undo, self.act_redo, self.act_filter, self.act_copy_code):
             edit.addAction(a)
         run = self.menuBar().addMenu("&Run")
         for a in (
@@ -243,45 +282,61 @@ class MainWindow(QMainWindow):
         for w in (self.status_state, self.status_device, self.status_params, self.status_speed):
             w.setContentsMargins(8, 0, 8, 0)
             bar.addPermanentWidget(w)
-        self._show_device()
 
     def _show_device(self) -> None:
-        from freezer_app.core.device import select_device
-
-        setting = (
-            self.settings_panel.device.currentText() if hasattr(self, "settings_panel") else "auto"
-        )
+        setting = self.project.train.device
         try:
-            device = select_device(setting)
-            self.status_device.setText(f"device: {device}")
+            self.status_device.setText(f"device: {select_device(setting)}")
         except FreezerError:
             self.status_device.setText(f"device: {setting} (not available)")
 
     def _connect(self) -> None:
+        self.project_ctl.changed.connect(self._project_changed)
+        self.project_ctl.dirtyChanged.connect(lambda _dirty: self._title())
         self.model_panel.modelChosen.connect(self.choose_model)
-        self.model_panel.pretrainedChanged.connect(self._pretrained_changed)
+        self.model_panel.pretrainedChanged.connect(
+            lambda on: self.project_ctl.set_value(
+                "pretrained", on, "Pretrained weights " + ("on" if on else "off")
+            )
+        )
         self.data_panel.folderChosen.connect(self.choose_data)
-        self.data_panel.settingsChanged.connect(self._data_settings_changed)
         self.data_panel.cancelRequested.connect(self._cancel_scan)
-        self.settings_panel.changed.connect(self._settings_changed)
-        self.settings_panel.scheduleChanged.connect(self.controller.set_schedule)
-        self.settings_panel.bnPolicyChanged.connect(self.controller.set_bn_policy)
-        self.settings_panel.fineTuneRequested.connect(self._fine_tune_schedule)
-        self.controller.planChanged.connect(self._plan_changed)
+        for form in (self.data_panel.form, self.settings_panel.form):
+            form.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
+        schedule = self.settings_panel.schedule
+        schedule.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
+        schedule.fineTuneRequested.connect(self._fine_tune_schedule)
+        self.controller.planChanged.connect(lambda _plan: self._update_params_status())
         self.controller.error.connect(lambda msg: self.statusBar().showMessage(msg, 8000))
+        self.tree_model.telemetryCleared.connect(self.grad_plot.clear_values)
         self.tree_panel.layerSelected.connect(self._layer_selected)
         self.grad_plot.layerClicked.connect(self._plot_layer_clicked)
         self.heatmap.layerClicked.connect(self._plot_layer_clicked)
+        self.run_ctl.redraw_timer.timeout.connect(self._redraw_visible)
+        self.right.currentChanged.connect(lambda _i: self._redraw_visible())
+        self.run_ctl.started.connect(lambda: self._set_running(True))
+        self.run_ctl.finished.connect(self._on_finished)
+        self.run_ctl.failed.connect(self._on_failed)
+        self.run_ctl.ended.connect(self._on_run_ended)
+
+    def _project_changed(self, keys: set[str]) -> None:
+        """What follows from a project edit (or undo): the preview, the dataset check, …"""
+        if touches(keys, "model", "weights"):
+            self.run_ctl.clear_views()  # curves and values of another model are not this one's
+        if touches(keys, "model", "weights", "num_classes"):
+            self._load_preview()
+        if touches(keys, "model", "weights", "pretrained", "num_classes"):
+            self._refresh_model_panel()
+        if touches(keys, "data.path", "data.val_split", "train.seed") and not self._running():
+            self.start_scan()
+        if touches(keys, "train.device"):
+            self._show_device()
+        self._title()
 
     # ================================================================== project files
     def _title(self) -> None:
         name = self.project_path.name if self.project_path else "untitled"
         self.setWindowTitle(f"{'*' if self.dirty else ''}{name} — Freezer")
-
-    def _mark_dirty(self) -> None:
-        if not self.dirty:
-            self.dirty = True
-            self._title()
 
     def new_project(self, confirm: bool = True) -> None:
         if confirm and not self._maybe_save():
@@ -290,19 +345,12 @@ class MainWindow(QMainWindow):
 
     def set_project(self, project: Project, path: Path | None) -> None:
         """Show a project: model preview, dataset check, settings, freeze plan."""
-        self.project = project
-        self.project_path = path
         self.report = None
-        self.data_panel.load(project)
-        self.settings_panel.load(project)
-        self._load_preview(project.plan)
-        if project.data.path:
-            self.choose_data(project.data.path, mark_dirty=False)
-        else:
+        self._cancel_scan()
+        if not project.data.path:
             self.data_panel.show_report(None)
-        self.dirty = False
-        self._title()
-        self._clear_run_views()
+        self.project_ctl.replace(project, path)
+        self.run_ctl.clear_views()
 
     def open_project_dialog(self) -> None:
         if not self._maybe_save():
@@ -325,11 +373,6 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Opened {path}", 4000)
         return True
 
-    def _store_project(self) -> None:
-        self.data_panel.store(self.project)
-        self.settings_panel.store(self.project)
-        self.project.plan = copy.deepcopy(self.controller.plan)
-
     def save_project(self) -> bool:
         if self.project_path is None:
             return self.save_project_as()
@@ -345,14 +388,11 @@ class MainWindow(QMainWindow):
         return self._write_project(Path(path))
 
     def _write_project(self, path: Path) -> bool:
-        self._store_project()
         try:
-            self.project.save(path)
+            self.project_ctl.save(path)
         except FreezerError as e:
             self.error_dialog("Cannot save the project", e.message, e.hint or "")
             return False
-        self.project_path = path
-        self.dirty = False
         self._title()
         self._add_recent(path)
         self._remember_dir("project", path.parent)
@@ -380,59 +420,49 @@ class MainWindow(QMainWindow):
         if self._running():
             self.statusBar().showMessage("Stop training before changing the model.", 5000)
             return
-        before = (self.project.model, self.project.weights, self.project.pretrained)
+        p = self.project
         if kind == "file":
             self._remember_dir("model", Path(text).parent)
             try:
                 source = resolve_source(text)
+                model, weights = str(source.spec), str(source.weights) if source.weights else None
             except FreezerError as e:
-                if Path(text).is_file():
-                    # Weights without a recorded architecture: use them with the current model.
-                    self.project.weights = text
-                    self.project.pretrained = False
-                    if not self._load_preview(self.controller.plan):
-                        self.project.model, self.project.weights, self.project.pretrained = before
+                if not Path(text).is_file():
+                    self.error_dialog("Cannot open that model", e.message, e.hint or "")
                     return
-                self.error_dialog("Cannot open that model", e.message, e.hint or "")
-                return
-            self.project.model = str(source.spec)
-            self.project.weights = str(source.weights) if source.weights else None
+                # Weights without a recorded architecture: use them with the current model.
+                model, weights = p.model, text
         else:
-            self.project.model = text
-            self.project.weights = None
-        if self.project.weights:
-            self.project.pretrained = False
-        if self._load_preview(self.controller.plan):
-            self._mark_dirty()
-        else:
-            self.project.model, self.project.weights, self.project.pretrained = before
+            model, weights = text, None
+        pretrained = p.pretrained and not weights
+        if not self._load_preview(model, weights):
+            return
+        self.project_ctl.set_values(
+            {"model": model, "weights": weights, "pretrained": pretrained},
+            f"Model {Path(text).name if kind == 'file' else text}",
+        )
 
-    def _pretrained_changed(self, on: bool) -> None:
-        self.project.pretrained = on
-        self._mark_dirty()
-        self._refresh_model_panel()
+    def _load_preview(self, model: str | None = None, weights: str | bool | None = False) -> bool:
+        """The meta-device preview of a model (the project's unless given) and its tree.
 
-    def _load_preview(self, plan: FreezePlan) -> bool:
-        """Build the meta-device preview of the project's model and show its tree."""
+        Rebuilt only when the model, its weights or the class count changed."""
+        p = self.project
+        model = p.model if model is None else model
+        weights = p.weights if weights is False else weights
+        key = (model, weights, p.num_classes)
+        if key == self._preview_key:
+            return False
         try:
-            loaded = preview_model(self.project.model, num_classes=self.project.num_classes)
-            if self.project.weights:
+            loaded = preview_model(model, num_classes=p.num_classes)
+            if weights:
                 # Check the weights fit now rather than when training starts.
-                from freezer_app.core.catalog import load_model
-
-                load_model(
-                    self.project.model,
-                    num_classes=self.project.num_classes,
-                    weights=self.project.weights,
-                    meta=True,
-                )
+                load_model(model, num_classes=p.num_classes, weights=weights, meta=True)
         except FreezerError as e:
             self.error_dialog("Cannot load the model", e.message, e.hint or "")
             return False
         self.loaded = loaded
-        tree = ModelTree(loaded.module, self.project.model)
-        self.controller.set_tree(tree, plan)
-        self._refresh_model_panel()
+        self._preview_key = key
+        self.controller.set_tree(ModelTree(loaded.module, model))
         return True
 
     def _refresh_model_panel(self) -> None:
@@ -448,27 +478,25 @@ class MainWindow(QMainWindow):
         self._update_params_status()
 
     # ================================================================== data
-    def choose_data(self, folder: str, mark_dirty: bool = True) -> None:
+    def choose_data(self, folder: str) -> None:
         if self._running():
             self.statusBar().showMessage("Stop training before changing the dataset.", 5000)
             return
         folder = str(Path(folder).expanduser())
-        self.project.data.path = folder
-        self.data_panel.folder.setText(folder)
         self._remember_dir("data", Path(folder))
-        if mark_dirty:
-            self._mark_dirty()
-        self.start_scan()
+        if not self.project_ctl.set_value("data.path", folder, f"Image folder {folder}"):
+            self.start_scan()  # the same folder again: check it again (files may have changed)
 
     def start_scan(self) -> None:
         self._cancel_scan()
-        self.data_panel.store(self.project)
         path, split, seed = (
             self.project.data.path,
             self.project.data.val_split,
             self.project.train.seed,
         )
+        self.report = None
         if not path:
+            self.data_panel.show_report(None)
             return
         task = tasks.Task(
             lambda progress, cancelled: scan_folder(path, split, seed, progress, cancelled)
@@ -496,13 +524,10 @@ class MainWindow(QMainWindow):
         self.data_panel.scanning(False)
         self.report = report
         self.data_panel.show_report(report)
-        changed = self.project.num_classes != report.num_classes
-        self.project.num_classes = report.num_classes
-        self.project.data.classes = list(report.classes)
-        if changed:
-            self._load_preview(self.controller.plan)
-        else:
-            self._refresh_model_panel()
+        # Facts about the data, not edits: the class count sizes the head of the preview.
+        self.project_ctl.note(
+            {"num_classes": report.num_classes, "data.classes": list(report.classes)}
+        )
         self.datasetChecked.emit(report)
 
     def _scan_failed(self, message: str, hint: str, details: str) -> None:
@@ -515,17 +540,6 @@ class MainWindow(QMainWindow):
         self.left.setCurrentWidget(self.data_panel)
         self.statusBar().showMessage(message, 8000)
         self.datasetChecked.emit(None)
-
-    def _data_settings_changed(self) -> None:
-        self._mark_dirty()
-        old_split = self.project.data.val_split
-        self.data_panel.store(self.project)
-        if self.project.data.path and old_split != self.project.data.val_split:
-            self.start_scan()
-
-    def _settings_changed(self) -> None:
-        self._mark_dirty()
-        self._show_device()
 
     def dragEnterEvent(self, event) -> None:
         urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
@@ -545,28 +559,8 @@ class MainWindow(QMainWindow):
         self.data_panel.dropEvent(event)
 
     # ================================================================== freeze plan
-    def _plan_changed(self, plan: FreezePlan) -> None:
-        self._update_params_status()
-        if self.settings_panel.bn_policy.currentText() != plan.bn_policy:
-            self.settings_panel.bn_policy.blockSignals(True)
-            self.settings_panel.bn_policy.setCurrentText(plan.bn_policy)
-            self.settings_panel.bn_policy.blockSignals(False)
-        self.settings_panel.show_schedule(plan.schedule)
-        if self._running() and self.session is not None:
-            # Takes effect at the next step; the tree shows it as pending until then.
-            self.session.worker.set_plan(copy.deepcopy(plan))
-            self.statusBar().showMessage(
-                "Freeze edit sent: takes effect at the next training step", 4000
-            )
-        if plan.to_dict() != self.project.plan.to_dict():
-            self.project.plan = copy.deepcopy(plan)
-            self._mark_dirty()
-
     def _fine_tune_schedule(self) -> None:
-        from freezer_app.core.freeze import Phase
-
-        plan = copy.deepcopy(self.controller.plan)
-        plan.preset, plan.freeze, plan.unfreeze = "head-only", [], []
+        plan = self.project.plan.with_selection("head-only", [], [])
         plan.schedule = [Phase(1, "train-all")]
         self.controller.apply(plan, "Head first, then all")
 
@@ -590,7 +584,7 @@ class MainWindow(QMainWindow):
 
     # ================================================================== training
     def _running(self) -> bool:
-        return self.session is not None
+        return self.run_ctl.running
 
     def _set_running(self, running: bool) -> None:
         self.act_train.setEnabled(not running)
@@ -598,148 +592,76 @@ class MainWindow(QMainWindow):
         self.act_stop.setEnabled(running)
         self.act_resume_run.setEnabled(not running)
         self.act_pause.setText("&Pause")
+        # Undo/redo edit the project, which a run does not follow; tree edits go to the run.
+        self.act_undo.setEnabled(not running and self.project_ctl.undo_stack.canUndo())
+        self.act_redo.setEnabled(not running and self.project_ctl.undo_stack.canRedo())
         for w in (self.model_panel, self.data_panel, self.settings_panel):
             w.setEnabled(not running)
         self.status_state.setText("training" if running else "idle")
+        if running:
+            self.right.setCurrentWidget(self.loss_plot)
 
     def _runs_root(self) -> Path:
         if self.project_path is not None:
             return self.project_path.parent / "runs"
         return default_runs_dir()
 
-    def _clear_run_views(self) -> None:
-        self.loss_plot.clear()
-        self.frozen_view.clear()
-        self.tree_model.clear_telemetry()
-        self.tree_model.set_applied_mask(None)
-
-    def start_training(
-        self, max_steps: int | None = None, run_dir: Path | None = None, resume: bool = False
-    ) -> bool:
+    def start_training(self) -> bool:
+        """What Train (button, menu, Ctrl+Return) does: check everything, then start a run of
+        a copy of the project."""
         if self._running():
             return False
-        if not resume:
-            self._store_project()
-            if self.scan_task is not None:
-                self.statusBar().showMessage(
-                    "Still checking the dataset; try again in a moment.", 5000
+        if self.scan_task is not None:
+            self.statusBar().showMessage("Still checking the dataset; try again in a moment.", 5000)
+            return False
+        if self.report is None:
+            if not self.project.data.path:
+                self.left.setCurrentWidget(self.data_panel)
+                self.error_dialog(
+                    "No dataset",
+                    "Choose an image folder first.",
+                    "Drop a folder on the window or use Browse on the Data tab.",
                 )
-                return False
-            if self.report is None:
-                if not self.project.data.path:
-                    self.left.setCurrentWidget(self.data_panel)
-                    self.error_dialog(
-                        "No dataset",
-                        "Choose an image folder first.",
-                        "Drop a folder on the window or use Browse on the Data tab.",
-                    )
-                else:
-                    self.error_dialog(
-                        "The dataset cannot be used", self.data_panel.summary.text(), ""
-                    )
-                return False
-            try:
-                self.project.validate()
-            except FreezerError as e:
-                self.error_dialog("Cannot start training", e.message, e.hint or "")
-                return False
-        project = copy.deepcopy(self.project)
-        if max_steps is not None:
-            project.train.max_steps = max_steps
-        stem = (project.name or Path(project.model.split(":")[-1]).stem or "run").replace("/", "_")
-        self.run_dir = run_dir or self._runs_root() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self._clear_run_views()
-        self.log.add(f"starting {'resumed ' if resume else ''}run in {self.run_dir}")
-        session = TrainingSession(project, self.run_dir, resume=resume, parent=self)
-        session.events.connect(self._on_events)
-        session.finished.connect(self._on_finished)
-        session.failed.connect(self._on_failed)
-        session.ended.connect(self._on_session_ended)
-        self.session = session
-        self._set_running(True)
-        self.right.setCurrentWidget(self.loss_plot)
-        self.redraw_timer.start()
-        session.start()
+            else:
+                self.error_dialog("The dataset cannot be used", self.data_panel.summary.text(), "")
+            return False
+        project = self.project_ctl.snapshot()
+        try:
+            project.validate()
+            if self.controller.tree is not None:
+                # Every schedule phase and edit must fit the model before anything runs.
+                timeline.check(project.plan, self.controller.tree)
+        except FreezerError as e:
+            self.error_dialog("Cannot start training", e.message, e.hint or "")
+            return False
+        run_dir = new_run_dir(self._runs_root(), project.name, project.model)
+        self.run_ctl.start(project, run_dir)
         return True
 
     def resume_run_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(
             self, "Resume a stopped run", str(self._runs_root())
         )
-        if not folder:
-            return
+        if folder:
+            self.resume_run(Path(folder))
+
+    def resume_run(self, folder: Path) -> bool:
         try:
-            project = Project.load(Path(folder) / "project.json")
+            project = Project.load(folder / "project.json")
         except FreezerError as e:
             self.error_dialog("Not a run folder", e.message, e.hint or "")
-            return
+            return False
         self.set_project(project, None)
-        self.start_training(run_dir=Path(folder), resume=True)
+        self.run_ctl.start(self.project_ctl.snapshot(), folder, resume=True)
+        return True
 
     def toggle_pause(self) -> None:
-        if self.session is None:
-            return
-        worker = self.session.worker
-        if worker.control.paused:
-            worker.resume_run()
-            self.act_pause.setText("&Pause")
-        else:
-            worker.pause()
-            self.act_pause.setText("&Resume")
+        self.run_ctl.toggle_pause()
+        paused = self.session is not None and self.session.worker.control.paused
+        self.act_pause.setText("&Resume" if paused else "&Pause")
 
     def stop_training(self) -> None:
-        if self.session is not None:
-            self.session.worker.stop()
-            self.status_state.setText("stopping…")
-            self.statusBar().showMessage(
-                "Stopping after this step; a checkpoint will be saved.", 5000
-            )
-
-    def _on_events(self, batch: list) -> None:
-        steps: list[int] = []
-        losses: list[float] = []
-        lrs: list[float] = []
-        last_telemetry = None
-        for event in batch:
-            if isinstance(event, ev.StepEvent):
-                steps.append(event.step)
-                losses.append(event.loss)
-                lrs.append(event.lr)
-                self._step_speed = event.images_per_s
-            elif isinstance(event, ev.TelemetryEvent):
-                r = event.record
-                self.heatmap.add(r.step, r.update_ratio, r.trainable)
-                last_telemetry = r
-            elif isinstance(event, ev.RunStarted):
-                self._run_started(event)
-            elif isinstance(event, ev.EpochEvent):
-                self.loss_plot.add_epoch(event.step, event.val_loss, event.val_acc)
-                acc = f", val_acc {event.val_acc:.3f}" if event.val_acc is not None else ""
-                self.log.add(
-                    f"epoch {event.epoch}: train_loss {event.train_loss:.4f}{acc}, {event.images_per_s:.0f} img/s"
-                )
-            elif isinstance(event, ev.FrozenCheckEvent):
-                self.frozen_view.add(event.check)
-                self.log.add(f"frozen check: {event.check.summary()}")
-            elif isinstance(event, ev.PlanApplied):
-                self._plan_applied(event)
-            elif isinstance(event, ev.PausedEvent):
-                self.status_state.setText("paused" if event.paused else "training")
-                self.act_pause.setText("&Resume" if event.paused else "&Pause")
-            elif isinstance(event, ev.ErrorEvent):
-                self.log.add(f"error at step {event.step}: {event.message}")
-            elif isinstance(event, ev.LogEvent):
-                self.log.add(event.message)
-                if event.level == "warning":
-                    self.statusBar().showMessage(event.message, 8000)
-        if steps:
-            self.loss_plot.add_steps(steps, losses, lrs)
-            self.status_speed.setText(f"{self._step_speed:,.0f} images/s")
-            self.status_state.setText(f"training: step {steps[-1]}")
-        if last_telemetry is not None:
-            r = last_telemetry
-            self.grad_plot.update_values(r.grad_mean_abs, r.grad_max, r.trainable)
-            self.tree_model.update_telemetry(r.grad_norm, r.update_norm, r.weight_norm, r.trainable)
+        self.run_ctl.stop()
 
     def _redraw_visible(self) -> None:
         current = self.right.currentWidget()
@@ -750,34 +672,8 @@ class MainWindow(QMainWindow):
         for plot in (self.loss_plot, self.grad_plot, self.heatmap):
             plot.redraw()
 
-    def _run_started(self, event: ev.RunStarted) -> None:
-        self.grad_plot.set_layers(event.layer_names)
-        self.heatmap.set_layers(event.layer_names)
-        self.tree_model.set_layer_names(event.layer_names)
-        self.status_device.setText(f"device: {event.device} ({event.precision})")
-        self.log.add(
-            f"training {event.model} on {event.device} ({event.precision}): {event.trainable_params:,} of "
-            f"{event.total_params:,} parameters train; {event.steps_per_epoch} steps per epoch"
-        )
-
-    def _plan_applied(self, event: ev.PlanApplied) -> None:
-        tree = self.controller.tree
-        if event.reason == "schedule":
-            self.controller.follow_run(event.plan)
-            self.log.add(f"schedule: freeze plan now {event.plan.describe()}")
-        if tree is not None:
-            try:
-                self.tree_model.set_applied_mask(resolve(event.plan, tree))
-            except FreezerError:
-                self.tree_model.set_applied_mask(None)
-        if event.reason == "edit":
-            self.log.add(
-                f"step {event.step}: freeze edit applied ({event.trainable_params:,} parameters train)"
-            )
-
     def _on_finished(self, result: ev.Finished) -> None:
         self.last_finished = result
-        self.tree_model.set_applied_mask(None)
         if result.reason == "error":
             self.error_dialog("Training stopped", result.message, result.hint, result.details)
         else:
@@ -795,24 +691,15 @@ class MainWindow(QMainWindow):
         self.runFinished.emit(result)
 
     def _on_failed(self, message: str, hint: str, details: str) -> None:
-        self.log.add(f"error: {message}")
         self.error_dialog(
             "Training could not start" if not details else "Training failed", message, hint, details
         )
         self.last_finished = None
         self.runFinished.emit(None)
 
-    def _on_session_ended(self) -> None:
-        self.session = None
-        self.redraw_timer.stop()
+    def _on_run_ended(self) -> None:
         self.redraw_all()
         self._set_running(False)
-        # A gradual-unfreezing schedule moved the tree along; show the project's plan again.
-        if (
-            self.controller.tree is not None
-            and self.controller.plan.to_dict() != self.project.plan.to_dict()
-        ):
-            self.controller.show_plan(copy.deepcopy(self.project.plan))
         if self.close_when_stopped:
             self.close()
 

@@ -1,4 +1,5 @@
-"""The project's side panels: model, dataset and training settings. Thin views over Project."""
+"""The project's side panels: model, dataset and training settings. Thin views that observe the
+project controller; their settings forms are generated from the schema (gui/forms.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ from PySide6.QtCore import QSortFilterProxyModel, QStringListModel, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -22,9 +20,6 @@ from PySide6.QtWidgets import (
     QMenu,
     QProgressBar,
     QPushButton,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -33,8 +28,9 @@ from PySide6.QtWidgets import (
 
 from freezer_app.core.catalog import all_model_names
 from freezer_app.core.data import DataReport
-from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
+from freezer_app.gui.forms import ScheduleEditor, SettingsForm, form_settings
+from freezer_app.gui.project_controller import ProjectController, touches
 
 
 # ====================================================================== model
@@ -115,9 +111,8 @@ class ModelPanel(QWidget):
         self.current.setText(
             f"<b>{project.model}</b>{weights}<br><span style='color:#555'>{info}</span>"
         )
-        self.pretrained.blockSignals(True)
+        # Showing the value the project holds sends nothing back (the edit would be a no-op).
         self.pretrained.setChecked(project.pretrained)
-        self.pretrained.blockSignals(False)
         self.pretrained.setEnabled(not project.weights)
         n = project.num_classes
         self.classes.setText(
@@ -181,14 +176,15 @@ class ModelPanel(QWidget):
 
 # ====================================================================== data
 class DataPanel(QWidget):
-    """Choose an image folder (button or drag-and-drop) and see what the check found."""
+    """Choose an image folder (button or drag-and-drop), its settings (a form generated from
+    the schema) and what the check found."""
 
     folderChosen = Signal(str)
-    settingsChanged = Signal()
     cancelRequested = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, controller: ProjectController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.controller = controller
         self.setAcceptDrops(True)
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -201,29 +197,8 @@ class DataPanel(QWidget):
         row.addWidget(self.folder, 1)
         row.addWidget(self.browse)
         layout.addLayout(row)
-        form = QFormLayout()
-        self.val_split = QDoubleSpinBox()
-        self.val_split.setRange(0.0, 0.9)
-        self.val_split.setSingleStep(0.05)
-        self.val_split.setToolTip(
-            "Share of each class held out for validation when there is no val/ folder (seeded, stratified)"
-        )
-        self.image_size = QSpinBox()
-        self.image_size.setRange(0, 2048)
-        self.image_size.setSpecialValueText("model default")
-        self.image_size.setSingleStep(16)
-        self.image_size.setToolTip(
-            "Training and validation image size; 'model default' uses the model's own input size"
-        )
-        self.augment = QComboBox()
-        self.augment.addItems(["none", "light", "strong"])
-        self.augment.setToolTip(
-            "none: resize and crop only; light: random crops and flips; strong: RandAugment and erasing"
-        )
-        form.addRow("Validation split", self.val_split)
-        form.addRow("Image size", self.image_size)
-        form.addRow("Augmentation", self.augment)
-        layout.addLayout(form)
+        self.form = SettingsForm(controller, form_settings(Project, ("data",)))
+        layout.addWidget(self.form)
         scan_row = QHBoxLayout()
         self.progress = QProgressBar()
         self.progress.setVisible(False)
@@ -245,25 +220,13 @@ class DataPanel(QWidget):
             lambda: self.folderChosen.emit(self.folder.text().strip())
         )
         self.cancel.clicked.connect(self.cancelRequested)
-        for w in (self.val_split, self.image_size):
-            w.valueChanged.connect(self.settingsChanged)
-        self.augment.currentIndexChanged.connect(self.settingsChanged)
         self.last_dir = ""
+        controller.changed.connect(self._project_changed)
+        self._project_changed({"*"})
 
-    def load(self, project: Project) -> None:
-        for w in (self.val_split, self.image_size, self.augment):
-            w.blockSignals(True)
-        self.folder.setText(project.data.path)
-        self.val_split.setValue(project.data.val_split)
-        self.image_size.setValue(project.data.image_size or 0)
-        self.augment.setCurrentText(project.data.augmentation)
-        for w in (self.val_split, self.image_size, self.augment):
-            w.blockSignals(False)
-
-    def store(self, project: Project) -> None:
-        project.data.val_split = round(self.val_split.value(), 3)
-        project.data.image_size = self.image_size.value() or None
-        project.data.augmentation = self.augment.currentText()
+    def _project_changed(self, keys: set[str]) -> None:
+        if touches(keys, "data.path"):
+            self.folder.setText(self.controller.value("data.path"))
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(
@@ -336,242 +299,22 @@ class DataPanel(QWidget):
                 item.setText(2, s.reason)
 
 
-# ====================================================================== settings
-class SettingsPanel(QWidget):
-    """Training settings with sensible defaults and tooltips."""
+# ====================================================================== training
+class TrainingPanel(QWidget):
+    """Training settings (a form generated from the schema) and the unfreezing schedule."""
 
-    changed = Signal()
-    scheduleChanged = Signal(list)
-    bnPolicyChanged = Signal(str)
-    fineTuneRequested = Signal()  # "head first, then all": preset head-only + schedule
-
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, controller: ProjectController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
-        form = QFormLayout()
-        layout.addLayout(form)
-
-        def spin(lo: int, hi: int, tip: str) -> QSpinBox:
-            w = QSpinBox()
-            w.setRange(lo, hi)
-            w.setToolTip(tip)
-            w.valueChanged.connect(self.changed)
-            return w
-
-        def dspin(lo: float, hi: float, step: float, decimals: int, tip: str) -> QDoubleSpinBox:
-            w = QDoubleSpinBox()
-            w.setRange(lo, hi)
-            w.setDecimals(decimals)
-            w.setSingleStep(step)
-            w.setToolTip(tip)
-            w.valueChanged.connect(self.changed)
-            return w
-
-        def combo(items: list[str], tip: str) -> QComboBox:
-            w = QComboBox()
-            w.addItems(items)
-            w.setToolTip(tip)
-            w.currentIndexChanged.connect(self.changed)
-            return w
-
-        self.epochs = spin(1, 10_000, "Passes over the training images")
-        self.batch_size = spin(1, 4096, "Images per step; lower it if you run out of memory")
-        self.optimizer = combo(
-            ["adamw", "sgd"], "AdamW suits most fine-tuning; SGD uses Nesterov momentum"
-        )
-        self.lr = dspin(
-            1e-7, 10.0, 1e-4, 6, "Base learning rate (peak of the warmup + cosine schedule)"
-        )
-        self.head_mult = dspin(
-            0.01,
-            1000.0,
-            1.0,
-            2,
-            "The head's learning rate = base × this (e.g. 10 for a fresh head)",
-        )
-        self.layer_decay = dspin(
-            0.0,
-            1.0,
-            0.05,
-            2,
-            "Layer-wise LR decay: each layer closer to the input gets × this. 0 = off",
-        )
-        self.layer_decay.setSpecialValueText("off")
-        self.weight_decay = dspin(
-            0.0, 1.0, 0.01, 4, "Not applied to norms, biases and timm's no_weight_decay parameters"
-        )
-        self.schedule = combo(["cosine", "constant"], "Learning-rate schedule after warmup")
-        self.warmup = dspin(
-            0.0, 100.0, 0.5, 1, "Epochs of linear warmup (capped at 20% of the run)"
-        )
-        self.grad_clip = dspin(0.0, 1000.0, 0.5, 2, "Clip the gradient norm to this; 0 = off")
-        self.grad_clip.setSpecialValueText("off")
-        self.label_smoothing = dspin(0.0, 0.5, 0.05, 2, "Cross-entropy label smoothing")
-        self.early_stop = spin(
-            0, 1000, "Stop after this many epochs without a better validation accuracy; 0 = off"
-        )
-        self.early_stop.setSpecialValueText("off")
-        self.device = combo(_devices(), "auto: CUDA, then Apple MPS, then the CPU")
-        self.amp = combo(
-            ["auto", "bf16", "fp16", "off"],
-            "Mixed precision; auto = bf16/fp16 on CUDA, off elsewhere",
-        )
-        self.bn_policy = combo(
-            ["frozen", "update"],
-            "frozen: frozen BatchNorm layers keep their running statistics (eval mode); update: they keep learning statistics",
-        )
-        self.seed = spin(0, 2**31 - 1, "Seeds weights, data order, splits and augmentation")
-        self.telemetry = spin(1, 100_000, "Steps between per-layer gradient/update statistics")
-        self.workers = spin(-1, 64, "Data loading processes; -1 = automatic")
-        self.workers.setSpecialValueText("auto")
-        rows = [
-            ("Epochs", self.epochs),
-            ("Batch size", self.batch_size),
-            ("Optimizer", self.optimizer),
-            ("Learning rate", self.lr),
-            ("Head LR ×", self.head_mult),
-            ("Layer decay", self.layer_decay),
-            ("Weight decay", self.weight_decay),
-            ("Schedule", self.schedule),
-            ("Warmup epochs", self.warmup),
-            ("Gradient clip", self.grad_clip),
-            ("Label smoothing", self.label_smoothing),
-            ("Early stopping", self.early_stop),
-            ("Device", self.device),
-            ("Mixed precision", self.amp),
-            ("BatchNorm policy", self.bn_policy),
-            ("Seed", self.seed),
-            ("Telemetry every", self.telemetry),
-            ("Data workers", self.workers),
-        ]
-        for label, widget in rows:
-            form.addRow(label, widget)
-        self.bn_policy.currentTextChanged.connect(self.bnPolicyChanged)
-
+        self.form = SettingsForm(controller, form_settings(Project, ("train", "plan")))
+        layout.addWidget(self.form)
         box = QGroupBox("Gradual unfreezing")
         box.setToolTip(
-            "Change the freeze preset as training goes, e.g. head only for 1 epoch, then the last stage, then all"
+            "Change the freeze selection as training goes, e.g. head only for 1 epoch, then the "
+            "last stage, then all"
         )
         box_layout = QVBoxLayout(box)
-        self.phases = QTableWidget(0, 2)
-        self.phases.setHorizontalHeaderLabels(["After epoch", "Preset"])
-        self.phases.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.phases.verticalHeader().setVisible(False)
-        self.phases.setMaximumHeight(130)
-        box_layout.addWidget(self.phases)
-        buttons = QHBoxLayout()
-        self.add_phase = QPushButton("Add step")
-        self.remove_phase = QPushButton("Remove")
-        self.fine_tune = QPushButton("Head first, then all")
-        self.fine_tune.setToolTip("fastai's fine_tune: the head alone for 1 epoch, then everything")
-        for b in (self.add_phase, self.remove_phase, self.fine_tune):
-            buttons.addWidget(b)
-        box_layout.addLayout(buttons)
+        self.schedule = ScheduleEditor(controller)
+        box_layout.addWidget(self.schedule)
         layout.addWidget(box)
         layout.addStretch(1)
-        self.add_phase.clicked.connect(
-            lambda: self._add_phase(self.phases.rowCount() + 1, "train-all")
-        )
-        self.remove_phase.clicked.connect(self._remove_phase)
-        self.fine_tune.clicked.connect(self._fine_tune)
-        self.phases.itemChanged.connect(lambda _: self.scheduleChanged.emit(self.schedule_phases()))
-        self._loading = False
-
-    def _add_phase(self, epoch: int, preset: str) -> None:
-        row = self.phases.rowCount()
-        self.phases.insertRow(row)
-        self.phases.setItem(row, 0, QTableWidgetItem(str(epoch)))
-        self.phases.setItem(row, 1, QTableWidgetItem(preset))
-
-    def _remove_phase(self) -> None:
-        rows = sorted(
-            {i.row() for i in self.phases.selectedIndexes()} or {self.phases.rowCount() - 1},
-            reverse=True,
-        )
-        for r in rows:
-            if r >= 0:
-                self.phases.removeRow(r)
-        self.scheduleChanged.emit(self.schedule_phases())
-
-    def _fine_tune(self) -> None:
-        self.phases.blockSignals(True)
-        self.phases.setRowCount(0)
-        self._add_phase(1, "train-all")
-        self.phases.blockSignals(False)
-        self.fineTuneRequested.emit()
-
-    def schedule_phases(self) -> list[Phase]:
-        phases = []
-        for r in range(self.phases.rowCount()):
-            epoch, preset = self.phases.item(r, 0), self.phases.item(r, 1)
-            if epoch and preset and epoch.text().strip().isdigit() and preset.text().strip():
-                phases.append(Phase(int(epoch.text()), preset.text().strip()))
-        return phases
-
-    def show_schedule(self, phases: list[Phase]) -> None:
-        self.phases.blockSignals(True)
-        self.phases.setRowCount(0)
-        for p in phases:
-            if p.epoch > 0:
-                self._add_phase(p.epoch, p.preset)
-        self.phases.blockSignals(False)
-
-    def load(self, project: Project) -> None:
-        t = project.train
-        widgets = self.findChildren(QWidget)
-        for w in widgets:
-            w.blockSignals(True)
-        self.epochs.setValue(t.epochs)
-        self.batch_size.setValue(t.batch_size)
-        self.optimizer.setCurrentText(t.optimizer)
-        self.lr.setValue(t.lr)
-        self.head_mult.setValue(t.head_lr_mult)
-        self.layer_decay.setValue(t.layer_decay or 0.0)
-        self.weight_decay.setValue(t.weight_decay)
-        self.schedule.setCurrentText(t.schedule)
-        self.warmup.setValue(t.warmup_epochs)
-        self.grad_clip.setValue(t.grad_clip or 0.0)
-        self.label_smoothing.setValue(t.label_smoothing)
-        self.early_stop.setValue(t.early_stop_patience)
-        if self.device.findText(t.device) < 0:
-            self.device.addItem(t.device)
-        self.device.setCurrentText(t.device)
-        self.amp.setCurrentText(t.amp)
-        self.bn_policy.setCurrentText(project.plan.bn_policy)
-        self.seed.setValue(t.seed)
-        self.telemetry.setValue(t.telemetry_every)
-        self.workers.setValue(-1 if project.data.workers is None else project.data.workers)
-        for w in widgets:
-            w.blockSignals(False)
-        self.show_schedule(project.plan.schedule)
-
-    def store(self, project: Project) -> None:
-        t = project.train
-        t.epochs = self.epochs.value()
-        t.batch_size = self.batch_size.value()
-        t.optimizer = self.optimizer.currentText()
-        t.lr = self.lr.value()
-        t.head_lr_mult = self.head_mult.value()
-        t.layer_decay = self.layer_decay.value() or None
-        t.weight_decay = self.weight_decay.value()
-        t.schedule = self.schedule.currentText()
-        t.warmup_epochs = self.warmup.value()
-        t.grad_clip = self.grad_clip.value() or None
-        t.label_smoothing = self.label_smoothing.value()
-        t.early_stop_patience = self.early_stop.value()
-        t.device = self.device.currentText()
-        t.amp = self.amp.currentText()
-        t.seed = self.seed.value()
-        t.telemetry_every = self.telemetry.value()
-        project.data.workers = None if self.workers.value() < 0 else self.workers.value()
-
-
-def _devices() -> list[str]:
-    import torch
-
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices

@@ -125,9 +125,27 @@ class LossPlot(QWidget):
         self.steps, self.losses, self.lrs, self.smoothed = Series(), Series(), Series(), Series()
         self.smoother = Smoother()
         self.epoch_steps, self.val_losses, self.val_accs = Series(64), Series(64), Series(64)
+        self.plan_marks: list[pg.InfiniteLine] = []
         self.dirty = False
 
+    def mark_plan_change(self, step: int, label: str) -> None:
+        """A labelled vertical line where the freeze plan changed (x: the first step trained
+        with the new plan)."""
+        line = pg.InfiniteLine(
+            pos=step - 0.5,
+            angle=90,
+            pen=pg.mkPen("#8e24aa", width=1.5, style=Qt.PenStyle.DashLine),
+            label=label,
+            labelOpts={"position": 0.92, "color": "#6a1b9a", "fill": (255, 255, 255, 200)},
+        )
+        line.setToolTip(f"step {step}: {label}")
+        self.loss.addItem(line)
+        self.plan_marks.append(line)
+
     def clear(self) -> None:
+        for line in self.plan_marks:
+            self.loss.removeItem(line)
+        self.plan_marks.clear()
         for s in (
             self.steps,
             self.losses,
@@ -277,6 +295,15 @@ class GradientFlowPlot(QWidget, _LayerHover):
         self._mean = self._max = np.zeros(len(names))
         self._trainable = np.zeros(len(names), dtype=bool)
         self.axis.names = self.names
+
+    def clear_values(self) -> None:
+        """Drop bars measured under a plan that is no longer the one shown."""
+        self._mean = self._max = np.zeros(len(self.names))
+        self._trainable = np.zeros(len(self.names), dtype=bool)
+        self.max_bars.setOpts(x=[], height=[])
+        self.mean_bars.setOpts(x=[], height=[])
+        self.frozen.setData(x=[], y=[])
+        self.dirty = False
 
     def update_values(
         self, mean_abs: np.ndarray, max_abs: np.ndarray, trainable: np.ndarray

@@ -61,6 +61,7 @@ class _Item:
 
 class FreezeTreeModel(QAbstractItemModel):
     editRequested = Signal(str, bool)  # selector, trainable
+    telemetryCleared = Signal()  # live values dropped: measured under another plan
 
     def __init__(
         self, tree: ModelTree | None = None, show_empty: bool = False, parent=None
@@ -75,6 +76,7 @@ class FreezeTreeModel(QAbstractItemModel):
         self._update: np.ndarray | None = None
         self._weight: np.ndarray | None = None
         self._layer_frozen: np.ndarray | None = None
+        self._measured_mask: np.ndarray | None = None  # the plan the live values belong to
         self._max_grad = 1.0
         self._max_ratio = 1.0
         if tree is not None:
@@ -317,12 +319,28 @@ class FreezeTreeModel(QAbstractItemModel):
     # ------------------------------------------------------------------ updates
     def refresh_states(self) -> None:
         """The trainable mask changed: repaint check boxes and counts of every row."""
+        self._drop_stale_telemetry()
         self._emit_all(NAME, TRAINABLE)
 
     def set_applied_mask(self, mask: np.ndarray | None) -> None:
         """What a live run trains with; rows that differ from the edited plan show as pending."""
         self._applied = None if mask is None else mask.copy()
+        self._drop_stale_telemetry()
         self._emit_all(NAME, UPDATE)
+
+    def _plan_in_effect(self) -> np.ndarray | None:
+        if self._applied is not None:
+            return self._applied
+        return None if self.tree is None else self.tree.trainable
+
+    def _drop_stale_telemetry(self) -> None:
+        """Live values are shown only under the plan they were measured with: a frozen row
+        must never show a gradient measured while it trained."""
+        if self._grad is None or self._measured_mask is None:
+            return
+        now = self._plan_in_effect()
+        if now is None or not np.array_equal(now, self._measured_mask):
+            self.clear_telemetry()
 
     def set_layer_names(self, names: list[str]) -> None:
         slot = {n: i for i, n in enumerate(names)}
@@ -340,8 +358,16 @@ class FreezeTreeModel(QAbstractItemModel):
             )
 
     def update_telemetry(
-        self, grad: np.ndarray, update: np.ndarray, weight: np.ndarray, trainable: np.ndarray
+        self,
+        grad: np.ndarray,
+        update: np.ndarray,
+        weight: np.ndarray,
+        trainable: np.ndarray,
+        measured_mask: np.ndarray | None = None,
     ) -> None:
+        """Per-layer values of one telemetry step, measured under `measured_mask` (the
+        per-parameter plan in effect then)."""
+        self._measured_mask = None if measured_mask is None else measured_mask.copy()
         self._grad, self._update, self._weight = grad, update, weight
         self._layer_frozen = ~trainable
         self._max_grad = float(grad.max()) or 1.0
@@ -350,9 +376,13 @@ class FreezeTreeModel(QAbstractItemModel):
         self._emit_all(GRAD, UPDATE)
 
     def clear_telemetry(self, reset: bool = True) -> None:
+        had = self._grad is not None
         self._grad = self._update = self._weight = self._layer_frozen = None
+        self._measured_mask = None
         if reset:
             self._emit_all(GRAD, UPDATE)
+        if had:
+            self.telemetryCleared.emit()
 
     def _emit_all(self, first: int, last: int) -> None:
         """Announce that columns first..last of every row changed.

@@ -67,7 +67,8 @@ class RunParts:
     channels_last: bool
     loaders: Loaders
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # steps this run trains (the step limit included)
+    schedule_steps: int  # steps the learning-rate schedule spans: every epoch
     warmup_steps: int
     groups: list[GroupSpec]
     optimizer: torch.optim.Optimizer
@@ -163,12 +164,15 @@ def prepare(
     )
     steps_per_epoch = len(loaders.train_sampler)
     total = total_steps(project, steps_per_epoch)
-    warmup = min(int(t.warmup_epochs * steps_per_epoch), total // 5)
+    # The schedule spans every epoch whatever the step limit: a run stopped by --max-steps is
+    # the start of the full run, so resuming it gives the uninterrupted run's steps exactly.
+    schedule_steps = t.epochs * steps_per_epoch
+    warmup = min(int(t.warmup_epochs * steps_per_epoch), schedule_steps // 5)
 
     groups = param_groups(model, tree, t)
     optimizer = build_optimizer(groups, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, t.schedule)
+        optimizer, lambda s: lr_factor(s, schedule_steps, warmup, t.schedule)
     )
     layers = LayerIndex(model, tree)
     return RunParts(
@@ -182,6 +186,7 @@ def prepare(
         loaders=loaders,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
+        schedule_steps=schedule_steps,
         warmup_steps=warmup,
         groups=groups,
         optimizer=optimizer,

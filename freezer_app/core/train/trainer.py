@@ -331,7 +331,9 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         parts = self.parts
-        return lr_factor(step, parts.total_steps, parts.warmup_steps, self.project.train.schedule)
+        return lr_factor(
+            step, parts.schedule_steps, parts.warmup_steps, self.project.train.schedule
+        )
 
     def _save_weights(self, path: Path) -> None:
         parts = self.parts
