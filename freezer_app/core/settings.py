@@ -264,7 +264,14 @@ def check_value(
                 _list_hint(s),
             )
         if is_dataclass(s.item):
-            return [load(s.item, v, f"{key}[{i}]", error) for i, v in enumerate(value)]
+            out = []
+            for i, v in enumerate(value):
+                if isinstance(v, s.item):  # built in code (the window): check it as it is
+                    validate(v, f"{key}[{i}]", error)
+                    out.append(v)
+                else:
+                    out.append(load(s.item, v, f"{key}[{i}]", error))
+            return out
         for v in value:
             if not _type_ok(s.item, v):
                 raise error(

@@ -47,8 +47,6 @@ def make_app() -> QApplication:
     return app  # type: ignore[return-value]
 
 
-
-
 def run_gui(
     project: str | None = None,
     demo: bool = False,

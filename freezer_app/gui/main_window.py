@@ -292,7 +292,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.project_ctl.changed.connect(self._project_changed)
-        self.project_ctl.dirtyChanged.connect(lambda _dirty: self._title())
+        self.project_ctl.dirtyChanged.connect(self._title)
         self.model_panel.modelChosen.connect(self.choose_model)
         self.model_panel.pretrainedChanged.connect(
             lambda on: self.project_ctl.set_value(
@@ -334,7 +334,7 @@ class MainWindow(QMainWindow):
         self._title()
 
     # ================================================================== project files
-    def _title(self) -> None:
+    def _title(self, *_args: object) -> None:
         name = self.project_path.name if self.project_path else "untitled"
         self.setWindowTitle(f"{'*' if self.dirty else ''}{name} — Freezer")
 

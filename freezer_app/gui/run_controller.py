@@ -58,6 +58,8 @@ class RunController(QObject):
         self.steps_per_epoch = 0
         self.epochs = 0
         self._speed = 0.0
+        self._step = 0
+        self.paused = False
         self._last_mask = None
         # Plots are redrawn from a timer, and only the one on screen: drawing is what costs,
         # so ~10 redraws a second keep the window responsive however fast steps arrive.
@@ -73,6 +75,7 @@ class RunController(QObject):
     def start(self, project: Project, run_dir: Path, resume: bool = False) -> None:
         assert self.session is None
         self.run_dir = run_dir
+        self._step, self.paused = 0, False
         self.clear_views()
         self.views.log.add(f"starting {'resumed ' if resume else ''}run in {run_dir}")
         session = TrainingSession(project, run_dir, resume=resume, parent=self)
@@ -152,7 +155,7 @@ class RunController(QObject):
                 last_telemetry = None
                 self._plan_applied(event)
             elif isinstance(event, ev.PausedEvent):
-                v.state.setText("paused" if event.paused else "training")
+                self.paused = event.paused
             elif isinstance(event, ev.ErrorEvent):
                 v.log.add(f"error at step {event.step}: {event.message}")
             elif isinstance(event, ev.LogEvent):
@@ -162,7 +165,8 @@ class RunController(QObject):
         if steps:
             v.loss.add_steps(steps, losses, lrs)
             v.speed.setText(f"{self._speed:,.0f} images/s")
-            v.state.setText(self._progress(steps[-1]))
+            self._step = steps[-1]
+        v.state.setText("paused" if self.paused else self._progress(self._step))
         self._flush_telemetry(last_telemetry)
 
     def _flush_telemetry(self, record) -> None:
@@ -179,6 +183,8 @@ class RunController(QObject):
         )
 
     def _progress(self, step: int) -> str:
+        if not step:
+            return "training: starting"
         if not self.steps_per_epoch:
             return f"training: step {step}"
         epoch = (step - 1) // self.steps_per_epoch + 1

@@ -12,7 +12,6 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from freezer_app.core import events as ev
@@ -81,15 +80,8 @@ class TrainingWorker(QObject):
 
     @Slot()
     def run(self) -> None:
-        # Leave one CPU core to the window, so it stays responsive while the CPU trains.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads - 1))
-        try:
-            self._run()
-        finally:
-            torch.set_num_threads(threads)
-
-    def _run(self) -> None:
+        # The same number of CPU threads as `freezer-app train` uses: float reductions depend
+        # on it, and a run started here must repeat headless with bit-identical losses.
         try:
             result = Trainer(
                 self.project,
