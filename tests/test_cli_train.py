@@ -246,7 +246,7 @@ def test_setup_failures_leave_no_run_folder_and_bad_settings_are_messages(
     # Range errors come from the schema, at the flag, before anything is built.
     for flag, value, message in [
         ("--label-smoothing", "2", "argument --label-smoothing: must be in [0, 1) (got 2)"),
-        ("--grad-clip", "-1", "argument --grad-clip: must be > 0 (got -1.0)"),
+        ("--grad-clip", "-1", "argument --grad-clip: must be > 0 (got -1)"),
         ("--workers", "-1", "argument --workers: must be in [0, 64] (got -1)"),
         ("--lr", "fast", "argument --lr: 'fast' is not a number"),
     ]:

@@ -160,10 +160,7 @@ def awkward_value(s: schema.Setting) -> tuple[str, object]:
         text = "0.125" if spec.maximum is not None and spec.maximum <= 1 else "1e-5"
         return text, float(text)
     if s.kind is int:
-        if s.nullable:
-            value = int(spec.minimum) + 3
-        else:
-            value = int(spec.minimum or 0) + 7
+        value = int(spec.minimum) + 3 if s.nullable else int(spec.minimum or 0) + 7
         return str(value), value
     raise AssertionError(s.key)
 
