@@ -32,7 +32,7 @@ from freezer_app.core.device import select_device
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
-from freezer_app.core.run_folder import new_run_dir
+from freezer_app.core.run_folder import evaluation_split, new_run_dir
 from freezer_app.core.tree import ModelTree
 from freezer_app.gui import tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
@@ -686,7 +686,8 @@ class MainWindow(QMainWindow):
             self.log.add(text)
             self.statusBar().showMessage(text, 15000)
             if (Path(result.run_dir) / "model.safetensors").exists():
-                self.evaluate_view.set_source(Path(result.run_dir), *self._evaluation_data())
+                run = Path(result.run_dir)
+                self.evaluate_view.set_source(run, *self._evaluation_data(run))
                 self.evaluate_view.run()
         self.runFinished.emit(result)
 
@@ -712,10 +713,12 @@ class MainWindow(QMainWindow):
         dialog.open()
         return dialog
 
-    def _evaluation_data(self) -> tuple[str, float | None, int]:
-        """The project's images, and the split that keeps training images out of the score."""
-        d = self.project.data
-        return d.path, d.val_split, self.project.train.seed
+    def _evaluation_data(self, source: Path | None) -> tuple[str, float | None, int]:
+        """The project's images, and (core's rule) the split that keeps a run's training
+        images out of its score."""
+        data = self.project.data.path
+        split, seed = evaluation_split(source, data) if source and data else (None, 0)
+        return data, split, seed
 
     def evaluate_last_run(self) -> None:
         if (
@@ -724,7 +727,8 @@ class MainWindow(QMainWindow):
             and (self.run_dir / "model.safetensors").exists()
         ):
             self.evaluate_view.set_source(self.run_dir)
-        self.evaluate_view.set_source(self.evaluate_view.source, *self._evaluation_data())
+        source = self.evaluate_view.source
+        self.evaluate_view.set_source(source, *self._evaluation_data(source))
         self.right.setCurrentWidget(self.evaluate_view)
         self.evaluate_view.run()
 
