@@ -152,7 +152,8 @@ def test_context_menu_actions_and_filter(window: MainWindow) -> None:
 def _train(window: MainWindow, qtbot) -> ev.Finished:
     finished: list = []
     window.runFinished.connect(finished.append)
-    assert window.start_training()
+    window.act_train.trigger()
+    assert window.session is not None
     qtbot.waitUntil(lambda: bool(finished) and window.session is None, timeout=120_000)
     return finished[0]
 
@@ -181,7 +182,8 @@ def test_stop_ends_the_run_with_a_checkpoint(window: MainWindow, qtbot) -> None:
     type_setting(qtbot, window, "train.epochs", "500")
     finished: list = []
     window.runFinished.connect(finished.append)
-    assert window.start_training()
+    window.act_train.trigger()
+    assert window.session is not None
     qtbot.waitUntil(lambda: window.loss_plot.steps.n >= 2, timeout=60_000)
     window.act_stop.trigger()
     qtbot.waitUntil(lambda: bool(finished) and window.session is None, timeout=60_000)
@@ -199,7 +201,8 @@ def test_freeze_edit_during_a_run_shows_pending_then_applies(window: MainWindow,
 
     finished: list = []
     window.runFinished.connect(finished.append)
-    assert window.start_training()
+    window.act_train.trigger()
+    assert window.session is not None
     window.session.events.connect(watch)
     window.act_pause.trigger()  # hold the run so the edit is visibly pending
     qtbot.waitUntil(lambda: window.status_state.text() == "paused", timeout=60_000)
@@ -224,22 +227,26 @@ def test_errors_are_shown_and_the_app_stays_usable(
     window: MainWindow, qtbot, tmp_path: Path
 ) -> None:
     # Offline without cached weights: the run cannot start, a dialog says why.
-    window.project.pretrained = True
+    window.model_panel.pretrained.click()
+    assert window.project.pretrained
     finished = _train(window, qtbot)
     assert finished is None
     assert "cannot be downloaded" in window.last_error[1]
     window._open_dialog.close()
-    window.project.pretrained = False
+    window.model_panel.pretrained.click()
+    assert not window.project.pretrained
     # A bad dataset is reported in the data panel and blocks training with a message.
     empty = tmp_path / "empty"
     empty.mkdir()
     window.choose_data(str(empty))
     qtbot.waitUntil(lambda: window.scan_task is None, timeout=30_000)
     assert "No class folders" in window.data_panel.summary.text()
-    assert not window.start_training()
+    window.act_train.trigger()
+    assert window.session is None
     window._open_dialog.close()
     # An unknown model keeps the previous one.
-    window.choose_model("timm:not_a_model")
+    window.model_panel.search.setText("timm:not_a_model")
+    window.model_panel.modelChosen.emit("timm:not_a_model", None)  # as typed + Enter would
     assert window.project.model == "timm:test_resnet"
     assert "Unknown timm model" in window.last_error[1]
 
@@ -248,7 +255,8 @@ def test_closing_during_a_run_asks_then_stops_cleanly(
     window: MainWindow, qtbot, monkeypatch
 ) -> None:
     type_setting(qtbot, window, "train.epochs", "500")
-    assert window.start_training()
+    window.act_train.trigger()
+    assert window.session is not None
     qtbot.waitUntil(lambda: window.loss_plot.steps.n >= 1, timeout=60_000)
     answers = iter([QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Discard])
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: next(answers))
@@ -379,7 +387,8 @@ def test_gradual_unfreezing_moves_the_tree_but_not_the_project(window: MainWindo
     assert window.project.plan.schedule == [Phase(1, "train-all")]
     seen: list = []
     window.runFinished.connect(lambda _r: None)
-    assert window.start_training()
+    window.act_train.trigger()
+    assert window.session is not None
     window.session.events.connect(
         lambda batch: seen.extend(e for e in batch if isinstance(e, ev.PlanApplied))
     )
