@@ -57,6 +57,8 @@ def make_window(qtbot, tmp_path: Path, monkeypatch):
         w.project_ctl.undo_stack.setClean()
         w.close()
     QThreadPool.globalInstance().waitForDone(60_000)
+    for w in windows:
+        w.deleteLater()
 
 
 def click_box(qtbot, w: MainWindow, path: str) -> None:
