@@ -39,6 +39,10 @@ class Task(QRunnable):
     def run(self) -> None:
         try:
             self._run()
+        except RuntimeError as e:
+            # The application quit while this ran: its signals are gone and nobody listens.
+            if "deleted" not in str(e):
+                raise
         finally:
             _running.discard(self)
 

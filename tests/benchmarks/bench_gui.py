@@ -29,6 +29,7 @@ from freezer_app.core.tree import ModelTree
 from freezer_app.gui.app import make_app
 from freezer_app.gui.freeze_controller import FreezeController
 from freezer_app.gui.main_window import MainWindow, wait_until
+from freezer_app.gui.project_controller import ProjectController
 from freezer_app.gui.tree_model import FreezeTreeModel
 from freezer_app.gui.tree_view import TreePanel
 
@@ -41,13 +42,13 @@ def bench_tree(model_name: str, repeats: int) -> dict:
         tree = ModelTree(loaded.module, model_name)
         # The real tree panel of the window: presets, filter, view with live-bar delegates.
         model = FreezeTreeModel()
-        controller = FreezeController(model)
+        controller = FreezeController(model, ProjectController())
         panel = TreePanel(controller)
         panel.resize(900, 700)
         panel.show()
         app.processEvents()
         t0 = time.perf_counter()
-        controller.set_tree(tree, controller.plan)
+        controller.set_tree(tree)
         app.processEvents()
         panel.view.viewport().repaint()
         build.append(time.perf_counter() - t0)
@@ -133,13 +134,13 @@ def bench_latency(seconds: float) -> dict:
     window.show()
     wait_until(lambda: window.scan_task is None, 60)
     idle = measure_latency(app, 3.0)
-    window.start_training()
+    window.act_train.trigger()
     wait_until(lambda: window.loss_plot.steps.n > 0, 120)
     busy = measure_latency(app, seconds, lambda: window.session is not None)
     steps = window.loss_plot.steps.n
     window.stop_training()
     wait_until(lambda: window.session is None, 120)
-    window.dirty = False
+    window.project_ctl.undo_stack.setClean()
     window.close()
     return {
         "train_seconds": seconds,
