@@ -283,6 +283,7 @@ def test_a_model_that_rejects_the_input_size_is_an_error_message(
         ]
     )
     err = capsys.readouterr().err
-    assert code == 1
-    assert "Training failed at step 1: RuntimeError: mat1 and mat2" in err and "--image-size" in err
+    # Found before anything is written: one forward pass on blank images at setup.
+    assert code == 2 and not (tmp_path / "r").exists()
+    assert "cannot take 32×32 images: RuntimeError: mat1 and mat2" in err and "--image-size" in err
     assert "Traceback" not in err

@@ -120,6 +120,7 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
     }
     bundle = run / "export" / "bundle"
     assert sorted(p.name for p in bundle.iterdir()) == [
+        ".freezer-export",  # the marker: --force replaces only a folder Freezer wrote
         "README.md",
         "config.json",
         "freeze_plan.json",
@@ -400,11 +401,14 @@ def test_no_overwrite_without_force(run: Path, tmp_path: Path) -> None:
     (tmp_path / "dir.onnx").mkdir()
     with pytest.raises(ExportError, match="is a folder"):
         export(run, "onnx", tmp_path / "dir.onnx", force=True)
-    # A bundle replaced with force: the old one stays until the new one is complete.
+    # A bundle replaced with force: the old one stays until the new one is complete. A file
+    # Freezer did not write inside it stops that (tests/test_export_safety.py has the rest).
     export(run, "bundle", tmp_path / "b")
     (tmp_path / "b" / "stale.txt").write_text("old")
+    with pytest.raises(ExportError, match="stale.txt"):
+        export(run, "bundle", tmp_path / "b", force=True)
+    (tmp_path / "b" / "stale.txt").unlink()
     export(run, "bundle", tmp_path / "b", force=True)
-    assert not (tmp_path / "b" / "stale.txt").exists()
     assert _leftovers(tmp_path) == ["b", "dir.onnx", "model.pth"]
 
 

@@ -26,7 +26,7 @@ from freezer_app.core.project import Project
 from freezer_app.core.run_folder import read_jsonl
 from freezer_app.gui.forms import form_settings
 from freezer_app.gui.main_window import MainWindow
-from freezer_app.gui.tree_model import GRAD, BarRole, human
+from freezer_app.gui.tree_model import GRAD, BarRole, StaleRole, human
 
 
 def _window(qtbot, tmp_path: Path, project: Project, monkeypatch) -> MainWindow:
@@ -201,15 +201,13 @@ def test_every_form_setting_round_trips_exactly_through_the_window(
             if key in f.editors
         )
         widget = editor.widget
+        value = schema.get_value(saved, key)
         if isinstance(widget, QComboBox):
-            assert widget.currentText() == schema.get_value(saved, key)
+            assert widget.currentText() == value, key
         elif isinstance(widget, QSpinBox):
-            assert widget.text() == widget.textFromValue(widget.value())
+            assert widget.value() == (editor.null_value if value is None else value), key
         else:
-            assert widget.text() in (
-                "",
-                schema.format_value(editor.setting, schema.get_value(saved, key)),
-            )
+            assert widget.text() == ("" if value is None else repr(value)), key
     assert not other.dirty
 
 
@@ -298,8 +296,10 @@ def test_the_tree_summary_and_status_bar_show_the_plan_in_effect(
     assert w.controller.tree.trainable_params == head < total
     assert "plan: head-only" in w.tree_panel.summary.text()
     layer1 = w.tree_model.index_for_path("layer1").siblingAtColumn(GRAD)
-    assert layer1.data(BarRole) is None  # it trained in epoch 2, but it is frozen now
-    assert w.grad_plot.max_bars.opts["x"] is None or len(w.grad_plot.max_bars.opts["x"]) == 0
+    # It trained in epoch 2 but is frozen in the plan shown: its bar is greyed and says so.
+    assert layer1.data(BarRole) is not None and layer1.data(StaleRole) is True
+    assert "earlier freeze plan" in layer1.data(Qt.ItemDataRole.ToolTipRole)
+    assert "earlier freeze plan" in w.grad_plot.caption.text()
 
 
 def test_live_values_go_when_the_plan_or_the_model_changes(
@@ -311,13 +311,14 @@ def test_live_values_go_when_the_plan_or_the_model_changes(
     w.act_train.trigger()
     wait_finished(qtbot, w, finished)
     fc = w.tree_model.index_for_path("fc").siblingAtColumn(GRAD)
-    assert fc.data(BarRole) is not None  # measured under the plan still shown
+    assert fc.data(BarRole) is not None and not fc.data(StaleRole)  # the plan still shown
     qtbot.mouseClick(w.tree_panel.head_only, Qt.MouseButton.LeftButton)
-    assert fc.data(BarRole) is None
+    assert fc.data(StaleRole) is True  # measured while the body trained: greyed
     w.act_undo.trigger()
+    assert fc.data(StaleRole) is False  # the plan they were measured under, again
     assert w.loss_plot.steps.n > 0
     w.model_panel.search.setText("test_convnext")
-    w.model_panel.list.activated.emit(w.model_panel.proxy.index(0, 0))
+    qtbot.keyClick(w.model_panel.search, Qt.Key.Key_Return)  # Enter takes the first match
     assert w.project.model.endswith("test_convnext")
     assert w.loss_plot.steps.n == 0  # the old model's curve is not this model's
 
@@ -331,7 +332,7 @@ def test_unticking_everything_during_a_run_is_refused_and_the_run_goes_on(
     w.act_train.trigger()
     pause_after(qtbot, w, 2)
     root = w.tree_model.index(0, 0)
-    w.tree_model.setData(root, Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole)
+    click_box(qtbot, w, "")  # the root row: untick everything
     assert "nothing to train" in w.statusBar().currentMessage()
     assert root.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
     w.act_pause.trigger()
@@ -353,3 +354,46 @@ def test_a_run_from_the_window_leaves_no_loader_processes(
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert multiprocessing.active_children() == []
+
+
+def test_a_runs_project_shows_its_recorded_edits_and_can_drop_them(
+    make_window, qtbot, demo_data: Path
+) -> None:
+    from freezer_app.core.freeze import Edit
+
+    plan = FreezePlan(edits=[Edit(5, "train-all", ["layer1"], []), Edit(9, "train-all")])
+    w = make_window(make_project(demo_data, plan=plan))
+    schedule = w.settings_panel.schedule
+    assert not schedule.clear_edits.isHidden()
+    assert "Replays 2 freeze edit(s)" in schedule.edits_note.text()
+    assert "5, 9" in schedule.edits_note.text()
+    qtbot.mouseClick(schedule.clear_edits, Qt.MouseButton.LeftButton)
+    assert w.project.plan.edits == [] and schedule.clear_edits.isHidden()
+    w.act_undo.trigger()
+    assert len(w.project.plan.edits) == 2
+
+
+def test_a_phase_that_does_not_fit_is_marked_where_it_is_typed(
+    make_window, qtbot, demo_data: Path
+) -> None:
+    w = make_window(make_project(demo_data))
+    schedule = w.settings_panel.schedule
+    qtbot.mouseClick(schedule.add_phase, Qt.MouseButton.LeftButton)
+    schedule.table.item(0, 2).setText("layer9")
+    cell = schedule.table.item(0, 2)
+    assert "layer9" in cell.toolTip() and "Phase 1" in cell.toolTip()
+    assert "layer9" in w.statusBar().currentMessage()
+    schedule.table.item(0, 2).setText("layer1")
+    assert schedule.table.item(0, 2).toolTip() == ""
+
+
+def test_undo_is_off_while_a_run_trains(make_window, qtbot, demo_data: Path) -> None:
+    w = make_window(make_project(demo_data, epochs=3))
+    qtbot.mouseClick(w.tree_panel.head_only, Qt.MouseButton.LeftButton)
+    assert w.tree_panel.undo.isEnabled()
+    finished: list = []
+    w.runFinished.connect(finished.append)
+    w.act_train.trigger()
+    assert not w.tree_panel.undo.isEnabled() and not w.act_undo.isEnabled()
+    wait_finished(qtbot, w, finished)
+    assert w.tree_panel.undo.isEnabled()

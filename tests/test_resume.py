@@ -191,3 +191,46 @@ def test_data_loader_workers_end_when_the_run_ends(demo_data: Path, tmp_path: Pa
         time.sleep(0.05)
     assert multiprocessing.active_children() == []
     assert trainer.parts is not None
+
+
+def test_a_run_stopped_before_its_step_limit_keeps_it(demo_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    control = ev.RunControl()
+
+    def stop_at_3(event: object) -> None:
+        if isinstance(event, ev.StepEvent) and event.step == 3:
+            control.stop()  # as Ctrl-C does
+
+    project = make_project(demo_data, epochs=2, max_steps=12)
+    assert Trainer(project, run, on_event=stop_at_3, control=control).run().reason == "stopped"
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert [r["step"] for r in _steps(run)] == list(range(1, 13))  # to its limit, not past it
+    assert json.loads((run / "project.json").read_text())["resumes"][0]["changes"] == []
+
+
+def test_resume_refuses_limits_that_leave_nothing_to_train(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(_train_args(demo_data, run, "--max-steps", "6")) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "3"]) == 2
+    assert "at step 6" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # to the end: 2 epochs
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "completed 2 of 2 epoch(s)" in err and "--epochs above 2" in err
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 0
+    assert len(_steps(run)) == 24
+
+
+def test_a_new_run_of_a_resumed_runs_project_starts_without_its_resume_records(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert main(_train_args(demo_data, run, "--max-steps", "4")) == 0
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "project.json").read_text())["resumes"]
+    again = tmp_path / "again"
+    assert main(["train", str(run / "project.json"), "--out", str(again), "--quiet"]) == 0
+    assert json.loads((again / "project.json").read_text())["resumes"] == []

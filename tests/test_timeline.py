@@ -273,7 +273,9 @@ def test_train_help_shows_every_setting_flag_with_its_default(
         assert s.flag in entries, f"{s.key}: {s.flag} missing from train --help"
         default = s.default
         shown = s.spec.none if default is None and s.spec.none else format_value(s, default)
-        if shown:
+        if s.spec.required:
+            assert "(required)" in entries[s.flag], (s.key, entries[s.flag])
+        elif shown:
             assert f"(default: {shown})" in entries[s.flag], (s.key, entries[s.flag])
     assert "(default: 0.001)" in entries["--lr"] and "(default: 0.05)" in entries["--weight-decay"]
     assert "off: no clipping" in entries["--grad-clip"]
@@ -372,3 +374,22 @@ def test_readme_project_example_loads_and_its_timeline_resolves() -> None:
     preview = preview_model(project.model, num_classes=len(project.data.classes))
     masks = timeline.check(project.plan, ModelTree(preview.module, project.model))
     assert all(mask.any() for mask in masks.values())
+
+
+def test_a_plan_whose_first_step_trains_nothing_fails_at_setup_whatever_the_order() -> None:
+    import timm
+
+    from freezer_app.core import timeline
+    from freezer_app.core.errors import SelectorError
+    from freezer_app.core.freeze import Phase
+    from freezer_app.core.tree import ModelTree
+
+    tree = ModelTree(timm.create_model("test_resnet", num_classes=3))
+    for schedule in (
+        [Phase(0, "train-all", freeze=["*"])],
+        [Phase(2, "train-all"), Phase(0, "head-only", freeze=["fc"])],
+    ):
+        with pytest.raises(SelectorError, match="nothing to train"):
+            timeline.check(FreezePlan(schedule=schedule), tree)
+    # A plan that freezes everything but unfreezes from the first step on is fine.
+    timeline.check(FreezePlan(freeze=["*"], schedule=[Phase(0, "head-only")]), tree)

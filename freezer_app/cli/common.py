@@ -50,26 +50,41 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     settings.add_flag(w, _project_setting("weights"), dest="weights", default=None)
 
 
+def add_trust_option(p: argparse.ArgumentParser) -> None:
+    """--trust-code: run a model's Python file even when a file (not the command line) names it."""
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run a model's own Python file (FILE.py:CALLABLE) also when a file names it: a "
+        "project, run folder, bundle config.json or weights metadata. Without it only a .py "
+        "you name on the command line runs. Use it only for files you trust",
+    )
+
+
+def code_trust(args: argparse.Namespace, source: str | Path | None = None) -> Any:
+    """The trust for a model string given on the command line, or read from the file `source`."""
+    from freezer_app.core.trust import CodeTrust
+
+    trust_code = bool(getattr(args, "trust_code", False))
+    if source is not None:
+        return CodeTrust.from_file(source, trust_code)
+    return CodeTrust(trust_code=trust_code)
+
+
 def add_plan_options(p: argparse.ArgumentParser) -> None:
     """--plan FILE, --preset, --freeze, --unfreeze and --bn-policy."""
     from freezer_app.core import settings
 
     p.add_argument("--plan", metavar="FILE", help="read the freeze plan from a JSON file")
     settings.add_flag(p, _project_setting("plan.preset"))
-    p.add_argument(
-        "--freeze",
-        action="append",
-        default=[],
-        metavar="SEL",
-        help="freeze a module path, glob or type:CLASS (repeatable)",
-    )
-    p.add_argument(
-        "--unfreeze",
-        action="append",
-        default=[],
-        metavar="SEL",
-        help="unfreeze a selector after the freezes (repeatable)",
-    )
+    for key, flag in (("plan.freeze", "--freeze"), ("plan.unfreeze", "--unfreeze")):
+        p.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="SEL",
+            help=f"{_project_setting(key).spec.help} (repeatable)",
+        )
     settings.add_flag(p, _project_setting("plan.bn_policy"))
 
 

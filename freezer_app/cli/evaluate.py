@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from freezer_app.cli.common import EXIT_FAILED, EXIT_OK, add_model_options, err
+from freezer_app.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_model_options,
+    add_trust_option,
+    code_trust,
+    err,
+)
 
 MODEL_HELP = "a run or bundle folder, a weights file, timm:NAME, torchvision:NAME, FILE.py:CALLABLE"
 
@@ -21,6 +28,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     add_model_options(p)
+    add_trust_option(p)
     p.add_argument("--data", required=True, metavar="DIR", help="image folder")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
@@ -38,6 +46,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_options(p)
+    add_trust_option(p)
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--json", action="store_true", help="print one JSON list")
@@ -48,7 +57,11 @@ def _loaded(args: argparse.Namespace) -> Any:
     from freezer_app.core.catalog import load_model
 
     return load_model(
-        args.model, num_classes=args.num_classes, pretrained=args.pretrained, weights=args.weights
+        args.model,
+        num_classes=args.num_classes,
+        pretrained=args.pretrained,
+        weights=args.weights,
+        trust=code_trust(args),
     )
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from freezer_app.cli.common import EXIT_OK
+from freezer_app.cli.common import EXIT_OK, add_trust_option, code_trust
 
 # As in core.export (spelled out so that building the parser imports no torch; a test checks
 # that they agree).
@@ -39,13 +39,18 @@ def add_parser(sub: Any) -> None:
         default="final",
         help="a run's final weights or those of its best epoch",
     )
+    add_trust_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from freezer_app.core.catalog import check_code
     from freezer_app.core.export import export
 
+    # A run or bundle whose model is a .py runs it to export (and to check the export): only
+    # with --trust-code. Allowed once, the same file is allowed for the rest of this process.
+    check_code(args.source, code_trust(args))
     result = export(
         args.source, args.format, args.out, force=args.force, checkpoint=args.checkpoint
     )

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from freezer_app.cli.common import EXIT_OK, add_model_options, add_plan_options, plan_from_args
+from freezer_app.cli.common import (
+    EXIT_OK,
+    add_model_options,
+    add_plan_options,
+    add_trust_option,
+    code_trust,
+    plan_from_args,
+)
 from freezer_app.core.errors import FreezerError
 
 
@@ -20,6 +27,7 @@ def add_parser(sub: Any) -> None:
         help="timm:NAME, torchvision:NAME, FILE.py:CALLABLE, a bundle/run folder or weights file",
     )
     add_model_options(p)
+    add_trust_option(p)
     add_plan_options(p)
     p.add_argument(
         "--unfreeze-schedule",
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         weights=args.weights,
         meta=not args.pretrained,
+        trust=code_trust(args),
     )
     label = str(loaded.spec) if not Path(args.model).exists() else args.model
     tree = ModelTree(loaded.module, label)

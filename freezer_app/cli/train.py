@@ -17,6 +17,8 @@ from freezer_app.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     add_plan_options,
+    add_trust_option,
+    code_trust,
     err,
     plan_flags_given,
     plan_from_args,
@@ -53,6 +55,7 @@ def add_parser(sub: Any) -> None:
         help="do not clip gradients (as --grad-clip off)",
     )
     add_plan_options(p)
+    add_trust_option(p)
     p.add_argument(
         "--unfreeze-schedule",
         metavar="E:PRESET,...",
@@ -97,10 +100,30 @@ def project_from_args(args: argparse.Namespace) -> Any:
             project.pretrained = False
         if key == "pretrained" and value:
             project.weights = None
+    moved = sorted(given.keys() & {"train.batch_size", "data.path", "data.val_split"})
+    if project.plan.edits and moved:
+        err(
+            f"warning: the project's {len(project.plan.edits)} freeze edit(s) are keyed by "
+            f"optimizer step; with another {', '.join(moved)} those steps fall elsewhere in "
+            "the data, so this run will not repeat the one that recorded them"
+        )
     project.plan = plan_from_args(args, project.plan)
     if args.unfreeze_schedule:
         project.plan.schedule = timeline.parse_schedule(args.unfreeze_schedule)
     return project
+
+
+def _code_trust(args: argparse.Namespace) -> Any:
+    """A .py given with --model runs; one named by a project file or a resumed run needs
+    --trust-code."""
+    from freezer_app.core import settings
+    from freezer_app.core.project import Project
+
+    if args.resume:
+        return code_trust(args, Path(args.resume) / "project.json")
+    if args.project and "model" not in settings.given_flags(args, Project):
+        return code_trust(args, args.project)
+    return code_trust(args)
 
 
 def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,6 +207,7 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from freezer_app.core.catalog import check_code
     from freezer_app.core.data import scan_folder
     from freezer_app.core.events import RunControl
     from freezer_app.core.project import Project
@@ -199,19 +223,29 @@ def run(args: argparse.Namespace) -> int:
         project = project_from_args(args)
         project.validate()
         out = Path(args.out) if args.out else new_run_dir("runs", project.name, project.model)
+    trust = _code_trust(args)
+    check_code(project.model, trust)  # before the data check: a refusal is instant
     report = scan_folder(project.data.path, project.data.val_split, project.train.seed)
     err(report.summary())
     control = RunControl()
     progress = Progress(quiet=args.quiet)
+    received: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if control.stop_requested:
+    def on_signal(signum: int, frame: Any) -> None:
+        # Ctrl-C, `kill`, a job scheduler's SIGTERM or a closed terminal: finish the step,
+        # save a checkpoint, exit. A second Ctrl-C aborts at once.
+        if control.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        received.append(signum)
         progress.close()
-        err("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        name = signal.Signals(signum).name
+        err(f"{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
         control.stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    handled = [signal.SIGINT, signal.SIGTERM] + (
+        [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
+    )
+    previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
         result = Trainer(
             project,
@@ -221,9 +255,11 @@ def run(args: argparse.Namespace) -> int:
             resume=bool(args.resume),
             report=report,
             resume_changes=changes,
+            trust=trust,
         ).run()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         progress.close()
     if args.json:
         print(json.dumps(result.__dict__, indent=2))
@@ -236,8 +272,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if result.frozen_check_passed is False:
         return EXIT_FAILED
-    # 130: interrupted, as a shell reports Ctrl-C
-    return 130 if result.reason == "stopped" else EXIT_OK
+    if result.reason == "stopped":
+        # As a shell reports a process ended by that signal: 130 for Ctrl-C, 143 for SIGTERM.
+        signum = received[0] if received else signal.SIGINT
+        return 128 + int(signum)
+    return EXIT_OK
 
 
 def summary(r: Any) -> str:

@@ -8,6 +8,11 @@ A model is named by one string, the same in the CLI, project files and the GUI:
 - ``DIR``               an exported bundle (``config.json`` + ``model.safetensors``) or a run folder
 - ``FILE.safetensors`` / ``FILE.pth``  weights whose architecture is recorded beside them
 - ``NAME``              bare: timm first, then torchvision
+
+Building a ``PATH.py`` model runs that file: `load_model` and `preview_model` ask their
+``trust`` (core/trust.py) first. A model string given directly runs its file by default; a
+``.py`` named inside a file (a project.json, a bundle's config.json, a weights file's metadata)
+needs trust. Relative paths inside a file are resolved against that file's folder.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from freezer_app.core import torchvision_compat
 from freezer_app.core.errors import FreezerError, ModelNotFoundError, OfflineError, WeightsError
 from freezer_app.core.layout import find_head_paths
 from freezer_app.core.network import download_guard, host_reachable
+from freezer_app.core.project import absolute_model
+from freezer_app.core.trust import USER, CodeFile, CodeTrust
 from freezer_app.core.weights import WEIGHT_SUFFIXES, load_weights, read_metadata, read_state_dict
 
 TIMM = "timm"
@@ -54,6 +61,8 @@ class ModelSpec:
     kind: str
     name: str
     factory: str = ""
+    # For a factory file: the file whose contents named it ("" when the model string did).
+    named_in: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
         if self.kind == FILE:
@@ -142,8 +151,10 @@ def _unknown(name: str, kind: str | None = None) -> ModelNotFoundError:
     return ModelNotFoundError(f"Unknown {where} model {name!r}.", hint)
 
 
-def parse_model(text: str) -> ModelSpec:
-    """Parse a model string naming an architecture (not a bundle or weights file)."""
+def parse_model(text: str, named_in: str = "") -> ModelSpec:
+    """Parse a model string naming an architecture (not a bundle or weights file).
+
+    named_in: the file the string was read from, if any (recorded on a factory file's spec)."""
     text = text.strip()
     if not text:
         raise ModelNotFoundError(
@@ -156,7 +167,7 @@ def parse_model(text: str) -> ModelSpec:
                 f"{factory!r} is not a Python name.",
                 "Write PATH.py:FUNCTION, e.g. mymodel.py:build.",
             )
-        return ModelSpec(FILE, str(Path(path).expanduser()), factory)
+        return ModelSpec(FILE, str(Path(path).expanduser()), factory, named_in)
     kind, sep, name = text.partition(":")
     if sep and kind == TIMM:
         if not _timm_known(name):
@@ -173,14 +184,25 @@ def parse_model(text: str) -> ModelSpec:
     raise _unknown(text)
 
 
-def resolve_source(text: str) -> ModelSource:
-    """Resolve any model string, including bundles, run folders and weights files."""
+def resolve_source(text: str, named_in: str = "") -> ModelSource:
+    """Resolve any model string, including bundles, run folders and weights files.
+
+    Reads files only; nothing is imported. named_in: the file `text` was read from (its
+    relative paths must already be resolved against that file's folder: `absolute_model`)."""
     candidate = Path(text).expanduser()
+    if named_in and not candidate.is_absolute():
+        # A name read from a file is a library name, never a path in the current directory.
+        return ModelSource(parse_model(text, named_in))
     if ".py:" not in text and (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
         if not candidate.exists():
             raise WeightsError(f"No such file or folder: {candidate}", "Check the path.")
         return _source_from_path(candidate)
-    return ModelSource(parse_model(text))
+    return ModelSource(parse_model(text, named_in))
+
+
+def _named_in(path: Path, text: str) -> tuple[str, str]:
+    """A model string read from the file `path`, its relative paths resolved against its folder."""
+    return absolute_model(text, path.parent), str(path)
 
 
 def _source_from_path(path: Path) -> ModelSource:
@@ -207,7 +229,7 @@ def _source_from_path(path: Path) -> ModelSource:
     if META_MODEL in meta:
         labels = json.loads(meta[META_LABELS]) if META_LABELS in meta else None
         n = int(meta[META_NUM_CLASSES]) if META_NUM_CLASSES in meta else None
-        spec = parse_model(meta[META_MODEL])
+        spec = parse_model(*_named_in(path, meta[META_MODEL]))
         # A bundle or run folder around the file knows the input size it was trained at.
         try:
             beside = _source_beside(path)
@@ -231,12 +253,12 @@ def _source_from_path(path: Path) -> ModelSource:
     )
 
 
-def _architecture(text: str) -> ModelSpec:
+def _architecture(text: str, named_in: str = "") -> ModelSpec:
     """The architecture a model string names; a bundle, run folder or weights file names its own."""
     candidate = Path(text).expanduser()
     if ".py:" not in text and (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
-        return resolve_source(text).spec
-    return parse_model(text)
+        return resolve_source(text, named_in).spec
+    return parse_model(text, named_in)
 
 
 def _source_beside(path: Path) -> ModelSource | None:
@@ -259,8 +281,81 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _kind_of(value: Any) -> str:
+    """A JSON value's type in plain words, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# What _source_from_config reads from a bundle's config.json: (where, key) -> (test, expected).
+_CONFIG_TYPES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("", "architecture"): (lambda v: isinstance(v, str) and bool(v), "a model name (text)"),
+    ("", "num_classes"): (_is_count, "a whole number of 1 or more"),
+    ("", "label_names"): (
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "a list of class names (text)",
+    ),
+    ("", "freezer"): (lambda v: isinstance(v, dict), "an object"),
+    ("", "pretrained_cfg"): (lambda v: isinstance(v, dict), "an object"),
+    ("", "model_args"): (lambda v: isinstance(v, dict), "an object"),
+    ("freezer", "model"): (lambda v: isinstance(v, str) and bool(v), "a model string (text)"),
+    ("pretrained_cfg", "input_size"): (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_count(x) for x in v),
+        "a list of 3 whole numbers (channels, height, width)",
+    ),
+    ("pretrained_cfg", "mean"): (
+        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) for x in v),
+        "a list of numbers",
+    ),
+    ("pretrained_cfg", "std"): (
+        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x > 0 for x in v),
+        "a list of positive numbers",
+    ),
+    ("pretrained_cfg", "interpolation"): (lambda v: isinstance(v, str), "text (e.g. bicubic)"),
+    ("pretrained_cfg", "crop_pct"): (lambda v: _is_number(v) and v > 0, "a positive number"),
+    ("pretrained_cfg", "crop_mode"): (lambda v: isinstance(v, str), "text (e.g. center)"),
+}
+
+
+def _check_config_types(config: dict[str, Any], config_path: Path) -> None:
+    """Each value Freezer reads from config.json has the type it needs (absent and, outside
+    pretrained_cfg, null are fine): a wrong one is named, instead of failing later."""
+    for (where, key), (ok, expected) in _CONFIG_TYPES.items():
+        section = config.get(where) if where else config
+        if not isinstance(section, dict) or key not in section:
+            continue
+        value = section[key]
+        if (value is None and not where) or ok(value):
+            continue
+        name = f"{where}.{key}" if where else key
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise WeightsError(
+            f'{config_path}: "{name}" must be {expected}, not {shown} ({_kind_of(value)}).',
+            "Correct that value in config.json, or export the bundle again.",
+        )
+
+
 def _source_from_config(config_path: Path, weights: Path | None) -> ModelSource:
     config = _read_json(config_path)
+    _check_config_types(config, config_path)
     freezer = config.get("freezer", {}) if isinstance(config.get("freezer"), dict) else {}
     model = freezer.get("model") or (
         f"{TIMM}:{config['architecture']}" if "architecture" in config else None
@@ -276,7 +371,7 @@ def _source_from_config(config_path: Path, weights: Path | None) -> ModelSource:
     model_args = config.get("model_args")
     transform_input = model_args.get("transform_input") if isinstance(model_args, dict) else None
     return ModelSource(
-        parse_model(model),
+        parse_model(*_named_in(config_path, model)),
         weights,
         config.get("num_classes"),
         config.get("label_names"),
@@ -290,17 +385,18 @@ def _source_from_project(project_path: Path, weights: Path | None) -> ModelSourc
     model = project.get("model")
     if not isinstance(model, str):
         raise WeightsError(f"{project_path} names no model.", "The project file may be damaged.")
+    model, named_in = _named_in(project_path, model)
     if Path(model).expanduser().resolve() == project_path.parent.resolve():
         raise WeightsError(f"{project_path} names its own folder as the model.", "Fix its model.")
     try:
-        spec = _architecture(model)
+        spec = _architecture(model, named_in)
     except FreezerError:
         # The run started from a bundle or weights file that has moved since; its own
         # weights name the architecture.
         meta = read_metadata(weights) if weights else {}
-        if META_MODEL not in meta:
+        if weights is None or META_MODEL not in meta:
             raise
-        spec = parse_model(meta[META_MODEL])
+        spec = parse_model(*_named_in(weights, meta[META_MODEL]))
     data = project.get("data") or {}
     classes = data.get("classes")
     size = data.get("image_size")
@@ -566,12 +662,30 @@ def _count_classes(module: nn.Module, head_paths: tuple[str, ...]) -> int:
     return 0
 
 
+def check_code(text: str, trust: CodeTrust | None = None) -> CodeFile | None:
+    """Ask `trust` about the Python file that building this model would import, without
+    building anything. Raises UntrustedCodeError when it may not run; None when it imports none
+    or the string does not resolve (building it says why)."""
+    try:
+        spec = resolve_source(text).spec
+    except FreezerError:
+        return None
+    return _allow_code(spec, trust)
+
+
+def _allow_code(spec: ModelSpec, trust: CodeTrust | None) -> CodeFile | None:
+    if spec.kind != FILE:
+        return None
+    return (trust or USER).require(spec.name, spec.named_in)
+
+
 def load_model(
     text: str,
     num_classes: int | None = None,
     pretrained: bool = False,
     weights: str | Path | None = None,
     meta: bool = False,
+    trust: CodeTrust | None = None,
 ) -> LoadedModel:
     """Build a model from a model string.
 
@@ -580,13 +694,30 @@ def load_model(
     weights: a local .safetensors/.pth file; head keys are dropped when the class count differs.
     meta: allocate nothing (meta device), for an instant architecture preview. Weights are
         checked against the architecture but not copied.
+    trust: whether a factory .py may run (core/trust.py). The default runs a .py that `text`
+        names itself (the user's own string) and refuses one named inside a file.
     """
+    _check_classes(num_classes)
+    return _load(resolve_source(text), num_classes, pretrained, weights, meta, trust)
+
+
+def _check_classes(num_classes: int | None) -> None:
     if num_classes is not None and num_classes < 1:
         raise FreezerError(
             f"The number of classes must be 1 or more (got {num_classes}).",
             "Use e.g. --num-classes 10.",
         )
-    source = resolve_source(text)
+
+
+def _load(
+    source: ModelSource,
+    num_classes: int | None,
+    pretrained: bool,
+    weights: str | Path | None,
+    meta: bool,
+    trust: CodeTrust | None,
+) -> LoadedModel:
+    _check_classes(num_classes)
     spec = source.spec
     if num_classes is None:
         num_classes = source.num_classes
@@ -607,6 +738,7 @@ def load_model(
             transform_input = beside.transform_input
     note = "randomly initialised"
     dropped: list[str] = []
+    _allow_code(spec, trust)
     try:
         if meta:
             module = _build_on_meta(spec, num_classes)
@@ -656,9 +788,12 @@ def load_model(
     )
 
 
-def preview_model(text: str, num_classes: int | None = None) -> LoadedModel:
-    """The architecture without weights (meta device): instant even for billion-parameter models."""
+def preview_model(
+    text: str, num_classes: int | None = None, trust: CodeTrust | None = None
+) -> LoadedModel:
+    """The architecture without weights (meta device): instant even for billion-parameter models.
+
+    trust: as for load_model (a preview builds the model too, so a factory .py runs)."""
     source = resolve_source(text)
-    return load_model(
-        str(source.spec), num_classes if num_classes is not None else source.num_classes, meta=True
-    )
+    n = num_classes if num_classes is not None else source.num_classes
+    return _load(ModelSource(source.spec), n, False, None, True, trust)

@@ -7,6 +7,7 @@ Layout (torchvision `ImageFolder`): one sub-folder per class, either directly un
 from __future__ import annotations
 
 import math
+import os
 import random
 import warnings
 from collections import Counter
@@ -24,8 +25,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from freezer_app.core.errors import DataError
+from freezer_app.core.text import printable
 
 AUGMENTATIONS = ("none", "light", "strong")
+# Grayscale modes with more than 8 bits per pixel, and what loading does to them (load_rgb).
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_SCALED = {
+    **{m: "16-bit grayscale scaled to 8 bits (value / 257)" for m in _UINT16_MODES},
+    "I": "32-bit integer grayscale scaled to 8 bits (its darkest value to black, brightest to white)",
+    "F": "32-bit float grayscale scaled to 8 bits (0..1 times 255; any other range from its "
+    "darkest value to black, brightest to white)",
+}
 TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation")
 
@@ -46,7 +56,7 @@ class DataReport:
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
     skipped: list[SkippedFile] = field(default_factory=list)
-    converted: dict[str, int] = field(default_factory=dict)  # image mode -> count turned into RGB
+    converted: dict[str, int] = field(default_factory=dict)  # image mode -> count (conversion_note)
     warnings: list[str] = field(default_factory=list)
 
     def counts(self, items: list[tuple[str, int]]) -> list[int]:
@@ -66,22 +76,27 @@ class DataReport:
             else "validation split from one folder"
         )
         lines = [
-            f"{self.root}: {len(self.classes)} classes, {len(self.train)} training and "
+            f"{printable(self.root)}: {len(self.classes)} classes, {len(self.train)} training and "
             f"{len(self.val)} validation images ({how})"
         ]
-        width = max(len(c) for c in self.classes)
-        for name, t, v in zip(self.classes, train_counts, val_counts):
+        names = [printable(c) for c in self.classes]  # folder names may hold escape codes
+        width = max(len(c) for c in names)
+        for name, t, v in zip(names, train_counts, val_counts):
             lines.append(f"  {name:<{width}}  train {t:>6}  val {v:>6}")
-        if self.converted:
-            modes = ", ".join(f"{n} {m}" for m, n in sorted(self.converted.items()))
+        rgb = {m: n for m, n in self.converted.items() if m not in _SCALED}
+        if rgb:
+            modes = ", ".join(f"{n} {printable(m)}" for m, n in sorted(rgb.items()))
             lines.append(f"converted to RGB: {modes}")
+        for mode, n in sorted(self.converted.items()):
+            if mode in _SCALED:
+                lines.append(f"converted {n} {mode} image(s): {conversion_note(mode)}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
             for s in self.skipped[:20]:
-                lines.append(f"  {s.path}: {s.reason}")
+                lines.append(f"  {printable(s.path)}: {printable(s.reason)}")
             if len(self.skipped) > 20:
                 lines.append(f"  ... and {len(self.skipped) - 20} more")
-        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"warning: {printable(w)}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,31 +108,79 @@ class DataReport:
             "val_counts": self.counts(self.val),
             "skipped": [s.__dict__ for s in self.skipped],
             "converted": self.converted,
+            "conversions": {m: conversion_note(m) for m in self.converted},
             "warnings": self.warnings,
         }
 
 
+def conversion_note(mode: str) -> str:
+    """What loading does to an image of this mode (see load_rgb); "RGB" is kept as it is."""
+    if mode == "RGB":
+        return "kept as RGB"
+    return _SCALED.get(mode, f"{printable(mode)} converted to RGB")
+
+
 def _check_image(path: Path) -> tuple[str | None, str | None]:
-    """(mode, None) for a readable image, (None, reason) otherwise. Reads headers, not pixels."""
+    """(mode, None) for an image that decodes completely, (None, reason) otherwise.
+
+    Every image is decoded once here, before training (a JPEG at 1/8 scale, which still reads
+    all of its data), so a truncated or corrupt file is skipped and listed now, not met mid-epoch.
+    """
     try:
         with Image.open(path) as img:
             mode = img.mode
             img.verify()
+        with Image.open(path) as img:
+            img.draft(None, (1, 1))  # JPEG: decode at the smallest scale; others: no effect
+            img.load()
         return mode, None
+    except PermissionError:
+        return None, "cannot be read (permission denied)"
     except UnidentifiedImageError:
         return None, "not an image PIL can read"
+    except EOFError:
+        return None, "truncated: the file ends before its image data does"
     except (OSError, SyntaxError, ValueError) as e:
+        if "truncated" in str(e).lower():
+            return None, "truncated: the file ends before its image data does"
         return None, f"cannot be decoded ({e})"
     except Image.DecompressionBombError:
         return None, "too large (decompression bomb guard)"
 
 
+def _why(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return str(e.strerror or e).lower()
+
+
+def _unreadable(folder: Path, e: OSError) -> DataError:
+    return DataError(
+        f"Folder {printable(folder)} cannot be read ({_why(e)}).",
+        "Give your user read access to it (e.g. chmod -R u+rX on it) or choose another folder.",
+    )
+
+
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")
+            )
+    except OSError as e:
+        raise _unreadable(folder, e) from e
 
 
-def _list_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _list_files(class_dir: Path) -> tuple[list[Path], list[OSError]]:
+    """The files under a class folder, and the (sub)folders that could not be read."""
+    errors: list[OSError] = []
+    files = [
+        Path(top, name)
+        for top, _dirs, names in os.walk(class_dir, onerror=errors.append)
+        for name in names
+        if not name.startswith(".") and Path(top, name).is_file()
+    ]
+    return sorted(files), errors
 
 
 def scan_folder(
@@ -129,14 +192,16 @@ def scan_folder(
 ) -> DataReport:
     """Find classes and images, check every file, and split off validation images.
 
-    Unreadable files and non-images are skipped and listed (never a crash mid-epoch).
-    Raises DataError for a missing or empty folder, a class with no images, or fewer than two
-    classes.
+    Every image is decoded once; unreadable, truncated or corrupt files, non-images and
+    unreadable sub-folders are skipped and listed with the reason (never a surprise mid-epoch).
+    Raises DataError for a missing, unreadable or empty folder, a class with no usable images
+    or whose folder cannot be read, or fewer than two classes.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(
-            f"Image folder not found: {root}", "Choose a folder with one sub-folder per class."
+            f"Image folder not found: {printable(root)}",
+            "Choose a folder with one sub-folder per class.",
         )
     subdirs = {p.name.lower(): p for p in _class_dirs(root)}
     train_dir = next((subdirs[n] for n in TRAIN_DIRS if n in subdirs), None)
@@ -146,6 +211,8 @@ def scan_folder(
     folders = {"train": train_dir, "val": val_dir} if layout == "train/val" else {"all": source}
 
     files: dict[str, dict[str, list[Path]]] = {}
+    unreadable: dict[str, dict[str, str]] = {}  # split -> class -> "folder (why)"
+    skipped_dirs: list[SkippedFile] = []
     for split, folder in folders.items():
         assert folder is not None
         class_dirs = _class_dirs(folder)
@@ -157,23 +224,33 @@ def scan_folder(
                 else "It is empty."
             )
             raise DataError(
-                f"No class folders in {folder}. {detail}",
+                f"No class folders in {printable(folder)}. {detail}",
                 "Put each class's images in a sub-folder named after the class "
                 "(e.g. data/cats/*.jpg, data/dogs/*.jpg).",
             )
-        files[split] = {d.name: _list_files(d) for d in class_dirs}
+        files[split] = {}
+        for d in class_dirs:
+            files[split][d.name], errors = _list_files(d)
+            for e in errors:
+                where = Path(e.filename) if e.filename else d
+                rel = where.relative_to(root) if where.is_relative_to(root) else where
+                if where == d:
+                    unreadable.setdefault(split, {})[d.name] = f"{rel} ({_why(e)})"
+                skipped_dirs.append(SkippedFile(f"{rel}/", f"folder cannot be read ({_why(e)})"))
 
     classes = sorted(files["train" if layout == "train/val" else "all"])
     if layout == "train/val":
         extra = sorted(set(files["val"]) - set(classes))
         if extra:
             raise DataError(
-                f"val/ has class folder(s) that train/ lacks: {', '.join(extra)}.",
+                f"val/ has class folder(s) that train/ lacks: "
+                f"{', '.join(printable(c) for c in extra)}.",
                 "Give train/ and val/ the same class folders.",
             )
     if len(classes) < 2:
         raise DataError(
-            f"Found {len(classes)} class folder(s) in {root}; training a classifier needs at least two.",
+            f"Found {len(classes)} class folder(s) in {printable(root)}; "
+            "training a classifier needs at least two.",
             "Add a sub-folder of images for each class.",
         )
 
@@ -183,7 +260,7 @@ def scan_folder(
         for cls, fs in by_class.items()
         for f in fs
     ]
-    report = DataReport(str(root), layout, classes, [], [])
+    report = DataReport(str(root), layout, classes, [], [], skipped=skipped_dirs)
     modes: Counter[str] = Counter()
     good: dict[str, dict[str, list[str]]] = {s: {c: [] for c in classes} for s in files}
     total = len(all_files)
@@ -208,9 +285,21 @@ def scan_folder(
 
     index = {c: i for i, c in enumerate(classes)}
     empty = [c for c in classes if not any(good[s].get(c) for s in good if s != "val")]
+    cannot_read = [
+        printable(where)
+        for split, by_class in unreadable.items()
+        if split != "val"
+        for c, where in by_class.items()
+        if c in empty
+    ]
+    if cannot_read:
+        raise DataError(
+            f"Class folder(s) that cannot be read: {', '.join(cannot_read)}.",
+            "Give your user read access to them (e.g. chmod -R u+rX on each) or remove them.",
+        )
     if empty:
         raise DataError(
-            f"Class folder(s) with no usable images: {', '.join(empty)}.",
+            f"Class folder(s) with no usable images: {', '.join(printable(c) for c in empty)}.",
             "Add images to them or remove the folders.",
         )
     if layout == "train/val":
@@ -218,7 +307,9 @@ def scan_folder(
         report.val = [(f, index[c]) for c in classes for f in good["val"].get(c, [])]
         missing_val = [c for c in classes if not good["val"].get(c)]
         if missing_val:
-            report.warnings.append(f"no validation images for: {', '.join(missing_val)}")
+            report.warnings.append(
+                f"no validation images for: {', '.join(printable(c) for c in missing_val)}"
+            )
     else:
         report.train, report.val = stratified_split(
             {index[c]: good["all"][c] for c in classes}, val_split, seed
@@ -226,7 +317,9 @@ def scan_folder(
         if val_split > 0:
             few = [c for c in classes if len(good["all"][c]) < 2]
             if few:
-                report.warnings.append(f"too few images to validate on: {', '.join(few)}")
+                report.warnings.append(
+                    f"too few images to validate on: {', '.join(printable(c) for c in few)}"
+                )
     if not report.val:
         report.warnings.append("no validation images: accuracy cannot be measured")
     return report
@@ -305,10 +398,43 @@ def build_transforms(
 
 
 # ---------------------------------------------------------------------- datasets
+def scale_to_8bit(img: Image.Image) -> Image.Image:
+    """A grayscale image of more than 8 bits ("I;16", "I", "F") as 8-bit grayscale ("L"),
+    scaled by its value range instead of clipped (PIL's own convert clips at 255, which turns
+    a 16-bit image white and a 0..1 float image black).
+
+    - 16-bit (I;16, I;16B, ...): value / 257, so 0..65535 maps exactly onto 0..255. The fixed
+      divisor keeps brightness comparable between images, as for 8-bit files.
+    - 32-bit float (F): values all within 0..1 (the usual convention) are multiplied by 255;
+      any other range is stretched from the image's darkest value (black) to its brightest
+      (white). NaN and infinite values become black.
+    - 32-bit integer (I): no standard white level, so stretched darkest to brightest.
+    A constant image outside these ranges becomes black. Values are rounded to the nearest level.
+    """
+    a = np.asarray(img).astype(np.float64)
+    finite = np.isfinite(a)
+    if img.mode in _UINT16_MODES:
+        scaled = a / 257.0
+    else:
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            scaled = a * 255.0
+        elif hi > lo:
+            scaled = (a - lo) * (255.0 / (hi - lo))
+        else:
+            scaled = np.zeros_like(a)
+    scaled = np.where(finite, scaled, 0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def load_rgb(path: str) -> Image.Image:
+    """An image file as RGB: transparency composited onto white, images of more than 8 bits
+    per pixel scaled to 8 (scale_to_8bit), any other mode converted by PIL."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns about palette transparency; we convert anyway
         with Image.open(path) as img:
+            if img.mode in _SCALED:
+                return scale_to_8bit(img).convert("RGB")
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 # Composite onto white so transparent areas don't turn black.
                 rgba = img.convert("RGBA")
@@ -342,7 +468,7 @@ class ImageItems(Dataset):
             except (OSError, ValueError) as e:
                 # Decoding failed after the header check passed (e.g. truncated data): warn and
                 # use the next image rather than crash mid-epoch.
-                warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=1)
+                warnings.warn(f"skipping unreadable image {printable(path)}: {e}", stacklevel=1)
         else:
             raise DataError("No image in the dataset could be decoded.", "Check the image files.")
         sample_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31)
@@ -358,7 +484,11 @@ class ImageItems(Dataset):
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Shuffled batches whose order depends only on (seed, epoch); can start mid-epoch."""
+    """Shuffled batches whose order depends only on (seed, epoch); can start mid-epoch.
+
+    Each epoch uses every index exactly once (see `batches`), and `set_epoch(epoch, start_batch)`
+    skips the batches already trained, so a resumed run sees exactly the remaining batches.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
         self.n = n
@@ -373,15 +503,26 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.start_batch = start_batch
 
     def batches(self) -> list[list[int]]:
+        """This epoch's batches: a permutation of range(n) (seeded by seed and epoch) cut into
+        batches of `batch_size`, the last one shorter when n does not divide evenly.
+
+        A last batch of a single image would break BatchNorm in training ("Expected more than
+        1 value per channel"), so when shuffling the last two batches share their
+        batch_size + 1 images instead: in halves (batch 8: 5 and 4), or, for batch size 2, as
+        one batch of 3. Every index still appears exactly once. (With batch size 1 every batch
+        holds one image, as asked.)
+        """
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        out = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        # A batch of one breaks BatchNorm in training mode; fold it into the previous batch.
-        if self.shuffle and len(out) > 1 and len(out[-1]) == 1:
-            out[-2] += out.pop()
+        size = self.batch_size
+        out = [order[i : i + size] for i in range(0, self.n, size)]
+        if self.shuffle and size >= 2 and len(out) > 1 and len(out[-1]) == 1:
+            tail = out.pop(-2) + out.pop()  # size + 1 images
+            half = (len(tail) + 1) // 2
+            out += [tail[:half], tail[half:]] if size >= 3 else [tail]
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

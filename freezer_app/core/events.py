@@ -86,7 +86,7 @@ class PlanApplied:
 @dataclass
 class LogEvent:
     message: str
-    level: str = "info"  # info | warning
+    level: str = "info"  # info | notice (worth showing now) | warning
 
 
 @dataclass

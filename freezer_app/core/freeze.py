@@ -29,6 +29,11 @@ BN_POLICIES: tuple[str, ...] = ("frozen", "update")
 PRESET_FAMILIES: tuple[str, ...] = ("train-all", "head-only", "freeze-stages:K", "train-last:K")
 
 
+PRESET_HELP = ", ".join(PRESET_FAMILIES)
+FREEZE_HELP = "Module paths, globs or type:CLASS frozen after the preset"
+UNFREEZE_HELP = "Selectors unfrozen after the freezes"
+
+
 @dataclass
 class Phase:
     """One step of a gradual-unfreezing schedule: from `epoch` on, train with this selection."""
@@ -36,9 +41,9 @@ class Phase:
     epoch: int = setting(
         1, help="Epochs completed before this selection takes over (0: from the start)", minimum=0
     )
-    preset: str = setting("train-all", help="The preset this selection starts from")
-    freeze: list[str] = setting(default_factory=list, help="Selectors frozen after the preset")
-    unfreeze: list[str] = setting(default_factory=list, help="Selectors unfrozen after the freezes")
+    preset: str = setting("train-all", help=PRESET_HELP)
+    freeze: list[str] = setting(default_factory=list, help=FREEZE_HELP)
+    unfreeze: list[str] = setting(default_factory=list, help=UNFREEZE_HELP)
 
 
 @dataclass
@@ -47,9 +52,9 @@ class Edit:
     `step` is the first optimizer step trained with it."""
 
     step: int = setting(1, help="The first optimizer step trained with this selection", minimum=1)
-    preset: str = setting("train-all", help="The preset this selection starts from")
-    freeze: list[str] = setting(default_factory=list, help="Selectors frozen after the preset")
-    unfreeze: list[str] = setting(default_factory=list, help="Selectors unfrozen after the freezes")
+    preset: str = setting("train-all", help=PRESET_HELP)
+    freeze: list[str] = setting(default_factory=list, help=FREEZE_HELP)
+    unfreeze: list[str] = setting(default_factory=list, help=UNFREEZE_HELP)
 
 
 @dataclass
@@ -59,19 +64,17 @@ class FreezePlan:
 
     preset: str = setting(
         "train-all",
-        help="train-all, head-only, freeze-stages:K or train-last:K",
+        help=PRESET_HELP,
         flag="--preset",
         metavar="P",
         form=False,  # the window edits the selection in the tree
     )
     freeze: list[str] = setting(
         default_factory=list,
-        help="Module paths, globs or type:CLASS frozen after the preset",
+        help=FREEZE_HELP,
         form=False,
     )
-    unfreeze: list[str] = setting(
-        default_factory=list, help="Selectors unfrozen after the freezes", form=False
-    )
+    unfreeze: list[str] = setting(default_factory=list, help=UNFREEZE_HELP, form=False)
     bn_policy: str = setting(
         "frozen",
         help="frozen: frozen norm layers keep their running statistics (eval mode); update: "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from freezer_app.core import settings as schema
+from freezer_app.core.data import AUGMENTATIONS
 from freezer_app.core.errors import ProjectError
 from freezer_app.core.files import write_json
 from freezer_app.core.freeze import FreezePlan
@@ -57,7 +58,7 @@ class DataSettings:
         "light",
         help="none: resize and crop only; light: random crops and flips; strong: RandAugment "
         "and random erasing",
-        choices=("none", "light", "strong"),
+        choices=AUGMENTATIONS,
         flag="--augment",
         label="Augmentation",
     )
@@ -345,14 +346,23 @@ def resumable_keys() -> list[str]:
 
 
 def absolute_model(model: str, base: Path) -> str:
-    """A model string whose file paths (factory .py, bundle, weights) are made absolute."""
+    """A model string whose file paths (factory .py, bundle, run folder, weights) are made
+    absolute against `base`: the folder of the file the string was read from (or the current
+    directory for a command-line flag). Library names (timm:NAME, torchvision:NAME, a bare NAME
+    with no such file in `base`) are kept as they are."""
     if ".py:" in model:
         path, _, factory = model.rpartition(":")
         if not Path(path).expanduser().is_absolute():
             return f"{(base / Path(path).expanduser()).resolve()}:{factory}"
         return model
     candidate = Path(model).expanduser()
-    if not candidate.is_absolute() and (base / candidate).exists():
+    if candidate.is_absolute():
+        return model
+    from freezer_app.core.weights import WEIGHT_SUFFIXES
+
+    library = model.startswith(("timm:", "torchvision:"))
+    pathlike = "/" in model or "\\" in model or candidate.suffix in WEIGHT_SUFFIXES
+    if (base / candidate).exists() or (pathlike and not library):
         return str((base / candidate).resolve())
     return model
 
@@ -367,11 +377,14 @@ def project_reference() -> str:
     return schema.markdown_reference(Project)
 
 
-def apply_resume_changes(project: Project, given: dict[str, Any]) -> list[str]:
+def apply_resume_changes(
+    project: Project, given: dict[str, Any], step: int = 0, epochs_done: int = 0
+) -> list[str]:
     """Apply the settings a resume may change; anything else is a clear error.
 
-    A run stopped by its step limit continues to the end of its epochs unless a new limit is
-    given. Returns the changes as 'key: old -> new' for the run's record.
+    `step` and `epochs_done` are where the checkpoint stands. A run stopped by its step limit
+    continues to the end of its epochs unless a new limit is given; a run stopped another way
+    keeps its limit. Returns the changes as 'key: old -> new' for the run's record.
     """
     allowed = resumable_keys()
     refused = sorted(k for k in given if k not in allowed)
@@ -387,7 +400,22 @@ def apply_resume_changes(project: Project, given: dict[str, Any]) -> list[str]:
             "(e.g. `freezer-app train --model RUN_DIR --data ...` continues from its weights).",
         )
     changes = dict(given)
-    changes.setdefault("train.max_steps", None)
+    limit = project.train.max_steps
+    if "train.max_steps" not in changes and limit is not None and step >= limit:
+        changes["train.max_steps"] = None  # it stopped at its limit: go on to the end
+    new_limit = changes.get("train.max_steps", limit)
+    if new_limit is not None and new_limit <= step:
+        raise ProjectError(
+            f"The run is at step {step}, so a step limit of {new_limit} leaves nothing to do.",
+            f"Give --max-steps above {step}, or leave it out to train to the end.",
+        )
+    epochs = changes.get("train.epochs", project.train.epochs)
+    if epochs <= epochs_done:
+        raise ProjectError(
+            f"The run has completed {epochs_done} of {epochs} epoch(s): there is nothing left "
+            "to train.",
+            f"Give --epochs above {epochs_done} to train longer.",
+        )
     out = []
     for key, value in changes.items():
         old = schema.get_value(project, key)

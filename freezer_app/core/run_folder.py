@@ -15,8 +15,10 @@ model.safetensors     final weights, keys exactly as model.state_dict()
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +119,90 @@ def evaluation_split(run: str | Path, data: str | Path) -> tuple[float | None, i
         return None, 0
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+@dataclass
+class JsonLines:
+    """The records of a line log, and what was left out of it."""
+
+    records: list[dict[str, Any]]
+    torn: int = 0  # an unfinished last line (a kill or a full disk mid-write), skipped
+    path: str = ""
+
+    def note(self) -> str:
+        if not self.torn:
+            return ""
+        return f"{self.path}: skipped an unfinished last line (the run was killed mid-write)"
+
+
+def read_json_lines(path: str | Path) -> JsonLines:
+    """Read a line log, skipping (and counting) a torn last line. A damaged line elsewhere is
+    an error naming the file and the line: that is not what a kill leaves behind."""
     path = Path(path)
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return JsonLines([], 0, str(path))
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records: list[dict[str, Any]] = []
+    torn = 0
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if i == last:
+                torn += 1
+                continue
+            raise ProjectError(
+                f"{path} line {i + 1} is damaged.",
+                "Remove that line (or the file) and try again.",
+            ) from None
+        records.append(record)
+    return JsonLines(records, torn, str(path))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a line log (a torn last line skipped)."""
+    return read_json_lines(path).records
+
+
+class RunLock:
+    """An OS lock on a run folder for as long as a process trains in it. The kernel releases
+    it when the process ends, however it ends, so a killed run never leaves it behind."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".lock"
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here; a second run is not refused
+            return
+        try:
+            handle = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        except OSError as e:
+            raise ProjectError(
+                f"Cannot open {self.path}: {e.strerror}.", "Check the run folder's permissions."
+            ) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ProjectError(
+                f"The run folder {self.path.parent} is in use by {holder}.",
+                "Wait for that run to finish (or stop it); one folder takes one run at a time.",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"Freezer process {os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the lock
+            self._file = None

@@ -416,7 +416,9 @@ def add_flag(parser: argparse.ArgumentParser | Any, s: Setting, **overrides: Any
         help_text += f"; {s.spec.none_word}: {s.spec.none}"
     if s.spec.zero:
         help_text += f"; 0: {s.spec.zero}"
-    if shown:
+    if s.spec.required:
+        help_text += " (required)"
+    elif shown:
         help_text += f" (default: {shown})"
     kwargs: dict[str, Any] = {
         "dest": s.key,

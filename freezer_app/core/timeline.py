@@ -91,7 +91,8 @@ def check(plan: FreezePlan, tree: ModelTree) -> dict[tuple[str, int], np.ndarray
             else:
                 where = "The freeze plan"
             raise SelectorError(f"{where}: {e.message}", e.hint) from None
-    if not masks[("start", 0)].any() and not (plan.schedule and plan.schedule[0].epoch == 0):
+    first = entry_at(entries(plan, 1), 1)  # what trains the first step (a phase at epoch 0)
+    if not masks[first.key].any():
         raise SelectorError(
             "The freeze plan freezes every parameter, so there is nothing to train.",
             "Unfreeze at least the head (e.g. the head-only preset).",

@@ -32,6 +32,7 @@ from freezer_app.core.export import (
     default_export_path,
     existing_targets,
     export,
+    replace_refusal,
 )
 from freezer_app.gui import tasks
 
@@ -147,11 +148,18 @@ class ExportDialog(QDialog):
         if not source or not out:
             self._error("Choose what to export and where to.", "")
             return
+        # A target no export may replace (a folder Freezer did not write, a folder where a file
+        # goes...) is refused here as the CLI refuses it, whatever --force: never offered.
+        refusal = replace_refusal(self.fmt(), out)
+        if refusal is not None:
+            self._error(refusal.message, refusal.hint or "")
+            return
         if not force and existing_targets(self.fmt(), out):
             answer = QMessageBox.question(
                 self,
                 "Replace?",
-                f"{out} already exists. Replace it? (It is swapped only once the new export is complete.)",
+                f"{out} holds a previous {self.fmt()} export. Replace it? (It is swapped only "
+                "once the new export is complete.)",
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return

@@ -8,15 +8,18 @@ typed as text (1e-5 and 0.00001 both work) and shown with repr, so nothing is ro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -245,6 +248,21 @@ class ScheduleEditor(QWidget):
         for b in (self.add_phase, self.remove_phase, self.fine_tune):
             buttons.addWidget(b)
         layout.addLayout(buttons)
+        # Edits recorded during a run (a run's project.json opened here) replay at their steps
+        # when this project trains: say so, and let them be dropped.
+        edits_row = QHBoxLayout()
+        self.edits_note = QLabel()
+        self.edits_note.setWordWrap(True)
+        self.clear_edits = QPushButton("Clear recorded edits")
+        self.clear_edits.setToolTip("Train with the plan and schedule only (undoable)")
+        edits_row.addWidget(self.edits_note, 1)
+        edits_row.addWidget(self.clear_edits)
+        layout.addLayout(edits_row)
+        self.clear_edits.clicked.connect(
+            lambda: self._set_value("plan.edits", [], "Clear recorded freeze edits")
+        )
+        # Set by the window: {row: why that phase does not fit the model}.
+        self.check_phases: Callable[[list[Phase]], dict[int, str]] | None = None
         self.add_phase.clicked.connect(self._add)
         self.remove_phase.clicked.connect(self._remove)
         self.fine_tune.clicked.connect(self.fineTuneRequested)
@@ -258,6 +276,16 @@ class ScheduleEditor(QWidget):
         return self.controller.value("plan.schedule")
 
     def _project_changed(self, keys: set[str]) -> None:
+        if touches(keys, "plan.edits"):
+            edits = self.controller.value("plan.edits")
+            steps = ", ".join(str(e.step) for e in edits[:8]) + (", …" if len(edits) > 8 else "")
+            self.edits_note.setText(
+                f"Replays {len(edits)} freeze edit(s) recorded during a run, at step(s) {steps}."
+                if edits
+                else ""
+            )
+            self.edits_note.setVisible(bool(edits))
+            self.clear_edits.setVisible(bool(edits))
         if not touches(keys, "plan.schedule"):
             return
         self._filling = True
@@ -272,16 +300,39 @@ class ScheduleEditor(QWidget):
                         self.table.setItem(row, col, QTableWidgetItem(text))
                     elif item.text() != text:
                         item.setText(text)
+            self.mark_problems()
         finally:
             self._filling = False
 
+    def mark_problems(self) -> None:
+        """Phases that do not fit the model are marked where they are, not only at Train."""
+        problems = self.check_phases(self.phases()) if self.check_phases else {}
+        was = self._filling
+        self._filling = True
+        try:
+            for row in range(self.table.rowCount()):
+                message = problems.get(row, "")
+                for col in range(self.table.columnCount()):
+                    item = self.table.item(row, col)
+                    if item is None:
+                        continue
+                    item.setBackground(QColor("#ffebee") if message else QColor(0, 0, 0, 0))
+                    item.setToolTip(message)
+        finally:
+            self._filling = was
+        if problems:
+            self.error.emit(next(iter(problems.values())))
+
     # ------------------------------------------------------------------ editing
     def _set(self, phases: list[Phase], text: str) -> None:
+        self._set_value("plan.schedule", phases, text)
+
+    def _set_value(self, key: str, value: Any, text: str) -> None:
         try:
-            self.controller.set_value("plan.schedule", phases, text)
+            self.controller.set_value(key, value, text)
         except FreezerError as e:
             self.error.emit(e.message)
-            self._project_changed({"plan.schedule"})
+            self._project_changed({key})
 
     def _edited(self, item: QTableWidgetItem) -> None:
         if self._filling:

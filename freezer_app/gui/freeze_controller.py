@@ -76,6 +76,19 @@ class FreezeController(QObject):
         if self.live is None and touches(keys, "plan"):
             self._show()
 
+    def phase_problems(self, phases: list) -> dict[int, str]:
+        """{row: why} for schedule phases whose selection does not fit the model shown."""
+        problems: dict[int, str] = {}
+        if self.tree is None:
+            return problems
+        base = self.project.project.plan
+        for row, phase in enumerate(phases):
+            try:
+                resolve(base.with_selection(phase.preset, phase.freeze, phase.unfreeze), self.tree)
+            except FreezerError as e:
+                problems[row] = f"Phase {row + 1} (after epoch {phase.epoch}): {e.message}"
+        return problems
+
     def mask(self) -> np.ndarray:
         assert self.tree is not None
         return self.tree.trainable.copy()

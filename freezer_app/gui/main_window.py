@@ -26,7 +26,13 @@ from PySide6.QtWidgets import (
 from freezer_app import __version__
 from freezer_app.core import events as ev
 from freezer_app.core import timeline
-from freezer_app.core.catalog import LoadedModel, load_model, preview_model, resolve_source
+from freezer_app.core.catalog import (
+    LoadedModel,
+    check_code,
+    load_model,
+    preview_model,
+    resolve_source,
+)
 from freezer_app.core.data import DataReport, scan_folder
 from freezer_app.core.device import select_device
 from freezer_app.core.errors import FreezerError
@@ -34,6 +40,7 @@ from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
 from freezer_app.core.run_folder import evaluation_split, new_run_dir
 from freezer_app.core.tree import ModelTree
+from freezer_app.core.trust import CodeTrust
 from freezer_app.gui import tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
 from freezer_app.gui.export_dialog import ExportDialog
@@ -45,6 +52,7 @@ from freezer_app.gui.run_controller import RunController, RunViews
 from freezer_app.gui.run_views import FrozenCheckView, RunLog
 from freezer_app.gui.tree_model import FreezeTreeModel, human
 from freezer_app.gui.tree_view import TreePanel
+from freezer_app.gui.trust_dialog import ask_to_run
 from freezer_app.gui.worker import TrainingSession
 
 MAX_RECENT = 8
@@ -78,6 +86,7 @@ class MainWindow(QMainWindow):
         self.report: DataReport | None = None
         self.loaded: LoadedModel | None = None
         self._preview_key: tuple | None = None
+        self._user_models: set[str] = set()  # FILE.py:CALLABLE strings the user chose here
         self.close_when_stopped = False
         self.scan_task: tasks.Task | None = None
         self.last_finished: ev.Finished | None = None
@@ -306,9 +315,14 @@ class MainWindow(QMainWindow):
         schedule = self.settings_panel.schedule
         schedule.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
         schedule.fineTuneRequested.connect(self._fine_tune_schedule)
+        schedule.check_phases = self.controller.phase_problems
+        self.controller.planChanged.connect(lambda _plan: schedule.mark_problems())
+        # The tree panel's Undo/Redo are the window's: disabled together during a run.
+        self.tree_panel.undo.setDefaultAction(self.act_undo)
+        self.tree_panel.redo.setDefaultAction(self.act_redo)
         self.controller.planChanged.connect(lambda _plan: self._update_params_status())
         self.controller.error.connect(lambda msg: self.statusBar().showMessage(msg, 8000))
-        self.tree_model.telemetryCleared.connect(self.grad_plot.clear_values)
+        self.tree_model.telemetryStale.connect(self.grad_plot.set_stale)
         self.tree_panel.layerSelected.connect(self._layer_selected)
         self.grad_plot.layerClicked.connect(self._plot_layer_clicked)
         self.heatmap.layerClicked.connect(self._plot_layer_clicked)
@@ -364,6 +378,8 @@ class MainWindow(QMainWindow):
     def open_project(self, path: Path) -> bool:
         try:
             project = Project.load(path)
+            # A .py the project names runs only after the user says yes (or said so before).
+            check_code(project.model, self._code_trust(path, project.model))
         except FreezerError as e:
             self.error_dialog("Cannot open the project", e.message, e.hint or "")
             return False
@@ -415,6 +431,15 @@ class MainWindow(QMainWindow):
         return answer == QMessageBox.StandardButton.Discard
 
     # ================================================================== model
+    def _code_trust(self, source: Path | str | None = None, model: str | None = None) -> CodeTrust:
+        """Whether a model's .py may run: one the user chose in this window runs; one named by
+        a file (`source`, or the project's file) runs after the question of trust_dialog."""
+        model = self.project.model if model is None else model
+        confirm = lambda code: ask_to_run(self, self.settings, code)
+        if source is None and model in self._user_models:
+            return CodeTrust(confirm=confirm)
+        return CodeTrust.from_file(source or self.project_path or "This project", confirm=confirm)
+
     def choose_model(self, text: str, kind: object = None) -> None:
         """A model picked in the list, or a weights file / bundle / run folder opened."""
         if self._running():
@@ -432,8 +457,17 @@ class MainWindow(QMainWindow):
                     return
                 # Weights without a recorded architecture: use them with the current model.
                 model, weights = p.model, text
+            else:
+                try:
+                    # A .py named by the bundle, run or weights file runs only after a yes.
+                    check_code(text, self._code_trust(model=text))
+                except FreezerError as e:
+                    self.error_dialog("Cannot open that model", e.message, e.hint or "")
+                    return
         else:
             model, weights = text, None
+            if ".py:" in text:
+                self._user_models.add(text)  # the Open model file dialog: the user's own code
         pretrained = p.pretrained and not weights
         if not self._load_preview(model, weights):
             return
@@ -452,11 +486,14 @@ class MainWindow(QMainWindow):
         key = (model, weights, p.num_classes)
         if key == self._preview_key:
             return False
+        trust = self._code_trust(model=model)
         try:
-            loaded = preview_model(model, num_classes=p.num_classes)
+            loaded = preview_model(model, num_classes=p.num_classes, trust=trust)
             if weights:
                 # Check the weights fit now rather than when training starts.
-                load_model(model, num_classes=p.num_classes, weights=weights, meta=True)
+                load_model(
+                    model, num_classes=p.num_classes, weights=weights, meta=True, trust=trust
+                )
         except FreezerError as e:
             self.error_dialog("Cannot load the model", e.message, e.hint or "")
             return False
@@ -628,6 +665,8 @@ class MainWindow(QMainWindow):
         project = self.project_ctl.snapshot()
         try:
             project.validate()
+            # Asked here, on the GUI thread: the training thread runs only a .py allowed before.
+            check_code(project.model, self._code_trust(model=project.model))
             if self.controller.tree is not None:
                 # Every schedule phase and edit must fit the model before anything runs.
                 timeline.check(project.plan, self.controller.tree)
@@ -650,6 +689,11 @@ class MainWindow(QMainWindow):
             project = Project.load(folder / "project.json")
         except FreezerError as e:
             self.error_dialog("Not a run folder", e.message, e.hint or "")
+            return False
+        try:
+            check_code(project.model, self._code_trust(folder / "project.json", project.model))
+        except FreezerError as e:
+            self.error_dialog("Cannot resume the run", e.message, e.hint or "")
             return False
         self.set_project(project, None)
         self.run_ctl.start(self.project_ctl.snapshot(), folder, resume=True)

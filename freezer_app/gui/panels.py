@@ -3,6 +3,7 @@ project controller; their settings forms are generated from the schema (gui/form
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QSortFilterProxyModel, QStringListModel, Qt, Signal
@@ -27,8 +28,9 @@ from PySide6.QtWidgets import (
 )
 
 from freezer_app.core.catalog import all_model_names
-from freezer_app.core.data import DataReport
+from freezer_app.core.data import DataReport, conversion_note
 from freezer_app.core.project import Project
+from freezer_app.core.text import printable
 from freezer_app.gui.forms import ScheduleEditor, SettingsForm, form_settings
 from freezer_app.gui.project_controller import ProjectController, touches
 
@@ -263,7 +265,9 @@ class DataPanel(QWidget):
         self.report.clear()
         if report is None:
             self.summary.setText(
-                f"<span style='color:#b00020'>{error}</span>" if error else "No dataset yet."
+                f"<span style='color:#b00020'>{html.escape(printable(error))}</span>"
+                if error
+                else "No dataset yet."
             )
             return
         how = (
@@ -277,26 +281,40 @@ class DataPanel(QWidget):
         )
         if report.converted:
             text += (
-                " Converted to RGB: "
-                + ", ".join(f"{n} {m}" for m, n in sorted(report.converted.items()))
+                " Converted: "
+                + ", ".join(
+                    f"{n} {html.escape(printable(m))}" for m, n in sorted(report.converted.items())
+                )
                 + "."
             )
         if report.skipped:
             text += f" <span style='color:#b26a00'>Skipped {len(report.skipped)} file(s).</span>"
         for w in report.warnings:
-            text += f"<br><span style='color:#b26a00'>Warning: {w}</span>"
+            text += f"<br><span style='color:#b26a00'>Warning: {html.escape(printable(w))}</span>"
         self.summary.setText(text)
         for name, t, v in zip(
             report.classes, report.counts(report.train), report.counts(report.val)
         ):
-            QTreeWidgetItem(self.report, [name, f"{t:,}", f"{v:,}"])
+            QTreeWidgetItem(self.report, [printable(name), f"{t:,}", f"{v:,}"])
+        if report.converted:
+            group = QTreeWidgetItem(
+                self.report, [f"Converted images ({sum(report.converted.values())})", "", ""]
+            )
+            for mode, n in sorted(report.converted.items()):
+                item = QTreeWidgetItem(group, [f"{n} {printable(mode)}: {conversion_note(mode)}"])
+                item.setToolTip(0, conversion_note(mode))
+                item.setFirstColumnSpanned(True)
+            group.setExpanded(True)
         if report.skipped:
             group = QTreeWidgetItem(self.report, [f"Skipped files ({len(report.skipped)})", "", ""])
             for s in report.skipped[:500]:
-                item = QTreeWidgetItem(group, [s.path, "", ""])
-                item.setToolTip(0, s.reason)
-                item.setText(1, "")
-                item.setText(2, s.reason)
+                path, reason = printable(s.path), printable(s.reason)
+                item = QTreeWidgetItem(group, [f"{path}: {reason}"])
+                item.setToolTip(0, f"{path}\n{reason}")
+                item.setFirstColumnSpanned(True)
+            if len(report.skipped) > 500:
+                QTreeWidgetItem(group, [f"... and {len(report.skipped) - 500} more"])
+            group.setExpanded(True)
 
 
 # ====================================================================== training

@@ -131,12 +131,15 @@ class LossPlot(QWidget):
     def mark_plan_change(self, step: int, label: str) -> None:
         """A labelled vertical line where the freeze plan changed (x: the first step trained
         with the new plan)."""
+        # Labels step down the plot so that changes close together do not overlap, and stay
+        # below the legend in the top right corner.
+        position = 0.55 - 0.12 * (len(self.plan_marks) % 4)
         line = pg.InfiniteLine(
             pos=step - 0.5,
             angle=90,
             pen=pg.mkPen("#8e24aa", width=1.5, style=Qt.PenStyle.DashLine),
             label=label,
-            labelOpts={"position": 0.92, "color": "#6a1b9a", "fill": (255, 255, 255, 200)},
+            labelOpts={"position": position, "color": "#6a1b9a", "fill": (255, 255, 255, 210)},
         )
         line.setToolTip(f"step {step}: {label}")
         self.loss.addItem(line)
@@ -257,9 +260,7 @@ class GradientFlowPlot(QWidget, _LayerHover):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.caption = QLabel(
-            "Gradient flow: per-layer |grad| at the last telemetry step. Frozen layers get no gradient: exactly 0."
-        )
+        self.caption = QLabel(self.CAPTION)
         self.caption.setWordWrap(True)
         layout.addWidget(self.caption)
         self.axis = LayerAxis("bottom", pixels_per_label=95)
@@ -296,6 +297,27 @@ class GradientFlowPlot(QWidget, _LayerHover):
         self._trainable = np.zeros(len(names), dtype=bool)
         self.axis.names = self.names
 
+    CAPTION = (
+        "Gradient flow: per-layer |grad| at the last telemetry step. Frozen layers get no "
+        "gradient: exactly 0."
+    )
+    STALE_CAPTION = (
+        "<span style='color:#777'>Gradient flow measured under an earlier freeze plan (greyed): "
+        "not the plan shown now. Train again to measure this plan.</span>"
+    )
+
+    def set_stale(self, stale: bool) -> None:
+        """Grey the bars when they were measured under another plan than the one shown."""
+        grey = stale
+        self.max_bars.setOpts(
+            brush=pg.mkBrush(210, 210, 210) if grey else pg.mkBrush(144, 202, 249)
+        )
+        self.mean_bars.setOpts(
+            brush=pg.mkBrush(150, 150, 150) if grey else pg.mkBrush(21, 101, 192)
+        )
+        self.frozen.setBrush(pg.mkBrush(170, 170, 170) if grey else pg.mkBrush(*FROZEN_RGB))
+        self.caption.setText(self.STALE_CAPTION if grey else self.CAPTION)
+
     def clear_values(self) -> None:
         """Drop bars measured under a plan that is no longer the one shown."""
         self._mean = self._max = np.zeros(len(self.names))
@@ -303,6 +325,7 @@ class GradientFlowPlot(QWidget, _LayerHover):
         self.max_bars.setOpts(x=[], height=[])
         self.mean_bars.setOpts(x=[], height=[])
         self.frozen.setData(x=[], y=[])
+        self.set_stale(False)
         self.dirty = False
 
     def update_values(

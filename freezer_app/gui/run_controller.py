@@ -160,7 +160,7 @@ class RunController(QObject):
                 v.log.add(f"error at step {event.step}: {event.message}")
             elif isinstance(event, ev.LogEvent):
                 v.log.add(event.message)
-                if event.level == "warning":
+                if event.level in ("warning", "notice"):
                     v.status.showMessage(event.message, 8000)
         if steps:
             v.loss.add_steps(steps, losses, lrs)

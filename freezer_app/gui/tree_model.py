@@ -39,6 +39,7 @@ STATE_COLOURS = {
 # Custom roles the views use.
 PathRole = Qt.ItemDataRole.UserRole + 1  # selector for this row (module path / parameter name)
 BarRole = Qt.ItemDataRole.UserRole + 2  # (value, frozen) for the live bar columns
+StaleRole = Qt.ItemDataRole.UserRole + 3  # True: the bar was measured under another plan
 
 
 def human(n: float) -> str:
@@ -61,7 +62,7 @@ class _Item:
 
 class FreezeTreeModel(QAbstractItemModel):
     editRequested = Signal(str, bool)  # selector, trainable
-    telemetryCleared = Signal()  # live values dropped: measured under another plan
+    telemetryStale = Signal(bool)  # live values measured under a plan other than the one shown
 
     def __init__(
         self, tree: ModelTree | None = None, show_empty: bool = False, parent=None
@@ -77,6 +78,8 @@ class FreezeTreeModel(QAbstractItemModel):
         self._weight: np.ndarray | None = None
         self._layer_frozen: np.ndarray | None = None
         self._measured_mask: np.ndarray | None = None  # the plan the live values belong to
+        self._measured_step = 0
+        self.stale = False  # the live values belong to another plan than the one shown
         self._max_grad = 1.0
         self._max_ratio = 1.0
         if tree is not None:
@@ -226,11 +229,13 @@ class FreezeTreeModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (PARAMS, TRAINABLE):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(item)
+            return self._tooltip(item, col)
         if role == PathRole:
             return self.selector_of(item)
         if role == BarRole and col in (GRAD, UPDATE):
             return self._bar(item, col)
+        if role == StaleRole and col in (GRAD, UPDATE):
+            return self.stale
         return None
 
     def _display(self, item: _Item, col: int) -> str | None:
@@ -260,9 +265,14 @@ class FreezeTreeModel(QAbstractItemModel):
             return f"{tree.trainable_in(node):,}"
         return None
 
-    def _tooltip(self, item: _Item) -> str:
+    def _tooltip(self, item: _Item, col: int = NAME) -> str:
         tree = self.tree
         assert tree is not None
+        if col in (GRAD, UPDATE) and self.stale and self._bar(item, col) is not None:
+            return (
+                "Measured under an earlier freeze plan (the run's), not the plan shown now: "
+                "train again to see values for this plan."
+            )
         if item.entry is not None:
             info = item.entry.info
             lines = [
@@ -334,13 +344,16 @@ class FreezeTreeModel(QAbstractItemModel):
         return None if self.tree is None else self.tree.trainable
 
     def _drop_stale_telemetry(self) -> None:
-        """Live values are shown only under the plan they were measured with: a frozen row
-        must never show a gradient measured while it trained."""
+        """Live values belong to the plan they were measured under: when another plan is
+        shown they are greyed (and say so), never drawn as current."""
         if self._grad is None or self._measured_mask is None:
             return
         now = self._plan_in_effect()
-        if now is None or not np.array_equal(now, self._measured_mask):
-            self.clear_telemetry()
+        stale = now is None or not np.array_equal(now, self._measured_mask)
+        if stale != self.stale:
+            self.stale = stale
+            self._emit_all(GRAD, UPDATE)
+            self.telemetryStale.emit(stale)
 
     def set_layer_names(self, names: list[str]) -> None:
         slot = {n: i for i, n in enumerate(names)}
@@ -368,6 +381,9 @@ class FreezeTreeModel(QAbstractItemModel):
         """Per-layer values of one telemetry step, measured under `measured_mask` (the
         per-parameter plan in effect then)."""
         self._measured_mask = None if measured_mask is None else measured_mask.copy()
+        if self.stale:
+            self.stale = False
+            self.telemetryStale.emit(False)
         self._grad, self._update, self._weight = grad, update, weight
         self._layer_frozen = ~trainable
         self._max_grad = float(grad.max()) or 1.0
@@ -376,13 +392,11 @@ class FreezeTreeModel(QAbstractItemModel):
         self._emit_all(GRAD, UPDATE)
 
     def clear_telemetry(self, reset: bool = True) -> None:
-        had = self._grad is not None
         self._grad = self._update = self._weight = self._layer_frozen = None
         self._measured_mask = None
+        self.stale = False
         if reset:
             self._emit_all(GRAD, UPDATE)
-        if had:
-            self.telemetryCleared.emit()
 
     def _emit_all(self, first: int, last: int) -> None:
         """Announce that columns first..last of every row changed.

@@ -38,6 +38,7 @@ from freezer_app.gui.tree_model import (
     BarRole,
     FreezeTreeModel,
     PathRole,
+    StaleRole,
     human,
 )
 
@@ -72,6 +73,10 @@ class TreeFilter(QSortFilterProxyModel):
         return self.text in path or self.text in type_name
 
 
+STALE_BAR = QColor(170, 170, 170, 150)
+STALE_TEXT = QColor("#8a8a8a")
+
+
 class BarDelegate(QStyledItemDelegate):
     """Draws the live telemetry columns as small bars (log scale); frozen rows show an exact 0."""
 
@@ -86,10 +91,11 @@ class BarDelegate(QStyledItemDelegate):
             index = source.mapToSource(index)
             source = source.sourceModel()
         text = source.bar_text(index)
+        stale = bool(index.data(StaleRole))  # measured under another plan: greyed
         rect = option.rect.adjusted(2, 3, -2, -3)
         painter.save()
         if frozen:
-            painter.setPen(FROZEN_COLOUR)
+            painter.setPen(STALE_TEXT if stale else FROZEN_COLOUR)
             painter.drawText(
                 rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, "0 (frozen)"
             )
@@ -98,8 +104,8 @@ class BarDelegate(QStyledItemDelegate):
             width = 0.0 if fraction <= 0 else max(0.03, min(1.0, (math.log10(fraction) + 4) / 4))
             bar_space = max(10, rect.width() - 62)
             bar = QRect(rect.left(), rect.top() + 1, int(bar_space * width), rect.height() - 2)
-            painter.fillRect(bar, QColor(66, 133, 244, 190))
-            painter.setPen(QColor("#222"))
+            painter.fillRect(bar, STALE_BAR if stale else QColor(66, 133, 244, 190))
+            painter.setPen(STALE_TEXT if stale else QColor("#222"))
             text_rect = rect.adjusted(bar_space + 2, 0, 0, 0)
             painter.drawText(
                 text_rect, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text
@@ -136,10 +142,9 @@ class TreePanel(QWidget):
         for w in (self.train_all, self.head_only, self.freeze_stages, self.train_last):
             presets.addWidget(w)
         presets.addStretch(1)
+        # Their actions are the window's Undo/Redo (set by the window).
         self.undo = QToolButton()
-        self.undo.setDefaultAction(controller.undo_stack.createUndoAction(self, "Undo"))
         self.redo = QToolButton()
-        self.redo.setDefaultAction(controller.undo_stack.createRedoAction(self, "Redo"))
         presets.addWidget(self.undo)
         presets.addWidget(self.redo)
         layout.addLayout(presets)

@@ -19,6 +19,11 @@ from freezer_app.core.errors import FreezerError
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.project import Project
 from freezer_app.core.train import Trainer
+from freezer_app.core.trust import CodeTrust
+
+# The training thread cannot ask: a model's .py runs only if the window allowed it before
+# (core/trust.py remembers that for the process) or the user chose it in the window.
+WINDOW_TRUST = CodeTrust.from_file("The window's project")
 
 MAX_UPDATES_PER_SECOND = 30
 # Events that should reach the window at once rather than wait for the next batch.
@@ -37,9 +42,16 @@ class TrainingWorker(QObject):
     finished = Signal(object)  # core.events.Finished
     failed = Signal(str, str, str)  # message, hint, details (a traceback for unexpected errors)
 
-    def __init__(self, project: Project, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self,
+        project: Project,
+        run_dir: str | Path,
+        resume: bool = False,
+        trust: CodeTrust | None = None,
+    ) -> None:
         super().__init__()
         self.project = project
+        self.trust = trust or WINDOW_TRUST
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.control = ev.RunControl()
@@ -89,6 +101,7 @@ class TrainingWorker(QObject):
                 on_event=self._on_event,
                 control=self.control,
                 resume=self.resume,
+                trust=self.trust,
             ).run()
         except FreezerError as e:
             self._flush()
@@ -120,11 +133,12 @@ class TrainingSession(QObject):
         run_dir: str | Path,
         resume: bool = False,
         parent: QObject | None = None,
+        trust: CodeTrust | None = None,
     ) -> None:
         super().__init__(parent)
         self.thread = QThread()
         self.thread.setObjectName("freezer-training")
-        self.worker = TrainingWorker(project, run_dir, resume)
+        self.worker = TrainingWorker(project, run_dir, resume, trust)
         self.worker.moveToThread(self.thread)
         self.thread.started.connect(self.worker.run)
         self.worker.events.connect(self.events)

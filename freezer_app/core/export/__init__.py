@@ -9,8 +9,10 @@
 - ``code``         the freeze plan as a PyTorch snippet and as JSON (``formats.py``)
 
 ``api.export`` is the entry point. Every export is written under a temporary name and renamed
-when complete: a failed or cancelled export leaves nothing behind, and an existing target is
-replaced only with ``force=True``. TorchScript, ONNX and bundle exports are reloaded and their
+when complete: a failed or cancelled export leaves nothing behind (a full disk or a denied write
+is an ``ExportWriteError``). ``force=True`` replaces only a previous export of the same kind: a
+folder Freezer wrote (marked by ``.freezer-export``) or a single regular file; any other target
+is refused (``replace_refusal``). TorchScript, ONNX and bundle exports are reloaded and their
 logits compared with the model's before they are put in place.
 """
 
@@ -18,20 +20,26 @@ from freezer_app.core.export.api import (
     CHECKPOINTS,
     FORMAT_TITLES,
     FORMATS,
+    MARKER,
     ExportResult,
     ExportSource,
+    ExportWriteError,
     default_export_path,
     existing_targets,
     export,
+    replace_refusal,
 )
 
 __all__ = [
     "CHECKPOINTS",
     "FORMATS",
     "FORMAT_TITLES",
+    "MARKER",
     "ExportResult",
     "ExportSource",
+    "ExportWriteError",
     "default_export_path",
     "existing_targets",
     "export",
+    "replace_refusal",
 ]

@@ -1,15 +1,28 @@
 """The export entry point: what to export, where, and in which format.
 
 ``export()`` opens the source (a run folder, bundle, weights file or model string, or an
-``ExportSource`` the GUI built), checks the target (an existing one is replaced only with
-``force=True``), reports progress, honours cancel requests between steps, and hands the work to
-the format's writer (``formats.py``, ``bundle.py``). The format table, default export paths and
-the target checks the GUI asks about before exporting live here too.
+``ExportSource`` the GUI built), checks the target, removes temporary files that killed exports
+left beside it, reports progress, honours cancel requests between steps, and hands the work to
+the format's writer (``formats.py``, ``bundle.py``). A write that fails (disk full, permission
+denied) becomes an ``ExportWriteError`` saying where, how much room was needed and what was kept.
+The format table, default export paths and the target checks the GUI asks about before exporting
+live here too.
+
+What ``force=True`` may replace (anything else is refused, with or without it):
+- for bundle and code-folder exports, a folder Freezer wrote: it holds the marker file
+  ``.freezer-export`` (JSON: the format and the files written), the format is the same, and it
+  holds no file the marker does not list; or an empty folder;
+- for pth, torchscript, onnx and code ``.py`` exports, a regular file (never a folder, a
+  symbolic link or a device).
 """
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +31,13 @@ from typing import Any
 from freezer_app import __version__
 from freezer_app.core.catalog import LoadedModel, load_model
 from freezer_app.core.errors import Cancelled, ExportError, FreezerError, TargetExistsError
+from freezer_app.core.files import (
+    WriteError,
+    io_errno,
+    reason_for,
+    remove_stale_temp_files,
+    write_json,
+)
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import is_run_folder, read_jsonl
 
@@ -38,6 +58,11 @@ FORMAT_TITLES = {
     "onnx": "ONNX (.onnx)",
     "code": "Freeze plan as code (.py + .json)",
 }
+
+# The file in every folder export (bundle, code) that says Freezer wrote it, and what.
+MARKER = ".freezer-export"
+# Written into folders by file browsers, not by people: no reason to refuse a replacement.
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 ProgressFn = Callable[[int, int, str], None]
 CancelFn = Callable[[], bool]
@@ -230,18 +255,167 @@ def _check_format(fmt: str) -> None:
         raise ExportError(f"Unknown export format {fmt!r}.", f"Use one of: {', '.join(FORMATS)}.")
 
 
-def _check_targets(fmt: str, out: Path, force: bool) -> None:
-    wants_dir = fmt == "bundle" or (fmt == "code" and out.suffix != ".py")
-    for target in existing_targets(fmt, out):
-        if not force:
-            raise TargetExistsError(str(target))
-        if target.is_dir() != wants_dir:
-            kind = "a folder" if target.is_dir() else "a file"
-            raise ExportError(
-                f"{target} is {kind}; this export would replace it with "
-                f"{'a folder' if wants_dir else 'a file'}.",
-                "Choose another --out, or remove it first.",
+def is_folder_export(fmt: str, out: str | Path) -> bool:
+    return fmt == "bundle" or (fmt == "code" and Path(out).suffix != ".py")
+
+
+def write_marker(folder: Path, fmt: str, files: list[str]) -> None:
+    """The marker of a folder export, written last into its temporary folder."""
+    write_json(
+        folder / MARKER,
+        {
+            "written_by": f"freezer-app {__version__}",
+            "format": fmt,
+            "files": sorted(files),
+            "note": "Freezer wrote this folder: `freezer-app export --force` may replace it, "
+            "unless it holds files other than these.",
+        },
+    )
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    marker = folder / MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    data = _read_json_or_none(marker)
+    if data is None or not isinstance(data.get("format"), str):
+        return None
+    if not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def _names(entries: list[str], limit: int = 5) -> str:
+    shown = ", ".join(entries[:limit])
+    return shown + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def _not_our_folder(fmt: str, folder: Path) -> str | None:
+    """Why `folder` is not a previous `fmt` export Freezer wrote (None: it is, or it is empty)."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError as e:
+        return f"is a folder Freezer cannot list ({reason_for(e.errno, str(e))})"
+    if not entries:
+        return None
+    marker = _read_marker(folder)
+    count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {_names(entries)}"
+    if marker is None:
+        return f"is a folder Freezer did not write (no {MARKER} marker; {count})"
+    if marker["format"] != fmt:
+        return f"holds a Freezer {marker['format']} export, not a {fmt} one"
+    listed = {str(f) for f in marker["files"]} | {MARKER}
+    extra = [
+        e
+        for e in entries
+        if e not in OS_LITTER
+        and (e not in listed or (folder / e).is_symlink() or not (folder / e).is_file())
+    ]
+    if extra:
+        return (
+            f"is a {fmt} export Freezer wrote, but it now also holds what Freezer did not "
+            f"write: {_names(extra)}"
+        )
+    return None
+
+
+def replace_refusal(fmt: str, out: str | Path) -> ExportError | None:
+    """The error for a target that no export may replace, --force or not (None: there is no
+    target yet, or --force may replace it). The GUI shows it instead of asking "Replace?"."""
+    hint = (
+        "It was left as it is, with or without --force: Freezer replaces only a previous export "
+        "of the same kind that it wrote. Choose another --out (a new name), or move it away "
+        "yourself first."
+    )
+    wants_dir = is_folder_export(fmt, out)
+    for target in export_targets(fmt, out):
+        problem: str | None = None
+        if target.is_symlink():
+            problem = f"is a symbolic link (to {os.readlink(target)})"
+        elif not target.exists():
+            continue
+        elif wants_dir:
+            problem = (
+                f"is a file, and a {fmt} export is a folder"
+                if not target.is_dir()
+                else _not_our_folder(fmt, target)
             )
+        elif target.is_dir():
+            problem = f"is a folder, and a {fmt} export is a single file"
+        elif not target.is_file():
+            problem = "is not a regular file (a device, pipe or socket)"
+        if problem:
+            return ExportError(f"{target} {problem}.", hint)
+    return None
+
+
+def check_targets(fmt: str, out: Path, force: bool) -> None:
+    """Refuse a target no export may replace; ask for force to replace a previous export."""
+    refusal = replace_refusal(fmt, out)
+    if refusal is not None:
+        raise refusal
+    existing = existing_targets(fmt, out)
+    if existing and not force:
+        raise TargetExistsError(str(existing[0]))
+
+
+# ---------------------------------------------------------------------- write failures
+class ExportWriteError(ExportError, WriteError):
+    """An export could not be written (disk full, permission denied, ...); nothing was kept."""
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+
+
+def _needed_bytes(fmt: str, src: ExportSource) -> int | None:
+    """About how much an export takes on disk: the weights, plus a little."""
+    if fmt == "code":
+        return None
+    tensors = src.loaded.module.state_dict().values()
+    return sum(t.numel() * t.element_size() for t in tensors) + 64_000
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path.parent, *path.parent.parents):
+        if folder.is_dir():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def _write_failed(
+    fmt: str, out: Path, src: ExportSource, code: int | None, existed: bool, detail: str
+) -> ExportWriteError:
+    needed, free = _needed_bytes(fmt, src), _free_bytes(out)
+    if code in (None, errno.EIO) and needed is not None and free is not None and free < needed:
+        code = errno.ENOSPC  # torch's C++ writer names no error; the missing room does
+    message = f"Could not write the {fmt} export {out}: {reason_for(code, detail)}"
+    if code in _NO_ROOM:
+        room = [f"it needs about {_size(needed)}"] if needed is not None else []
+        if free is not None:
+            room.append(f"{_size(free)} is free on the disk holding {out.parent}")
+        message += f" ({'; '.join(room)})" if room else ""
+        todo = "Free some space there or choose another --out, then export again."
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message += f" (in {out.parent})"
+        todo = "Choose a folder you can write to (--out), then export again."
+    else:
+        todo = "Check the disk, or choose another --out, then export again."
+    kept = (
+        f"the previous export at {out} is unchanged" if existed else f"nothing was created at {out}"
+    )
+    error = ExportWriteError(
+        message + ".",
+        f"Nothing half-written was kept: its temporary files were removed and {kept}. {todo}",
+    )
+    error.errno, error.path = code, out
+    return error
 
 
 # ---------------------------------------------------------------------- progress and cancel
@@ -279,11 +453,12 @@ def export(
     """Export a run folder, bundle, weights file or model in one format.
 
     out: the file or folder to write (default RUN_DIR/export/NAME for a run folder).
-    force: replace an existing target (only after the new one is complete).
+    force: replace a previous export of the same kind (only after the new one is complete);
+        any other existing target is refused whatever force says (see replace_refusal).
     progress(done, total, message) is called before each step; should_cancel() is checked
     between steps (raising Cancelled, leaving nothing behind).
-    Raises TargetExistsError, ExportError, WriteError (disk full, permission denied) or
-    Cancelled; on any of them no partial file is left.
+    Raises TargetExistsError, ExportError, ExportWriteError (disk full, permission denied: an
+    ExportError and a WriteError) or Cancelled; on any of them no partial file is left.
     """
     _check_format(fmt)
     if isinstance(source, ExportSource):
@@ -293,23 +468,40 @@ def export(
                 raise ExportError("Say where to write the export.", "Pass an output path.")
             out = default_export_path(src.path, fmt, src.checkpoint)
         out = Path(out).expanduser()
-        _check_targets(fmt, out, force)
+        check_targets(fmt, out, force)
     else:
         # Check the target before building the model: refusing is instant.
         out = (
             Path(out).expanduser() if out else default_export_path(source, fmt, checkpoint)
         ).absolute()
-        _check_targets(fmt, out, force)
+        check_targets(fmt, out, force)
         src = open_source(source, checkpoint)
     out = out.absolute()
     writer = _writer(fmt)
     model = src.loaded.module
     was_training = model.training
     model.eval()
+    remove_stale_temp_files(out.parent)
+    existed = bool(existing_targets(fmt, out))
+    failed: tuple[int | None, str] | None = None
     try:
         result = writer(src, out, force, progress, should_cancel)
+    except (ExportError, Cancelled):
+        raise
+    except WriteError as e:
+        failed = (e.errno, e.message)
+    except Exception as e:
+        code = io_errno(e)
+        if code is None:
+            raise
+        failed = (code, str(e).splitlines()[0] if str(e) else type(e).__name__)
     finally:
         model.train(was_training)
+    if failed is not None:
+        # Out of the except block: the library's half-written, already unlinked file is
+        # closed once its traceback is gone, so the free space reported is the real one.
+        gc.collect()
+        raise _write_failed(fmt, out, src, failed[0], existed, failed[1])
     result.source = str(src.path) if src.path else str(src.loaded.spec)
     result.checkpoint = src.checkpoint
     return result

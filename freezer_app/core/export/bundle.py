@@ -6,6 +6,8 @@ pretrained=True)`` loads it; torchvision and user models get the same folder, wi
 constructor arguments in ``config.json``'s ``model_args`` and the code to load them in the
 README. The folder also holds the freeze plan (JSON and code) and the training record. Before it
 is put in place the bundle is loaded the way its users will load it, and its logits compared.
+Last comes the marker ``.freezer-export`` (``api.write_marker``): a later ``--force`` replaces
+only a folder that holds it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from freezer_app.core.catalog import (
     load_model,
 )
 from freezer_app.core.errors import ExportError
-from freezer_app.core.export.api import ExportResult, ExportSource, Steps
+from freezer_app.core.export.api import (
+    ExportResult,
+    ExportSource,
+    Steps,
+    check_targets,
+    write_marker,
+)
 from freezer_app.core.export.formats import (
     compare,
     construction_code,
@@ -216,6 +224,9 @@ def export_bundle(src, out, force, progress, should_cancel) -> ExportResult:
         write_text(tmp / "README.md", readme(src, out, _loading_code(src, out), how))
         names.append("README.md")
         steps("finishing")
+        write_marker(tmp, "bundle", [Path(n).name for n in names])
+        # Checked again just before the swap: whatever is there now must still be ours.
+        check_targets("bundle", out, force)
     steps.finish()
     spec = loaded.spec
     if spec.kind == TIMM:

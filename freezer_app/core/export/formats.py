@@ -21,11 +21,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from freezer_app.core import files as file_io
 from freezer_app.core import torchvision_compat
 from freezer_app.core.catalog import TIMM, TORCHVISION
 from freezer_app.core.errors import ExportError
-from freezer_app.core.export.api import ExportResult, ExportSource, Steps
-from freezer_app.core.files import atomic_dir, atomic_path, torch_save, write_text
+from freezer_app.core.export.api import (
+    ExportResult,
+    ExportSource,
+    Steps,
+    check_targets,
+    write_marker,
+)
+from freezer_app.core.files import (
+    atomic_dir,
+    atomic_path,
+    io_errno,
+    torch_save,
+    write_bytes,
+    write_text,
+)
 from freezer_app.core.freeze import FreezePlan, plan_code, resolve
 from freezer_app.core.tree import ModelTree
 
@@ -144,13 +158,17 @@ def export_torchscript(src, out, force, progress, should_cancel) -> ExportResult
             "Try the ONNX or bundle format instead.",
         ) from None
     steps("writing and reloading")
-    with atomic_path(out) as tmp:
-        with quiet():
-            traced.save(str(tmp))
-            loaded = torch.jit.load(str(tmp), map_location="cpu")
-        check = example_input(src, 3, seed=1)
-        diff = compare(logits_of(model, check), logits_of(loaded, check), "reloaded TorchScript")
-        steps("finishing")
+    # Serialised in memory and written by Python: torch's C++ file writer aborts the whole
+    # process when the disk fills up.
+    buffer = io.BytesIO()
+    with quiet():
+        torch.jit.save(traced, buffer)
+        data = buffer.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    check = example_input(src, 3, seed=1)
+    diff = compare(logits_of(model, check), logits_of(loaded, check), "reloaded TorchScript")
+    steps("finishing")
+    write_bytes(out, data)
     steps.finish()
     c, h, w = input_size(src)
     return ExportResult(
@@ -188,6 +206,8 @@ def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
             )
         return "TorchScript-based exporter"
     except Exception as legacy:
+        if io_errno(legacy) is not None:
+            raise  # the file could not be written (disk full...): not the exporter's fault
         first = f"{type(legacy).__name__}: {str(legacy).splitlines()[0] if str(legacy) else ''}"
         if importlib.util.find_spec("onnxscript") is None:
             raise ExportError(
@@ -208,6 +228,8 @@ def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
             )
         return "torch.export-based exporter"
     except Exception as e:
+        if io_errno(e) is not None:
+            raise
         raise ExportError(
             f"ONNX export failed with both exporters: {first}; then "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
@@ -336,15 +358,17 @@ def export_code(src, out, force, progress, should_cancel) -> ExportResult:
         # Both files complete under temporary names first, then both renamed: a failure
         # leaves the previous pair (or nothing) in place, never one old and one new file.
         with atomic_path(out) as py_tmp, atomic_path(json_path) as json_tmp:
-            py_tmp.write_text(code)
+            file_io.write_raw(py_tmp, code.encode("utf-8"))
             steps("writing the plan as JSON")
-            json_tmp.write_text(plan_json)
+            file_io.write_raw(json_tmp, plan_json.encode("utf-8"))
         files = [out, json_path]
     else:
         with atomic_dir(out, replace=force) as tmp:
             write_text(tmp / "freeze_plan.py", code)
             steps("writing the plan as JSON")
             write_text(tmp / "freeze_plan.json", plan_json)
+            write_marker(tmp, "code", ["freeze_plan.py", "freeze_plan.json"])
+            check_targets("code", out, force)  # again, just before the swap
         files = [out / "freeze_plan.py", out / "freeze_plan.json"]
     steps.finish()
     return ExportResult(

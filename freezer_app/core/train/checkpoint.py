@@ -8,6 +8,7 @@ Read with `torch.load(weights_only=True)`: plain tensors, numbers, strings, list
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from freezer_app.core.errors import ProjectError
-from freezer_app.core.files import torch_save
+from freezer_app.core.files import WriteError, torch_save
 
 CHECKPOINT_VERSION = 2
 
@@ -48,7 +49,24 @@ def load_named_optimizer_state(
 
 
 def save(path: Path, checkpoint: dict[str, Any]) -> None:
-    torch_save({"version": CHECKPOINT_VERSION, **checkpoint}, path)
+    """Write atomically; a failed write (disk full: torch reports it as a RuntimeError from
+    its C++ writer) is a WriteError that says where and how much room there was."""
+    try:
+        torch_save({"version": CHECKPOINT_VERSION, **checkpoint}, path)
+    except RuntimeError as e:
+        raise WriteError(
+            f"Could not write the checkpoint {path}: {_why(path, e)}.",
+            "Free some space on that disk (or move the run folder), then continue with "
+            "`freezer-app train --resume RUN_DIR`.",
+        ) from None
+
+
+def _why(path: Path, e: BaseException) -> str:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return str(e).splitlines()[0]
+    return f"the disk is full or failing ({free / 1e6:,.1f} MB free there)"
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -1,18 +1,23 @@
 """The run's line logs: metrics, telemetry, freeze-plan changes and frozen checks.
 
 Records are buffered in open files for the length of the run and flushed at epoch ends, on
-pause and on stop. On resume, lines written after the checkpoint are dropped first, so a
-resumed run never counts a step twice.
+pause and on stop. Before a checkpoint is renamed into place the records are flushed and
+fsynced, so the checkpoint is always the last thing to change: a resumed run never lacks a
+record its checkpoint counts. On resume, lines written after the checkpoint (and a torn last
+line from a kill) are dropped first, so a resumed run never counts a step twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 from pathlib import Path
 from typing import IO, Any
 
-from freezer_app.core.files import write_text
-from freezer_app.core.run_folder import RunFolder
+from freezer_app.core.files import WriteError, write_text
+from freezer_app.core.run_folder import RunFolder, read_json_lines
 
 
 class Logbook:
@@ -21,11 +26,14 @@ class Logbook:
         self._streams: dict[Path, IO[str]] = {}
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
-        stream = self._streams.get(path)
-        if stream is None:
-            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-            self._streams[path] = stream
-        stream.write(json.dumps(record) + "\n")
+        try:
+            stream = self._streams.get(path)
+            if stream is None:
+                stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
+                self._streams[path] = stream
+            stream.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise _write_error(path, e) from None
 
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         self._append(
@@ -45,13 +53,20 @@ class Logbook:
     def plan(self, record: dict[str, Any]) -> None:
         self._append(self.folder.plans, record)
 
-    def flush(self) -> None:
-        for stream in self._streams.values():
-            stream.flush()
+    def flush(self, durable: bool = False) -> None:
+        """Hand buffered records to the OS; durable: also to the disk (before a checkpoint)."""
+        for path, stream in self._streams.items():
+            try:
+                stream.flush()
+                if durable:
+                    os.fsync(stream.fileno())
+            except OSError as e:
+                raise _write_error(path, e) from None
 
     def close(self) -> None:
         for stream in self._streams.values():
-            stream.close()
+            with contextlib.suppress(OSError):  # already reported when it was written
+                stream.close()
         self._streams.clear()
 
     def truncate_after(self, step: int, epoch: int) -> None:
@@ -75,9 +90,13 @@ class Logbook:
         ):
             if not path.exists():
                 continue
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and keep(json.loads(line))
-            ]
+            kept = [json.dumps(r) for r in read_json_lines(path).records if keep(r)]
             write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return WriteError(
+        f"Could not write {path}: {reason}.",
+        "Free some space on that disk, then continue with `freezer-app train --resume RUN_DIR`.",
+    )

@@ -38,8 +38,8 @@ from freezer_app.core.project import Project
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenVerifier, LayerIndex, TelemetryProbe
 from freezer_app.core.torchvision_compat import set_transform_input
-from freezer_app.core.train import checkpoint
 from freezer_app.core.tree import ModelTree
+from freezer_app.core.trust import USER, CodeTrust
 
 
 def seed_everything(seed: int) -> None:
@@ -81,6 +81,39 @@ class RunParts:
     saved: dict[str, Any] | None  # the checkpoint being resumed
 
 
+@torch.no_grad()
+def check_output(
+    model: nn.Module, device: torch.device, size: int, num_classes: int, label: str
+) -> None:
+    """One forward pass on two blank images before anything is written: the model must take
+    this image size and return one score per class (a factory that ignores num_classes would
+    otherwise train 7 outputs for 3 classes and predict "class 4")."""
+    from freezer_app.core.train.trainer import logits_of
+
+    was_training = model.training
+    model.eval()
+    try:
+        out = logits_of(model(torch.zeros(2, 3, size, size, device=device)))
+    except Exception as e:
+        if is_oom(e):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ProjectError(
+            f"{label} cannot take {size}×{size} images: {type(e).__name__}: {first}",
+            "Pick an image size the model accepts (--image-size, or the Image size setting).",
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        got = "×".join(str(d) for d in out.shape)
+        raise ProjectError(
+            f"{label} returns {got} scores for a batch of 2, but the data has {num_classes} "
+            "classes: it needs one score per class.",
+            "Let your factory take a num_classes argument and size its classifier with it "
+            "(Freezer passes the class count), or give the model a head of that size.",
+        )
+
+
 def total_steps(project: Project, steps_per_epoch: int) -> int:
     t = project.train
     total = t.epochs * steps_per_epoch
@@ -88,15 +121,20 @@ def total_steps(project: Project, steps_per_epoch: int) -> int:
 
 
 def prepare(
-    project: Project, folder: RunFolder, resume: bool, report: DataReport | None
+    project: Project,
+    folder: RunFolder,
+    report: DataReport | None,
+    trust: CodeTrust | None = None,
+    saved: dict[str, Any] | None = None,
 ) -> RunParts:
+    """Everything for a new run, or (with `saved`, the checkpoint) for resuming one.
+
+    trust: whether a factory .py named by project.model may run (core/trust.py). One named
+    by the checkpoint of a resumed run counts as named by a file."""
     t = project.train
+    resume = saved is not None
     project.validate()
-    saved = None
-    if resume:
-        folder.check_resumable()
-        saved = checkpoint.load(folder.last_checkpoint)
-    else:
+    if not resume:
         folder.check_new()
     seed_everything(t.seed)
     device = select_device(t.device)
@@ -116,19 +154,24 @@ def prepare(
     if saved is not None:
         # The architecture the run resolved when it started: the bundle or weights file it
         # started from may have moved since, and the weights come from the checkpoint.
-        loaded = load_model(saved["architecture"], num_classes=report.num_classes)
+        loaded = load_model(
+            saved["architecture"],
+            num_classes=report.num_classes,
+            trust=(trust or USER).read_from(folder.last_checkpoint),
+        )
         loaded.data_config = dict(saved["data_config"])
         if saved.get("transform_input") is not None:
             set_transform_input(loaded.spec.name, loaded.module, saved["transform_input"])
     else:
         # Fail fast, before any download: every selection of the timeline must resolve.
-        preview = preview_model(project.model, num_classes=report.num_classes)
+        preview = preview_model(project.model, num_classes=report.num_classes, trust=trust)
         timeline.check(project.plan, ModelTree(preview.module, project.model))
         loaded = load_model(
             project.model,
             num_classes=report.num_classes,
             pretrained=project.pretrained,
             weights=project.weights,
+            trust=trust,
         )
     model = loaded.module
     tree = ModelTree(model, project.model)
@@ -148,6 +191,9 @@ def prepare(
             f"The model does not fit in the memory of {device}.",
             "Pick a smaller model, or train on another device (--device cpu).",
         ) from None
+
+    size = project.data.image_size or int(loaded.data_config["input_size"][-1])
+    check_output(model, device, size, report.num_classes, str(loaded.spec))
 
     train_tf, eval_tf = build_transforms(
         loaded.data_config, project.data.image_size, project.data.augmentation

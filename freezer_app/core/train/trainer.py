@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -42,16 +43,17 @@ from freezer_app.core.events import (
     StepEvent,
     TelemetryEvent,
 )
-from freezer_app.core.files import save_safetensors
+from freezer_app.core.files import WriteError, remove_stale_temp_files, save_safetensors
 from freezer_app.core.freeze import Edit, FreezePlan, apply_mask, resolve
 from freezer_app.core.optim import lr_factor, restrict_to_trainable
 from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
-from freezer_app.core.run_folder import RunFolder
+from freezer_app.core.run_folder import RunFolder, RunLock
 from freezer_app.core.telemetry import FrozenCheck
 from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train import checkpoint
 from freezer_app.core.train.logbook import Logbook
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
+from freezer_app.core.trust import CodeTrust
 
 
 class _StopRequested(Exception):
@@ -91,6 +93,9 @@ class Trainer:
 
     resume_changes: settings given with `--resume` ({"train.epochs": 10}); only those the
     schema marks resumable are accepted.
+    trust: whether a factory .py the project's model names may run (core/trust.py; by default
+    one the model string names itself does, one named by a file, or by the checkpoint being
+    resumed, does not).
     """
 
     def __init__(
@@ -102,9 +107,12 @@ class Trainer:
         resume: bool = False,
         report: DataReport | None = None,
         resume_changes: dict[str, Any] | None = None,
+        trust: CodeTrust | None = None,
     ) -> None:
         self.project = project
+        self.trust = trust
         self.folder = RunFolder(run_dir)
+        self.lock = RunLock(self.folder.path)
         self.log = Logbook(self.folder)
         self.emit: EventSink = on_event or (lambda event: None)
         self.control = control or RunControl()
@@ -123,6 +131,7 @@ class Trainer:
         self.last_val_acc: float | None = None
         self.last_check: FrozenCheck | None = None
         self.last_good_checkpoint_epoch: int | None = None
+        self.last_checkpoint_step = 0
         self.paused_seconds = 0.0  # in the current epoch: not counted as training time
         self._pending_losses: list[torch.Tensor] = []
         self._pending_lrs: list[float] = []
@@ -133,10 +142,31 @@ class Trainer:
     # ================================================================== setup
     def _setup(self) -> None:
         changes: list[str] = []
+        saved = None
         if self.resume:
-            changes = apply_resume_changes(self.project, self.resume_changes)
-        parts = prepare(self.project, self.folder, self.resume, self.report)
+            # Before anything is read: a second trainer of this folder is refused here.
+            self.folder.check_resumable()
+            self.lock.acquire()
+            # Half-written files of a killed run (its temporary names) go now.
+            for folder in (self.folder.path, self.folder.checkpoints):
+                remove_stale_temp_files(folder)
+            saved = checkpoint.load(self.folder.last_checkpoint)
+            changes = apply_resume_changes(
+                self.project, self.resume_changes, int(saved["step"]), int(saved["epoch"])
+            )
+        else:
+            self.project.resumes = []  # a new run of a run's project.json has no resumes yet
+        parts = prepare(self.project, self.folder, self.report, self.trust, saved)
         self.parts = parts
+        if parts.loaded.dropped_head_keys and not self.resume:
+            self.emit(
+                LogEvent(
+                    f"the classifier head ({', '.join(parts.loaded.dropped_head_keys)}) was "
+                    f"re-initialised for {parts.report.num_classes} classes: the starting weights "
+                    "had another class count",
+                    "notice",
+                )
+            )
         self.model, self.tree, self.report = parts.model, parts.tree, parts.report
         self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
         if parts.saved is not None:
@@ -148,10 +178,19 @@ class Trainer:
             self._entry_key = entry.key
             self._apply_plan(entry.plan, "start", announce=False)
             self.folder.create()
-            self._write_project()
-            self.folder.write_json(self.folder.data_report, parts.report.to_dict())
-            self.folder.write_json(self.folder.layers, {"layers": parts.layers.names})
-            self.log.plan(self._plan_record(self._plan_event))
+            try:
+                self.lock.acquire()
+                self._write_project()
+                self.folder.write_json(self.folder.data_report, parts.report.to_dict())
+                self.folder.write_json(self.folder.layers, {"layers": parts.layers.names})
+                self.log.plan(self._plan_record(self._plan_event))
+                self.log.flush()
+            except (FreezerError, OSError):
+                # The folder is new and ours: a run that cannot start leaves nothing behind.
+                self.log.close()
+                self.lock.release()
+                shutil.rmtree(self.folder.path, ignore_errors=True)
+                raise
 
     def _write_project(self) -> None:
         self.folder.write_json(self.folder.project, self.project.to_dict())
@@ -261,6 +300,9 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         parts = self.parts
         assert parts is not None
+        # The checkpoint is the last thing to change: every record it counts is on disk
+        # first, so a kill at any moment leaves logs that a resume can continue.
+        self.log.flush(durable=True)
         checkpoint.save(
             self.folder.last_checkpoint,
             {
@@ -287,6 +329,7 @@ class Trainer:
                 "classes": list(parts.report.classes),
             },
         )
+        self.last_checkpoint_step = self.step
         if self.batch_in_epoch == 0:
             self.last_good_checkpoint_epoch = self.epoch
 
@@ -322,6 +365,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], parts.device)
         self.log.truncate_after(self.step, self.epoch)
         self.last_good_checkpoint_epoch = self.epoch
+        self.last_checkpoint_step = self.step
         self.log.plan(self._plan_record(self._plan_event))
         self.emit(
             LogEvent(
@@ -392,11 +436,24 @@ class Trainer:
                 what = "stopped" if reason == "stopped" else "reached the step limit"
                 self.emit(
                     LogEvent(
-                        f"{what} at step {self.step}; checkpoint saved, resume with --resume {self.folder.path}"
+                        f"{what} at step {self.step}; checkpoint saved. Continue with: "
+                        f"freezer-app train --resume {self.folder.path}"
                     )
                 )
         except _NonFiniteLoss as e:
             reason, kind, message, hint = self._non_finite(e)
+        except WriteError as e:
+            # Disk full or no permission while saving: say what is kept, and keep the process.
+            reason, kind = "error", "write"
+            self._recover_after_failure()
+            kept = (
+                f"the last complete checkpoint (step {self.last_checkpoint_step}) and every "
+                "record up to it are kept"
+                if self.last_checkpoint_step
+                else "no checkpoint had been written yet"
+            )
+            message = f"{e.message} Training stopped at step {self.step}; {kept}."
+            hint = e.hint or ""
         except Exception as e:
             reason = "error"
             self._recover_after_failure()
@@ -462,6 +519,7 @@ class Trainer:
         """End the data-loader workers and free the accelerator: the process stays usable for
         the next run, and no worker process outlives its run."""
         self.log.close()
+        self.lock.release()
         self._pending_losses.clear()
         parts = self.parts
         if parts is None:
@@ -666,7 +724,6 @@ class Trainer:
         )
         self._write_frozen_check(self.parts.verifier.check(self.epoch, self.step))
         self._save_checkpoint()
-        self.log.flush()
         if (
             t.early_stop_patience
             and self.stale_epochs >= t.early_stop_patience
