@@ -222,3 +222,35 @@ def test_a_project_name_cannot_put_its_runs_outside_the_runs_folder(tmp_path: Pa
         run = new_run_dir(root, name, "timm:test_resnet")
         assert run.parent == root and run.name.strip(".")
         assert "/" not in run.name and "\x1b" not in run.name
+
+
+def test_every_record_a_checkpoint_counts_is_on_disk_before_it(
+    demo_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The order at an epoch end (and at a stop): records flushed and fsynced, then the
+    checkpoint renamed. Checked at the moment of every checkpoint write."""
+    from freezer_app.core.train import checkpoint
+
+    real = checkpoint.torch_save
+    run = tmp_path / "run"
+    seen: list[tuple[int, list[int], list[int]]] = []
+
+    def save_and_look(obj, path):
+        # What a kill right after this rename would leave on disk:
+        steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["type"] == "step"]
+        epochs = [r["epoch"] for r in read_jsonl(run / "frozen_check.jsonl")]
+        seen.append((obj["step"], steps, epochs))
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "torch_save", save_and_look)
+    control = ev.RunControl()
+
+    def stop_at_19(event: object) -> None:
+        if isinstance(event, ev.StepEvent) and event.step == 19:
+            control.stop()
+
+    Trainer(make_project(demo_data, epochs=3), run, on_event=stop_at_19, control=control).run()
+    assert [s for s, _, _ in seen] == [8, 16, 19]
+    for step, steps, epochs in seen:
+        assert steps == list(range(1, step + 1)), step
+        assert epochs[: step // 8] == list(range(1, step // 8 + 1)), step

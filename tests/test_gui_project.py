@@ -397,3 +397,51 @@ def test_undo_is_off_while_a_run_trains(make_window, qtbot, demo_data: Path) -> 
     assert not w.tree_panel.undo.isEnabled() and not w.act_undo.isEnabled()
     wait_finished(qtbot, w, finished)
     assert w.tree_panel.undo.isEnabled()
+
+
+def test_a_model_the_plan_does_not_fit_resets_the_plan_in_the_same_undoable_step(
+    make_window, qtbot, demo_data: Path
+) -> None:
+    plan = FreezePlan(preset="head-only", unfreeze=["layer4.0"])
+    w = make_window(make_project(demo_data, plan=plan))
+    w.model_panel.search.setText("timm:test_vit")
+    qtbot.keyClick(w.model_panel.search, Qt.Key.Key_Return)
+    assert w.project.model == "timm:test_vit"
+    assert w.project.plan.preset == "train-all" and w.project.plan.unfreeze == []
+    assert "reset to train-all" in w.statusBar().currentMessage()
+    assert "does not fit" not in w.tree_panel.summary.text()
+    w.act_undo.trigger()  # both come back together
+    assert w.project.model == "timm:test_resnet" and w.project.plan == plan
+    assert "plan: head-only; unfreeze layer4.0" in w.tree_panel.summary.text()
+
+
+def test_a_plan_that_does_not_fit_says_so_instead_of_counting(
+    make_window, tmp_path: Path, demo_data: Path
+) -> None:
+    project = make_project(demo_data, plan=FreezePlan(freeze=["blocks.0"]))
+    path = tmp_path / "misfit.json"
+    project.save(path)
+    w = make_window(make_project(demo_data))
+    assert w.open_project(path)
+    assert "does not fit this model" in w.tree_panel.summary.text()
+    assert "blocks.0" in w.tree_panel.summary.text()
+
+
+def test_resuming_a_run_asks_to_save_unsaved_changes_first(
+    make_window, qtbot, demo_data: Path, monkeypatch
+) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    w = make_window(make_project(demo_data))
+    type_setting(qtbot, w, "train.lr", "0.123")
+    asked: list = []
+    monkeypatch.setattr(
+        QMessageBox,
+        "question",
+        lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.Cancel,
+    )
+    chosen: list = []
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: chosen.append(a) or "")
+    w.act_resume_run.trigger()
+    assert asked and not chosen  # cancelled before any folder was picked
+    assert w.project.train.lr == 0.123 and w.dirty

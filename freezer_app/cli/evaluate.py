@@ -96,6 +96,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from freezer_app.core.evaluate import predict
+    from freezer_app.core.text import printable
 
     results = predict(_loaded(args), args.images, top_k=args.top_k, device=args.device)
     if args.json:
@@ -105,8 +106,8 @@ def run_predict(args: argparse.Namespace) -> int:
             if r.error:
                 continue
             best = ", ".join(f"{c.label} {c.probability:.3f}" for c in r.top)
-            print(f"{r.path}: {best}")
+            print(printable(f"{r.path}: {best}"))
     for r in results:
         if r.error:
-            err(f"error: {r.path}: {r.error}")
+            err(printable(f"error: {r.path}: {r.error}"))
     return EXIT_FAILED if any(r.error for r in results) else EXIT_OK

@@ -24,6 +24,7 @@ from freezer_app.core.catalog import LoadedModel, load_model
 from freezer_app.core.data import TRAIN_DIRS, VAL_DIRS, build_transforms, load_rgb, scan_folder
 from freezer_app.core.device import select_device
 from freezer_app.core.errors import Cancelled, DataError
+from freezer_app.core.text import printable
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -137,7 +138,8 @@ class Evaluation:
             lines += ["", f"skipped {len(self.skipped)} unreadable file(s):"]
             lines += [f"  {p}: {r}" for p, r in self.skipped[:20]]
         lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        # Class and file names come from the file system: escape what a terminal would obey.
+        return "\n".join(printable(line) for line in lines)
 
 
 @dataclass

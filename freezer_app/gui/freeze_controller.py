@@ -33,6 +33,7 @@ class FreezeController(QObject):
         self.tree: ModelTree | None = None
         self.live: FreezePlan | None = None  # the run's plan in effect; None while idle
         self.requested: FreezePlan | None = None  # sent to the run, not applied yet
+        self.misfit = ""  # why the plan shown does not fit the model (then nothing is ticked)
         model.editRequested.connect(self.edit)
         project.changed.connect(self._project_changed)
 
@@ -62,13 +63,15 @@ class FreezeController(QObject):
     def _show(self) -> None:
         plan = self.plan
         if self.tree is not None:
+            self.misfit = ""
             try:
                 self.tree.trainable = resolve(plan, self.tree)
             except FreezerError as e:
-                # The plan names modules this model lacks: show everything trainable and say
-                # so; Train checks the plan again and refuses it with the same message.
+                # The plan names modules this model lacks: the summary says so in place of
+                # counts, and Train refuses it with the same message.
                 self.tree.trainable = np.ones(len(self.tree.params), dtype=bool)
-                self.error.emit(f"The freeze plan does not fit this model: {e.message}")
+                self.misfit = f"The freeze plan does not fit this model: {e.message}"
+                self.error.emit(self.misfit)
         self.model.refresh_states()
         self.planChanged.emit(plan)
 

@@ -471,10 +471,38 @@ class MainWindow(QMainWindow):
         pretrained = p.pretrained and not weights
         if not self._load_preview(model, weights):
             return
-        self.project_ctl.set_values(
-            {"model": model, "weights": weights, "pretrained": pretrained},
-            f"Model {Path(text).name if kind == 'file' else text}",
-        )
+        changes = {"model": model, "weights": weights, "pretrained": pretrained}
+        label = f"Model {Path(text).name if kind == 'file' else text}"
+        plan, dropped = self._plan_for_new_model(p.plan)
+        if dropped:
+            changes["plan"] = plan
+            label += f" (freeze plan: {dropped})"
+            self.statusBar().showMessage(
+                f"The freeze plan did not fit {model}: {dropped}. Undo (Ctrl+Z) brings both back.",
+                12000,
+            )
+        self.project_ctl.set_values(changes, label)
+
+    def _plan_for_new_model(self, plan) -> tuple[object, str]:
+        """The project's plan on the model just previewed, or the least change that fits it:
+        without its schedule and edits, else train-all. Returns (plan, what was dropped)."""
+        tree = self.controller.tree
+        simpler = plan.with_selection(plan.preset, plan.freeze, plan.unfreeze)
+        simpler.schedule, simpler.edits = [], []
+        reset = plan.with_selection("train-all", [], [])
+        reset.schedule, reset.edits = [], []
+        for candidate, dropped in (
+            (plan, ""),
+            (simpler, "its schedule and edits were dropped"),
+            (reset, "reset to train-all"),
+        ):
+            try:
+                if tree is not None:
+                    timeline.check(candidate, tree)
+            except FreezerError:
+                continue
+            return candidate, dropped
+        return reset, "reset to train-all"
 
     def _load_preview(self, model: str | None = None, weights: str | bool | None = False) -> bool:
         """The meta-device preview of a model (the project's unless given) and its tree.
@@ -678,6 +706,8 @@ class MainWindow(QMainWindow):
         return True
 
     def resume_run_dialog(self) -> None:
+        if not self._maybe_save():  # the run's project replaces this one
+            return
         folder = QFileDialog.getExistingDirectory(
             self, "Resume a stopped run", str(self._runs_root())
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 from PySide6.QtCore import QModelIndex, QRect, QSortFilterProxyModel, Qt, Signal
@@ -234,6 +235,12 @@ class TreePanel(QWidget):
         tree = self.controller.tree
         if tree is None:
             self.summary.setText("No model loaded.")
+            return
+        if self.controller.misfit:
+            self.summary.setText(
+                f"<span style='color:#b00020'>{html.escape(self.controller.misfit)} "
+                "Pick a preset or fix the plan.</span>"
+            )
             return
         t, n = tree.trainable_params, tree.total_params
         pct = 100.0 * t / n if n else 0.0
