@@ -61,6 +61,13 @@ def type_setting(qtbot, w: MainWindow, key: str, text: str) -> None:
     qtbot.keyClick(line, Qt.Key.Key_Return)
 
 
+def choose_folder(qtbot, w: MainWindow, folder: str) -> None:
+    """Type an image folder into the Data tab's field and press Enter."""
+    line = w.data_panel.folder
+    line.setText(folder)
+    qtbot.keyClick(line, Qt.Key.Key_Return)
+
+
 def _index(w: MainWindow, path: str):
     return w.tree_model.index_for_path(path)
 
@@ -74,7 +81,7 @@ def _requires_grad_after_training_setup(w: MainWindow) -> dict[str, bool]:
 
 def test_ticking_a_box_changes_requires_grad(window: MainWindow, qtbot) -> None:
     window.tree_panel.expand_to_depth(2)
-    window.controller.set_preset("head-only")
+    qtbot.mouseClick(window.tree_panel.head_only, Qt.MouseButton.LeftButton)
     assert not _requires_grad_after_training_setup(window)["layer4.0.conv1.weight"]
     # Click the check box of layer4 in the real view.
     view = window.tree_panel.view
@@ -118,20 +125,28 @@ def test_preset_buttons_match_the_core(window: MainWindow, qtbot) -> None:
     assert window.controller.plan.preset == "freeze-stages:2"
 
 
+def _menu_action(window: MainWindow, path: str, text: str) -> None:
+    """Trigger an entry of the real right-click menu of a module's row."""
+    panel = window.tree_panel
+    menu = panel.menu_for(panel.view_index(window.tree_model.index_for_path(path)))
+    action = next(a for a in menu.actions() if a.text() == text)
+    action.trigger()
+
+
 def test_context_menu_actions_and_filter(window: MainWindow) -> None:
-    c = window.controller
-    c.train_only("layer3")
+    window.tree_panel.expand_to_depth(2)
+    _menu_action(window, "layer3", "Train only this")
     assert {
         n.split(".")[0] for n, t in _requires_grad_after_training_setup(window).items() if t
     } == {"layer3"}
-    c.freeze_before("layer4")
-    c.edit("*", True)
-    c.freeze_before("layer4")
+    _menu_action(window, "layer4", "Freeze everything before this module")
+    _menu_action(window, "", "Unfreeze *")
+    _menu_action(window, "layer4", "Freeze everything before this module")
     trainable = {
         n.split(".")[0] for n, t in _requires_grad_after_training_setup(window).items() if t
     }
     assert trainable == {"layer4", "fc"}
-    c.freeze_type("BatchNorm2d")
+    _menu_action(window, "layer4.0.bn1", "Freeze all BatchNorm2d modules")
     assert not _requires_grad_after_training_setup(window)["layer4.0.bn1.weight"]
     panel = window.tree_panel
     panel.filter.setText("downsample")
@@ -159,7 +174,8 @@ def _train(window: MainWindow, qtbot) -> ev.Finished:
 
 
 def test_training_fills_the_plots_and_frozen_layers_show_zero(window: MainWindow, qtbot) -> None:
-    window.controller.set_preset("train-last:1")
+    menu = window.tree_panel.train_last.menu()
+    next(a for a in menu.actions() if a.text().startswith("train-last:1 ")).trigger()
     result = _train(window, qtbot)
     assert result.reason == "completed" and result.frozen_check_passed
     assert window.loss_plot.steps.n == result.steps
@@ -238,7 +254,7 @@ def test_errors_are_shown_and_the_app_stays_usable(
     # A bad dataset is reported in the data panel and blocks training with a message.
     empty = tmp_path / "empty"
     empty.mkdir()
-    window.choose_data(str(empty))
+    choose_folder(qtbot, window, str(empty))
     qtbot.waitUntil(lambda: window.scan_task is None, timeout=30_000)
     assert "No class folders" in window.data_panel.summary.text()
     window.act_train.trigger()
@@ -267,7 +283,8 @@ def test_closing_during_a_run_asks_then_stops_cleanly(
 
 
 def test_project_save_and_open_round_trip(window: MainWindow, qtbot, tmp_path: Path) -> None:
-    window.controller.set_preset("train-last:2")
+    menu = window.tree_panel.train_last.menu()
+    next(a for a in menu.actions() if a.text().startswith("train-last:2 ")).trigger()
     type_setting(qtbot, window, "train.lr", "0.0042")
     assert window.dirty
     path = tmp_path / "p" / "project.json"
@@ -361,9 +378,12 @@ def test_export_dialog_writes_and_never_overwrites_silently(
 ) -> None:
     import torch
 
+    from freezer_app.gui.export_dialog import ExportDialog
+
     result = _train(window, qtbot)
-    dialog = window.export_dialog()
-    assert dialog.source.text() == result.run_dir
+    window.act_export.trigger()
+    dialog = window.findChildren(ExportDialog)[-1]
+    assert dialog.isVisible() and dialog.source.text() == result.run_dir
     dialog.format.setCurrentIndex(dialog.format.findData("pth"))
     out = Path(dialog.out.text())
     assert out == Path(result.run_dir) / "export" / "model.pth"
@@ -416,7 +436,7 @@ def test_a_replaced_dataset_check_does_not_overwrite_the_new_one(
 def test_evaluation_after_a_split_run_scores_only_held_out_images(
     window: MainWindow, qtbot, demo_data: Path
 ) -> None:
-    window.choose_data(str(demo_data / "train"))  # no val/ folder: 20% are held out
+    choose_folder(qtbot, window, str(demo_data / "train"))  # no val/: 20% are held out
     qtbot.waitUntil(lambda: window.scan_task is None and window.report is not None, timeout=30_000)
     held_out = len(window.report.val)
     _train(window, qtbot)
@@ -426,10 +446,14 @@ def test_evaluation_after_a_split_run_scores_only_held_out_images(
 
 
 def test_opening_a_run_folder_as_the_model_continues_from_its_weights(
-    window: MainWindow, qtbot
+    window: MainWindow, qtbot, monkeypatch
 ) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
     result = _train(window, qtbot)
-    window.choose_model(result.run_dir, "file")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: result.run_dir)
+    menu = window.model_panel.open_weights.menu()
+    next(a for a in menu.actions() if a.text().startswith("Bundle or run folder")).trigger()
     assert window.project.model == "timm:test_resnet"
     assert window.project.weights == str(Path(result.run_dir) / "model.safetensors")
     assert "weights: model.safetensors" in window.model_panel.current.text()

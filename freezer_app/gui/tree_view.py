@@ -302,12 +302,17 @@ class TreePanel(QWidget):
         self.view.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtCenter)
 
     def _context_menu(self, pos) -> None:
-        index = self.view.indexAt(pos)
+        menu = self.menu_for(self.view.indexAt(pos))
+        if menu is not None:
+            menu.exec(self.view.viewport().mapToGlobal(pos))
+
+    def menu_for(self, index: QModelIndex) -> QMenu | None:
+        """The right-click menu of a row of the view (built anew for each click)."""
         if not index.isValid():
-            return
+            return None
         item = self.model.item_of(self.source_index(index.siblingAtColumn(0)))
         if item is None:
-            return
+            return None
         selector = self.model.selector_of(item)
         c = self.controller
         menu = QMenu(self)
@@ -330,4 +335,4 @@ class TreePanel(QWidget):
             add("Train only this", lambda: c.train_only(path))
         menu.addSeparator()
         add("Expand all below", lambda: self.view.expandRecursively(index))
-        menu.exec(self.view.viewport().mapToGlobal(pos))
+        return menu
