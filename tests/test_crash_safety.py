@@ -17,7 +17,8 @@ from conftest import make_project
 
 from freezer_app.cli import main
 from freezer_app.core import events as ev
-from freezer_app.core.errors import ProjectError
+from freezer_app.core.errors import FreezerError, ProjectError
+from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import new_run_dir, read_json_lines, read_jsonl
 from freezer_app.core.train import Trainer
 
@@ -254,3 +255,51 @@ def test_every_record_a_checkpoint_counts_is_on_disk_before_it(
     for step, steps, epochs in seen:
         assert steps == list(range(1, step + 1)), step
         assert epochs[: step // 8] == list(range(1, step // 8 + 1)), step
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    first = new_run_dir(root, "demo", "timm:test_resnet")
+    second = new_run_dir(root, "demo", "timm:test_resnet")
+    assert first != second and first.is_dir() and second.is_dir()  # claimed, atomically
+
+
+def test_a_run_that_cannot_start_removes_the_folder_it_was_given(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    claimed = new_run_dir(tmp_path / "runs", "demo", "timm:test_resnet")
+    project = make_project(demo_data, plan=FreezePlan(freeze=["layer9"]))
+    with pytest.raises(FreezerError):
+        Trainer(project, claimed).run()
+    assert not claimed.exists()
+
+
+def test_a_full_disk_at_the_first_checkpoint_says_how_to_start_again(
+    demo_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from freezer_app.core.train import checkpoint
+
+    def full(obj, path):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(checkpoint, "torch_save", full)
+    result = Trainer(make_project(demo_data, epochs=1), tmp_path / "run").run()
+    assert "no checkpoint had been written yet" in result.message
+    assert "--resume" not in result.hint and "project.json --out" in result.hint
+
+
+def test_screenshot_of_a_project_whose_code_is_not_trusted_fails_fast(
+    demo_data: Path, tmp_path: Path, factory_file: Path
+) -> None:
+    project = make_project(demo_data, model=f"{factory_file}:build")
+    path = tmp_path / "p.json"
+    project.save(path)
+    shot = tmp_path / "shot.png"
+    args = [sys.executable, "-m", "freezer_app", "gui", str(path), "--screenshot", str(shot)]
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "--trust-code" in done.stderr and not shot.exists()
+    done = subprocess.run(
+        [*args, "--trust-code"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0 and shot.exists(), done.stderr

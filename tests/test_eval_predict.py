@@ -136,6 +136,7 @@ def test_cli_eval(run: Path, demo_data: Path, capsys: pytest.CaptureFixture[str]
     assert main(["eval", str(run), "--data", str(demo_data), "--workers", "0"]) == 0
     text = capsys.readouterr().out
     assert "accuracy: " in text and "(30 images, the val/ folder)" in text
+    assert "validation split" not in text  # it has a val/ folder: no held-out share to name
     assert "precision  recall  support" in text
     assert "confusion matrix (rows: true class, columns: predicted)" in text
     for cls in CLASSES:

@@ -380,3 +380,19 @@ def test_bundle_config_types_are_checked(
     assert named in str(e.value) and str(copy / "config.json") in str(e.value)
     assert "not supported" not in str(e.value)
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_force_never_writes_into_a_run_folder_outside_its_export_folder(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (run / "project.json").read_bytes(), (run / "model.safetensors").read_bytes()
+    for fmt, target in (("code", "project.py"), ("pth", "model.safetensors")):
+        assert (
+            main(["export", str(run), "--format", fmt, "--out", str(run / target), "--force"]) == 2
+        )
+        assert "inside the run folder" in capsys.readouterr().err
+    assert ((run / "project.json").read_bytes(), (run / "model.safetensors").read_bytes()) == before
+    # Its export/ folder is where exports of it go.
+    assert (
+        main(["export", str(run), "--format", "pth", "--out", str(run / "export" / "m.pth")]) == 0
+    )

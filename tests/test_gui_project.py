@@ -445,3 +445,39 @@ def test_resuming_a_run_asks_to_save_unsaved_changes_first(
     w.act_resume_run.trigger()
     assert asked and not chosen  # cancelled before any folder was picked
     assert w.project.train.lr == 0.123 and w.dirty
+
+
+def test_runs_of_a_runs_project_go_beside_it_not_inside_it(
+    qtbot, tmp_path: Path, demo_data: Path, monkeypatch
+) -> None:
+    run = tmp_path / "runs" / "first"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "timm:test_resnet",
+                "--data",
+                str(demo_data),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--max-steps",
+                "2",
+                "--image-size",
+                "32",
+                "--workers",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    w = _window(qtbot, tmp_path, make_project(demo_data), monkeypatch)
+    del w._runs_root  # the real rule, not the fixture's
+    assert w.open_project(run / "project.json")
+    assert w._runs_root() == tmp_path / "runs"
+    w.project_ctl.undo_stack.setClean()
+    w.close()
+    w.deleteLater()

@@ -24,6 +24,11 @@ def add_parser(sub: Any) -> None:
         help="with --screenshot: press Train, stop after N steps, then render",
     )
     p.add_argument("--tab", choices=TABS, help="with --screenshot: show this plot tab")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run a model's .py named by the project without asking (as train --trust-code)",
+    )
     p.set_defaults(func=run)
 
 
@@ -51,4 +56,5 @@ def run(args: argparse.Namespace) -> int:
         screenshot=args.screenshot,
         train_steps=args.train_steps,
         tab=args.tab,
+        trust_code=args.trust_code,
     )

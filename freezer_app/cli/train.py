@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -154,6 +155,13 @@ class Progress:
         self.epochs = 0
 
     def __call__(self, event: Any) -> None:
+        try:
+            self._show(event)
+        except OSError:
+            # A closed terminal or a full pipe must never end a run: the run folder has it all.
+            self.bar = None
+
+    def _show(self, event: Any) -> None:
         from tqdm import tqdm
 
         from freezer_app.core import events as ev
@@ -222,11 +230,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         project = project_from_args(args)
         project.validate()
-        out = Path(args.out) if args.out else new_run_dir("runs", project.name, project.model)
     trust = _code_trust(args)
     check_code(project.model, trust)  # before the data check: a refusal is instant
     report = scan_folder(project.data.path, project.data.val_split, project.train.seed)
     err(report.summary())
+    if not args.resume:
+        # Claimed only now that the data is known to be usable (the run removes it again if
+        # it cannot start).
+        out = Path(args.out) if args.out else new_run_dir("runs", project.name, project.model)
     control = RunControl()
     progress = Progress(quiet=args.quiet)
     received: list[int] = []
@@ -237,7 +248,14 @@ def run(args: argparse.Namespace) -> int:
         if control.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         received.append(signum)
-        progress.close()
+        if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+            # The terminal closed: writing to it now fails (EIO), so the rest goes nowhere.
+            devnull = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+            sys.stdout = sys.stderr = devnull
+        try:
+            progress.close()
+        except OSError:
+            progress.bar = None
         name = signal.Signals(signum).name
         err(f"{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
         control.stop()

@@ -91,15 +91,24 @@ def run_stem(name: str, model: str) -> str:
 
 
 def new_run_dir(root: str | Path, name: str, model: str) -> Path:
-    """runs/NAME-YYYYmmdd-HHMMSS, with a counter when two runs start in the same second."""
+    """Claim runs/NAME-YYYYmmdd-HHMMSS (with a counter when that is taken, e.g. two runs
+    started in the same second): the folder is created here, atomically, so two processes
+    never pick the same one. A run that then cannot start removes it again."""
     root = Path(root)
     base = f"{run_stem(name, model)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate = root / base
-    n = 2
-    while candidate.exists():
-        candidate = root / f"{base}-{n}"
-        n += 1
-    return candidate
+    n = 1
+    while True:
+        candidate = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+        except OSError as e:
+            raise ProjectError(
+                f"Cannot create a run folder in {root}: {e.strerror}.",
+                "Pick another folder with --out.",
+            ) from None
 
 
 def evaluation_split(run: str | Path, data: str | Path) -> tuple[float | None, int]:
@@ -110,6 +119,9 @@ def evaluation_split(run: str | Path, data: str | Path) -> tuple[float | None, i
     if not project_file.is_file():
         return None, 0
     try:
+        report = Path(run) / "data_report.json"
+        if report.is_file() and json.loads(report.read_text()).get("layout") == "train/val":
+            return None, 0  # its validation images are the val/ folder: scored as they are
         project = json.loads(project_file.read_text())
         same = Path(project["data"]["path"]).resolve() == Path(data).expanduser().resolve()
         if not same:

@@ -53,6 +53,7 @@ def run_gui(
     screenshot: str | None = None,
     train_steps: int | None = None,
     tab: str | None = None,
+    trust_code: bool = False,
 ) -> int:
     app = make_app()
     # Screenshots must not depend on (or change) the user's saved window layout.
@@ -62,11 +63,13 @@ def run_gui(
         else None
     )
     window = MainWindow(settings)
+    window.interactive = screenshot is None
+    window.trust_code = trust_code
     if demo:
         window.set_project(demo_project(), None)
         window.tree_panel.depth.setValue(2)
     elif project and not window.open_project(Path(project)) and screenshot:
-        return 2  # the message is in the (offscreen) window; nothing worth a picture
+        return 2  # the message was printed; nothing worth a picture
     window.show()
     if screenshot is None:
         return app.exec()

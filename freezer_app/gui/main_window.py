@@ -7,6 +7,7 @@ the widgets and wires them together.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from freezer_app.core.device import select_device
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
-from freezer_app.core.run_folder import evaluation_split, new_run_dir
+from freezer_app.core.run_folder import evaluation_split, is_run_folder, new_run_dir
 from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import CodeTrust
 from freezer_app.gui import tasks
@@ -88,6 +89,9 @@ class MainWindow(QMainWindow):
         self._preview_key: tuple | None = None
         self._user_models: set[str] = set()  # FILE.py:CALLABLE strings the user chose here
         self.close_when_stopped = False
+        # Screenshots run without anyone to answer: questions are answered No, errors printed.
+        self.interactive = True
+        self.trust_code = False  # --trust-code: run model code named by files without asking
         self.scan_task: tasks.Task | None = None
         self.last_finished: ev.Finished | None = None
 
@@ -435,7 +439,9 @@ class MainWindow(QMainWindow):
         """Whether a model's .py may run: one the user chose in this window runs; one named by
         a file (`source`, or the project's file) runs after the question of trust_dialog."""
         model = self.project.model if model is None else model
-        confirm = lambda code: ask_to_run(self, self.settings, code)
+        confirm = lambda code: (
+            self.trust_code or (self.interactive and ask_to_run(self, self.settings, code))
+        )
         if source is None and model in self._user_models:
             return CodeTrust(confirm=confirm)
         return CodeTrust.from_file(source or self.project_path or "This project", confirm=confirm)
@@ -668,7 +674,10 @@ class MainWindow(QMainWindow):
 
     def _runs_root(self) -> Path:
         if self.project_path is not None:
-            return self.project_path.parent / "runs"
+            folder = self.project_path.parent
+            if is_run_folder(folder) and (folder / "metrics.jsonl").exists():
+                return folder.parent  # a run's project.json: new runs go beside that run
+            return folder / "runs"
         return default_runs_dir()
 
     def start_training(self) -> bool:
@@ -817,6 +826,8 @@ class MainWindow(QMainWindow):
 
     # ================================================================== dialogs & settings
     def error_dialog(self, title: str, message: str, hint: str = "", details: str = "") -> None:
+        if not self.interactive:
+            print(f"error: {message}" + (f"\n{hint}" if hint else ""), file=sys.stderr)
         box = QMessageBox(
             QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self
         )

@@ -39,7 +39,7 @@ from freezer_app.core.files import (
     write_json,
 )
 from freezer_app.core.freeze import FreezePlan
-from freezer_app.core.run_folder import is_run_folder, read_jsonl
+from freezer_app.core.run_folder import is_run_folder, read_json_lines, read_jsonl
 
 FORMATS: tuple[str, ...] = ("bundle", "pth", "torchscript", "onnx", "code")
 CHECKPOINTS: tuple[str, ...] = ("final", "best")
@@ -330,7 +330,12 @@ def replace_refusal(fmt: str, out: str | Path) -> ExportError | None:
     wants_dir = is_folder_export(fmt, out)
     for target in export_targets(fmt, out):
         problem: str | None = None
-        if target.is_symlink():
+        run = _run_folder_holding(target)
+        if run is not None:
+            # A run's own files (project.json, weights, checkpoints) are never export targets;
+            # its export/ folder is where exports of it go.
+            problem = f"is inside the run folder {run}, which only its run writes"
+        elif target.is_symlink():
             problem = f"is a symbolic link (to {os.readlink(target)})"
         elif not target.exists():
             continue
@@ -346,6 +351,17 @@ def replace_refusal(fmt: str, out: str | Path) -> ExportError | None:
             problem = "is not a regular file (a device, pipe or socket)"
         if problem:
             return ExportError(f"{target} {problem}.", hint)
+    return None
+
+
+def _run_folder_holding(target: Path) -> Path | None:
+    """The run folder `target` would land in (outside its export/ folder), if any."""
+    target = Path(target).expanduser().absolute()
+    for parent in target.parents:
+        # A run wrote it (a saved project's folder holds a project.json too, but no logs).
+        if is_run_folder(parent) and (parent / "metrics.jsonl").exists():
+            inside = target.relative_to(parent).parts
+            return None if inside and inside[0] == "export" else parent
     return None
 
 
@@ -504,6 +520,11 @@ def export(
         raise _write_failed(fmt, out, src, failed[0], existed, failed[1])
     result.source = str(src.path) if src.path else str(src.loaded.spec)
     result.checkpoint = src.checkpoint
+    if src.path is not None and is_run_folder(src.path):
+        for name in ("metrics.jsonl", "frozen_check.jsonl"):
+            note = read_json_lines(Path(src.path) / name).note()
+            if note:
+                result.notes.append(note)
     return result
 
 

@@ -34,7 +34,7 @@ from freezer_app.core.device import (
 )
 from freezer_app.core.errors import ProjectError
 from freezer_app.core.optim import GroupSpec, build_optimizer, lr_factor, param_groups
-from freezer_app.core.project import Project
+from freezer_app.core.project import Project, absolute_model
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenVerifier, LayerIndex, TelemetryProbe
 from freezer_app.core.torchvision_compat import set_transform_input
@@ -155,7 +155,8 @@ def prepare(
         # The architecture the run resolved when it started: the bundle or weights file it
         # started from may have moved since, and the weights come from the checkpoint.
         loaded = load_model(
-            saved["architecture"],
+            # A factory path in it is relative to the run folder, like those in project.json.
+            absolute_model(str(saved["architecture"]), folder.path),
             num_classes=report.num_classes,
             trust=(trust or USER).read_from(folder.last_checkpoint),
         )

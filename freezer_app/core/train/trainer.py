@@ -178,8 +178,8 @@ class Trainer:
             self._entry_key = entry.key
             self._apply_plan(entry.plan, "start", announce=False)
             self.folder.create()
+            self.lock.acquire()  # another process's folder: refused, and nothing removed
             try:
-                self.lock.acquire()
                 self._write_project()
                 self.folder.write_json(self.folder.data_report, parts.report.to_dict())
                 self.folder.write_json(self.folder.layers, {"layers": parts.layers.names})
@@ -397,6 +397,10 @@ class Trainer:
             self._setup()
         except FreezerError:
             self._release()
+            if not self.resume:
+                # An empty folder claimed for this run (new_run_dir) is not worth keeping.
+                with contextlib.suppress(OSError):
+                    self.folder.path.rmdir()
             raise
         parts = self.parts
         assert parts is not None
@@ -453,7 +457,12 @@ class Trainer:
                 else "no checkpoint had been written yet"
             )
             message = f"{e.message} Training stopped at step {self.step}; {kept}."
-            hint = e.hint or ""
+            hint = (
+                e.hint or ""
+                if self.last_checkpoint_step
+                else "Free some space on that disk, then start the run again: "
+                f"freezer-app train {self.folder.project} --out NEW_FOLDER"
+            )
         except Exception as e:
             reason = "error"
             self._recover_after_failure()
