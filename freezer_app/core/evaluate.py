@@ -114,17 +114,19 @@ class Evaluation:
             f"accuracy: {self.accuracy:.4f} ({self.correct} of {self.count})",
             "",
         ]
-        width = max(8, *(len(c) for c in self.classes))
+        # Widths of the names as printed (escaped), so the columns line up.
+        names = [printable(c) for c in self.classes]
+        width = max(8, *(len(c) for c in names))
         fmt = lambda v: "    -" if v is None else f"{v:.3f}"
         lines.append(f"{'class':<{width}}  precision  recall  support")
-        for c in self.per_class:
+        for name, c in zip(names, self.per_class):
             lines.append(
-                f"{c.name:<{width}}  {fmt(c.precision):>9}  {fmt(c.recall):>6}  {c.support:>7}"
+                f"{name:<{width}}  {fmt(c.precision):>9}  {fmt(c.recall):>6}  {c.support:>7}"
             )
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
-        col = max(6, *(len(c) for c in self.classes), len(str(self.count)))
-        lines.append(" " * width + "".join(f"  {c[:col]:>{col}}" for c in self.classes))
-        for name, row in zip(self.classes, self.confusion):
+        col = max(6, *(len(c) for c in names), len(str(self.count)))
+        lines.append(" " * width + "".join(f"  {c[:col]:>{col}}" for c in names))
+        for name, row in zip(names, self.confusion):
             lines.append(f"{name:<{width}}" + "".join(f"  {v:>{col}}" for v in row))
         wrong = [p for p in self.worst(worst) if not p.correct]
         if wrong:
