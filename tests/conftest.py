@@ -69,6 +69,21 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+# `train` flags for a quick CPU run on the demo data (as make_project sets them).
+FAST = [
+    "--image-size",
+    "32",
+    "--workers",
+    "0",
+    "--batch-size",
+    "16",
+    "--augment",
+    "none",
+    "--device",
+    "cpu",
+]
+
+
 def make_project(data: Path, **train: object):
     """A quick CPU project on the demo data: test_resnet at 32 px, no data workers."""
     from freezer_app.core.freeze import FreezePlan

@@ -8,22 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAST
 
 from freezer_app.cli import main
 from freezer_app.core.run_folder import read_jsonl
-
-FAST = [
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-    "--batch-size",
-    "16",
-    "--augment",
-    "none",
-    "--device",
-    "cpu",
-]
 
 
 def test_demo_data_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,26 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_project
+from conftest import FAST, make_project
 from torch import nn
 
 from freezer_app.cli import main
 from freezer_app.core import events as ev
 from freezer_app.core.run_folder import read_jsonl
 from freezer_app.core.train import Trainer
-
-FAST = [
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-    "--batch-size",
-    "16",
-    "--augment",
-    "none",
-    "--device",
-    "cpu",
-]
 
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:

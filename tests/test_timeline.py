@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_project
+from conftest import FAST, make_project
 
 from freezer_app.cli import main
 from freezer_app.core import events as ev
@@ -18,18 +18,6 @@ from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import read_jsonl
 from freezer_app.core.train import Trainer
 
-FAST = [
-    "--image-size",
-    "32",
-    "--workers",
-    "0",
-    "--batch-size",
-    "16",
-    "--augment",
-    "none",
-    "--device",
-    "cpu",
-]
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
