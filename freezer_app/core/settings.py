@@ -16,7 +16,6 @@ Kept free of the project's own classes so that every core module can declare set
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import types
@@ -542,7 +541,3 @@ def markdown_reference(cls: type) -> str:
             )
         )
     return "\n".join(lines) + "\n"
-
-
-def replace(obj: Any, **changes: Any) -> Any:
-    return dataclasses.replace(obj, **changes)

@@ -116,8 +116,3 @@ def parse_schedule(text: str) -> list[Phase]:
             )
         phases.append(Phase(epoch=int(match.group(1)), preset=match.group(2)))
     return phases
-
-
-def format_schedule(phases: list[Phase]) -> str:
-    """The inverse of parse_schedule for phases without selectors."""
-    return ",".join(f"{p.epoch}:{p.preset}" for p in phases)

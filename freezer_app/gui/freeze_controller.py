@@ -92,10 +92,6 @@ class FreezeController(QObject):
                 problems[row] = f"Phase {row + 1} (after epoch {phase.epoch}): {e.message}"
         return problems
 
-    def mask(self) -> np.ndarray:
-        assert self.tree is not None
-        return self.tree.trainable.copy()
-
     def code(self) -> str:
         assert self.tree is not None
         return plan_code(self.tree, self.tree.trainable, self.plan)

@@ -115,9 +115,6 @@ class ProjectController(QObject):
         self.changed.emit({EVERYTHING})
         self.dirtyChanged.emit(False)
 
-    def open(self, path: Path) -> None:
-        self.replace(Project.load(path), path)
-
     def save(self, path: Path) -> None:
         self.project.save(path)
         self.path = path
