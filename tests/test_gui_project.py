@@ -481,3 +481,19 @@ def test_runs_of_a_runs_project_go_beside_it_not_inside_it(
     w.project_ctl.undo_stack.setClean()
     w.close()
     w.deleteLater()
+
+
+def test_undo_buttons_keep_their_size_and_name_the_command_in_a_tooltip(
+    make_window, qtbot, demo_data: Path
+) -> None:
+    w = make_window(make_project(demo_data))
+    width = w.width()
+    w.tree_panel.expand_to_depth(2)
+    panel = w.tree_panel
+    menu = panel.menu_for(panel.view_index(w.tree_model.index_for_path("layer4.0.downsample")))
+    next(a for a in menu.actions() if a.text() == "Train only this").trigger()
+    assert panel.undo.text() == "Undo" and panel.undo.isEnabled()
+    assert "Train only layer4.0.downsample" in panel.undo.toolTip()
+    assert w.width() == width
+    qtbot.mouseClick(panel.undo, Qt.MouseButton.LeftButton)
+    assert w.controller.plan.freeze == [] and "Train only" in panel.redo.toolTip()

@@ -321,9 +321,17 @@ class MainWindow(QMainWindow):
         schedule.fineTuneRequested.connect(self._fine_tune_schedule)
         schedule.check_phases = self.controller.phase_problems
         self.controller.planChanged.connect(lambda _plan: schedule.mark_problems())
-        # The tree panel's Undo/Redo are the window's: disabled together during a run.
-        self.tree_panel.undo.setDefaultAction(self.act_undo)
-        self.tree_panel.redo.setDefaultAction(self.act_redo)
+        # The tree panel's Undo/Redo trigger the window's actions (so they are disabled
+        # together during a run) but keep a fixed label: what they undo is in the tooltip,
+        # so a long command name never widens the window.
+        self.tree_panel.undo.setText("Undo")
+        self.tree_panel.redo.setText("Redo")
+        self.tree_panel.undo.clicked.connect(self.act_undo.trigger)
+        self.tree_panel.redo.clicked.connect(self.act_redo.trigger)
+        stack = self.project_ctl.undo_stack
+        for signal in (stack.indexChanged, stack.cleanChanged):
+            signal.connect(self._sync_undo_buttons)
+        self._sync_undo_buttons()
         self.controller.planChanged.connect(lambda _plan: self._update_params_status())
         self.controller.error.connect(lambda msg: self.statusBar().showMessage(msg, 8000))
         self.tree_model.telemetryStale.connect(self.grad_plot.set_stale)
@@ -657,6 +665,16 @@ class MainWindow(QMainWindow):
     def _running(self) -> bool:
         return self.run_ctl.running
 
+    def _sync_undo_buttons(self, *_args: object) -> None:
+        stack = self.project_ctl.undo_stack
+        running = self._running() if hasattr(self, "run_ctl") else False
+        for button, can, text, word in (
+            (self.tree_panel.undo, stack.canUndo(), stack.undoText(), "Undo"),
+            (self.tree_panel.redo, stack.canRedo(), stack.redoText(), "Redo"),
+        ):
+            button.setEnabled(can and not running)
+            button.setToolTip(f"{word}: {text}" if can else f"Nothing to {word.lower()}")
+
     def _set_running(self, running: bool) -> None:
         self.act_train.setEnabled(not running)
         self.act_pause.setEnabled(running)
@@ -666,6 +684,7 @@ class MainWindow(QMainWindow):
         # Undo/redo edit the project, which a run does not follow; tree edits go to the run.
         self.act_undo.setEnabled(not running and self.project_ctl.undo_stack.canUndo())
         self.act_redo.setEnabled(not running and self.project_ctl.undo_stack.canRedo())
+        self._sync_undo_buttons()
         for w in (self.model_panel, self.data_panel, self.settings_panel):
             w.setEnabled(not running)
         self.status_state.setText("training" if running else "idle")
