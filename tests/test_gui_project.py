@@ -497,3 +497,28 @@ def test_undo_buttons_keep_their_size_and_name_the_command_in_a_tooltip(
     assert w.width() == width
     qtbot.mouseClick(panel.undo, Qt.MouseButton.LeftButton)
     assert w.controller.plan.freeze == [] and "Train only" in panel.redo.toolTip()
+
+
+def test_save_as_adds_json_and_a_failed_start_keeps_the_last_plots(
+    make_window, qtbot, demo_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    w = make_window(make_project(demo_data, epochs=1))
+    monkeypatch.setattr(
+        QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "digits"), "")
+    )
+    w.act_save_as.trigger()
+    assert (tmp_path / "digits.json").is_file() and w.project_path == tmp_path / "digits.json"
+    finished: list = []
+    w.runFinished.connect(finished.append)
+    w.act_train.trigger()
+    wait_finished(qtbot, w, finished)
+    steps = w.loss_plot.steps.n
+    assert steps > 0
+    w.model_panel.pretrained.click()  # offline: this run cannot start
+    finished.clear()
+    w.act_train.trigger()
+    qtbot.waitUntil(lambda: bool(finished) and w.session is None, timeout=60_000)
+    assert finished[0] is None and w.loss_plot.steps.n == steps
+    w._open_dialog.close()

@@ -413,7 +413,10 @@ class MainWindow(QMainWindow):
         )
         if not path:
             return False
-        return self._write_project(Path(path))
+        path = Path(path)
+        if path.suffix.lower() != ".json":
+            path = path.with_name(path.name + ".json")  # the Open dialog lists *.json only
+        return self._write_project(path)
 
     def _write_project(self, path: Path) -> bool:
         try:

@@ -76,7 +76,6 @@ class RunController(QObject):
         assert self.session is None
         self.run_dir = run_dir
         self._step, self.paused = 0, False
-        self.clear_views()
         self.views.log.add(f"starting {'resumed ' if resume else ''}run in {run_dir}")
         session = TrainingSession(project, run_dir, resume=resume, parent=self)
         session.events.connect(self._on_events)
@@ -191,6 +190,8 @@ class RunController(QObject):
         return f"training: epoch {epoch}/{self.epochs}, step {step}/{self.total_steps}"
 
     def _run_started(self, event: ev.RunStarted) -> None:
+        # Only now: a run that cannot start leaves the previous run's plots on screen.
+        self.clear_views()
         v = self.views
         self.steps_per_epoch, self.epochs = event.steps_per_epoch, event.epochs
         self.total_steps = event.total_steps
