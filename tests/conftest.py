@@ -69,6 +69,19 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+class Recorder:
+    """An event sink that keeps every event a run emits."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def __call__(self, event: object) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
 # `train` flags for a quick CPU run on the demo data (as make_project sets them).
 FAST = [
     "--image-size",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST, make_project
+from conftest import FAST, Recorder, make_project
 
 from freezer_app.cli import main
 from freezer_app.core import events as ev
@@ -19,17 +19,6 @@ from freezer_app.core.run_folder import read_jsonl
 from freezer_app.core.train import Trainer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    def __call__(self, event: object) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def _losses(run: Path) -> list[float]:

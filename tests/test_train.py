@@ -8,24 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_project
+from conftest import Recorder, make_project
 from safetensors.torch import load_file
 
 from freezer_app.core import events as ev
 from freezer_app.core.freeze import FreezePlan, Phase
 from freezer_app.core.run_folder import read_jsonl
 from freezer_app.core.train import Trainer
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    def __call__(self, event: object) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def _initial_weights(project, seed: int = 0) -> dict[str, torch.Tensor]:
