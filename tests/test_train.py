@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from freezer_app.core import events as ev
 from freezer_app.core.freeze import FreezePlan, Phase
 from freezer_app.core.run_folder import read_jsonl
-from freezer_app.core.train import Trainer
+from freezer_app.core.train import Trainer, checkpoint
 
 
 def _initial_weights(project, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -277,7 +277,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     assert "became nan" in result.message.lower()
     assert "end of epoch 1" in result.message
     assert "learning rate" in result.hint
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["batch_in_epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 

@@ -315,6 +315,18 @@ def save_safetensors(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """`target` with the bytes of `source`: a hard link where the file system allows one (no
+    second write), else a copy; atomic either way. Safe because Freezer never writes a file in
+    place: a later save renames a new file over the name, leaving the other name untouched."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Run `writer(tmp_path)` and rename the result into place."""
     with atomic_path(path) as tmp:

@@ -72,6 +72,18 @@ class DataSettings:
         zero="load images in the training process",
         label="Data workers",
     )
+    image_cache: int | None = setting(
+        None,
+        help="Memory for prepared images kept between epochs, so later epochs skip decoding "
+        "(validation images, and training images with augmentation none)",
+        minimum=0,
+        maximum=16_777_216,
+        none="up to a quarter of the free memory",
+        none_word="auto",
+        zero="off: decode every image each epoch",
+        unit="MB",
+        label="Image cache",
+    )
     classes: list[str] = setting(
         default_factory=list,
         help="Class names, filled in when a run starts (so an export knows its labels)",
@@ -210,6 +222,22 @@ class TrainSettings:
         minimum=1,
         maximum=1_000_000,
         label="Telemetry every",
+    )
+    checkpoint_every: int = setting(
+        1,
+        help="Epochs between resume checkpoints (written off the training thread); the last "
+        "epoch, a stop and an early stop always write one",
+        minimum=1,
+        maximum=100_000,
+        unit="epochs",
+        resumable=True,
+        label="Checkpoint every",
+    )
+    compile: bool = setting(
+        False,
+        help="Compile the model with torch.compile (slower start, often faster steps on a "
+        "GPU; recompiled when the freeze plan changes)",
+        label="torch.compile",
     )
     max_steps: int | None = setting(
         None,

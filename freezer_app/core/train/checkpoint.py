@@ -1,4 +1,11 @@
-"""The resume checkpoint (`checkpoints/last.pt`): what it holds and how it is restored.
+"""The resume checkpoint (`checkpoints/last.pt` + the weights file it names): what it holds, how
+it is written off the training thread and how it is restored.
+
+The model's weights are a plain safetensors file beside it (`checkpoints/weights-STEP.safetensors`,
+with the same metadata as model.safetensors), so the best epoch's weights and the run's final
+weights are hard links of it rather than second serialisations. last.pt names its weights file;
+the file is written first, then last.pt, then the older weights file is removed, so a kill at any
+moment leaves a last.pt whose weights exist.
 
 It stores the resolved architecture (model spec, class count, data config), so resuming does
 not depend on where the starting bundle or weights file lives, and the optimizer state keyed
@@ -13,12 +20,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from freezer_app.core.errors import ProjectError
-from freezer_app.core.files import WriteError, torch_save
+from freezer_app.core.files import WriteError, save_safetensors, torch_save
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: the weights inside last.pt under "model"
+WEIGHTS_GLOB = "weights-*.safetensors"
+
+
+def weights_name(step: int) -> str:
+    return f"weights-{step:09d}.safetensors"
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of `value` whose tensors are detached CPU copies, safe to write on another
+    thread while training goes on changing the originals in place. On CUDA the copies go to
+    pinned memory without waiting; the caller synchronises once before handing them over."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.device.type == "cpu":
+            return t.clone()
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
+        return out.copy_(t, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snapshot(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(snapshot(v) for v in value)
+    return value
 
 
 def named_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
@@ -48,17 +81,37 @@ def load_named_optimizer_state(
     return sorted(set(saved) - placed)
 
 
-def save(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write atomically; a failed write (disk full: torch reports it as a RuntimeError from
-    its C++ writer) is a WriteError that says where and how much room there was."""
+def save(
+    path: Path,
+    checkpoint: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+) -> Path:
+    """Write the weights file, then `path` (naming it), atomically; remove older weights files.
+    Returns the weights file. A failed write (disk full: torch reports it as a RuntimeError
+    from its C++ writer) is a WriteError that says where and how much room there was."""
+    folder = path.parent
+    weights_path = folder / weights_name(int(checkpoint["step"]))
     try:
-        torch_save({"version": CHECKPOINT_VERSION, **checkpoint}, path)
-    except RuntimeError as e:
+        save_safetensors(weights, weights_path, metadata)
+        torch_save(
+            {"version": CHECKPOINT_VERSION, **checkpoint, "weights": weights_path.name}, path
+        )
+    except (RuntimeError, OSError) as e:
         raise WriteError(
             f"Could not write the checkpoint {path}: {_why(path, e)}.",
             "Free some space on that disk (or move the run folder), then continue with "
             "`freezer-app train --resume RUN_DIR`.",
         ) from None
+    remove_unused_weights(folder, weights_path.name)
+    return weights_path
+
+
+def remove_unused_weights(folder: Path, keep: str | None) -> None:
+    """Weights files no checkpoint names (older ones, or one a killed run wrote last)."""
+    for old in folder.glob(WEIGHTS_GLOB):
+        if old.name != keep:
+            old.unlink(missing_ok=True)
 
 
 def _why(path: Path, e: BaseException) -> str:
@@ -74,11 +127,31 @@ def load(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ProjectError(f"Cannot read {path}: {e}", "The checkpoint may be damaged.") from None
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(ckpt, dict) or ckpt.get("version") not in READABLE_VERSIONS:
         raise ProjectError(
             f"{path} was written by another version of Freezer "
             f"(checkpoint format {ckpt.get('version') if isinstance(ckpt, dict) else '?'}, "
-            f"this one reads {CHECKPOINT_VERSION}).",
+            f"this one reads {', '.join(map(str, READABLE_VERSIONS))}).",
             "Start the run again with `freezer-app train RUN/project.json`.",
         )
+    if "model" not in ckpt:
+        weights = path.parent / str(ckpt.get("weights"))
+        try:
+            ckpt["model"] = load_file(str(weights))
+        except Exception as e:
+            raise ProjectError(
+                f"Cannot read the checkpoint's weights {weights}: {e}",
+                "The checkpoint may be damaged; start the run again with "
+                "`freezer-app train RUN/project.json`.",
+            ) from None
     return ckpt
+
+
+def weights_file(path: Path) -> Path | None:
+    """The weights file a checkpoint names (None for a format 2 checkpoint, which holds them)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    name = ckpt.get("weights") if isinstance(ckpt, dict) else None
+    return path.parent / name if name else None

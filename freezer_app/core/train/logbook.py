@@ -1,7 +1,7 @@
 """The run's line logs: metrics, telemetry, freeze-plan changes and frozen checks.
 
-Records are buffered in open files for the length of the run and flushed at epoch ends, on
-pause and on stop. Before a checkpoint is renamed into place the records are flushed and
+Records are formatted and written on the run's writer thread, buffered in open files for the
+length of the run and flushed at epoch ends, on pause and on stop. Before a checkpoint is renamed into place the records are flushed and
 fsynced, so the checkpoint is always the last thing to change: a resumed run never lacks a
 record its checkpoint counts. On resume, lines written after the checkpoint (and a torn last
 line from a kill) are dropped first, so a resumed run never counts a step twice.
@@ -13,25 +13,37 @@ import contextlib
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from freezer_app.core.files import WriteError, write_text
 from freezer_app.core.run_folder import RunFolder, read_json_lines
+from freezer_app.core.train.writer import BackgroundWriter
+
+Record = dict[str, Any] | Callable[[], dict[str, Any]]
 
 
 class Logbook:
-    def __init__(self, folder: RunFolder) -> None:
+    """Appends records on the run's writer thread (writer.py): formatting and writing cost the
+    training thread nothing. A record may be a dict or a function returning one (formatted
+    there too)."""
+
+    def __init__(self, folder: RunFolder, writer: BackgroundWriter | None = None) -> None:
         self.folder = folder
+        self.writer = writer or BackgroundWriter()
         self._streams: dict[Path, IO[str]] = {}
 
-    def _append(self, path: Path, record: dict[str, Any]) -> None:
+    def _append(self, path: Path, record: Record) -> None:
+        self.writer.submit(lambda: self._write(path, record))
+
+    def _write(self, path: Path, record: Record) -> None:
         try:
             stream = self._streams.get(path)
             if stream is None:
                 stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
                 self._streams[path] = stream
-            stream.write(json.dumps(record) + "\n")
+            stream.write(json.dumps(record() if callable(record) else record) + "\n")
         except OSError as e:
             raise _write_error(path, e) from None
 
@@ -44,7 +56,7 @@ class Logbook:
     def epoch(self, record: dict[str, Any]) -> None:
         self._append(self.folder.metrics, {"type": "epoch", **record})
 
-    def telemetry(self, record: dict[str, Any]) -> None:
+    def telemetry(self, record: Record) -> None:
         self._append(self.folder.telemetry, record)
 
     def frozen_check(self, record: dict[str, Any]) -> None:
@@ -53,8 +65,15 @@ class Logbook:
     def plan(self, record: dict[str, Any]) -> None:
         self._append(self.folder.plans, record)
 
-    def flush(self, durable: bool = False) -> None:
-        """Hand buffered records to the OS; durable: also to the disk (before a checkpoint)."""
+    def flush(self, durable: bool = False, wait: bool = False) -> None:
+        """Hand every record submitted so far to the OS; durable: also to the disk. wait:
+        return only when that is done (on pause and at the end, when someone may read them)."""
+        self.writer.submit(lambda: self.flush_now(durable))
+        if wait:
+            self.writer.wait()
+
+    def flush_now(self, durable: bool = False) -> None:
+        """On the writer thread (or with it idle): flush the open files now."""
         for path, stream in self._streams.items():
             try:
                 stream.flush()
@@ -64,6 +83,13 @@ class Logbook:
                 raise _write_error(path, e) from None
 
     def close(self) -> None:
+        """Write what is queued, close the files and end the writer thread."""
+        with contextlib.suppress(WriteError):
+            self.writer.submit(self._close_streams)
+        self.writer.close()
+        self._close_streams()
+
+    def _close_streams(self) -> None:
         for stream in self._streams.values():
             with contextlib.suppress(OSError):  # already reported when it was written
                 stream.close()
@@ -71,7 +97,8 @@ class Logbook:
 
     def truncate_after(self, step: int, epoch: int) -> None:
         """On resume: drop log lines written after the checkpoint, so nothing is counted twice."""
-        self.close()
+        self.writer.wait()
+        self._close_streams()
         folder = self.folder
         for path, keep in (
             (

@@ -22,6 +22,7 @@ from freezer_app.core.data import (
     DataReport,
     Loaders,
     build_transforms,
+    cache_budget,
     default_workers,
     make_loaders,
     scan_folder,
@@ -208,6 +209,9 @@ def prepare(
         workers,
         t.seed,
         pin_memory=device.type == "cuda",
+        random_train=project.data.augmentation != "none",
+        cache_bytes=cache_budget(project.data.image_cache),
+        image_size=size,
     )
     steps_per_epoch = len(loaders.train_sampler)
     total = total_steps(project, steps_per_epoch)

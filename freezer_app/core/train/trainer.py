@@ -43,7 +43,12 @@ from freezer_app.core.events import (
     StepEvent,
     TelemetryEvent,
 )
-from freezer_app.core.files import WriteError, remove_stale_temp_files, save_safetensors
+from freezer_app.core.files import (
+    WriteError,
+    link_or_copy,
+    remove_stale_temp_files,
+    save_safetensors,
+)
 from freezer_app.core.freeze import Edit, FreezePlan, apply_mask, resolve
 from freezer_app.core.optim import lr_factor, restrict_to_trainable
 from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
@@ -53,6 +58,7 @@ from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train import checkpoint
 from freezer_app.core.train.logbook import Logbook
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
+from freezer_app.core.train.writer import BackgroundWriter
 from freezer_app.core.trust import CodeTrust
 
 
@@ -113,7 +119,8 @@ class Trainer:
         self.trust = trust
         self.folder = RunFolder(run_dir)
         self.lock = RunLock(self.folder.path)
-        self.log = Logbook(self.folder)
+        self.writer = BackgroundWriter()
+        self.log = Logbook(self.folder, self.writer)
         self.emit: EventSink = on_event or (lambda event: None)
         self.control = control or RunControl()
         self.resume = resume
@@ -131,7 +138,9 @@ class Trainer:
         self.last_val_acc: float | None = None
         self.last_check: FrozenCheck | None = None
         self.last_good_checkpoint_epoch: int | None = None
-        self.last_checkpoint_step = 0
+        self.last_checkpoint_step = 0  # of the last checkpoint on disk (set by the writer)
+        # The weights file of the last checkpoint submitted, and the step it holds.
+        self._checkpoint_weights: tuple[int, Path] | None = None
         self.paused_seconds = 0.0  # in the current epoch: not counted as training time
         self._pending_losses: list[torch.Tensor] = []
         self._pending_lrs: list[float] = []
@@ -151,6 +160,13 @@ class Trainer:
             for folder in (self.folder.path, self.folder.checkpoints):
                 remove_stale_temp_files(folder)
             saved = checkpoint.load(self.folder.last_checkpoint)
+            # A weights file of a checkpoint the run was killed while writing goes too.
+            checkpoint.remove_unused_weights(self.folder.checkpoints, saved.get("weights"))
+            if saved.get("weights"):
+                self._checkpoint_weights = (
+                    int(saved["step"]),
+                    self.folder.checkpoints / str(saved["weights"]),
+                )
             changes = apply_resume_changes(
                 self.project, self.resume_changes, int(saved["step"]), int(saved["epoch"])
             )
@@ -184,7 +200,7 @@ class Trainer:
                 self.folder.write_json(self.folder.data_report, parts.report.to_dict())
                 self.folder.write_json(self.folder.layers, {"layers": parts.layers.names})
                 self.log.plan(self._plan_record(self._plan_event))
-                self.log.flush()
+                self.log.flush(wait=True)
             except (FreezerError, OSError):
                 # The folder is new and ours: a run that cannot start leaves nothing behind.
                 self.log.close()
@@ -298,40 +314,55 @@ class Trainer:
         return state
 
     def _save_checkpoint(self) -> None:
+        """Snapshot the training state to the CPU now; write it on the writer thread, after
+        every record it counts (flushed to disk first), so the checkpoint is always the last
+        thing to change and a kill at any moment leaves logs that a resume can continue."""
         parts = self.parts
         assert parts is not None
-        # The checkpoint is the last thing to change: every record it counts is on disk
-        # first, so a kill at any moment leaves logs that a resume can continue.
-        self.log.flush(durable=True)
-        checkpoint.save(
-            self.folder.last_checkpoint,
+        state = checkpoint.snapshot(
             {
-                "architecture": str(parts.loaded.spec),
-                "num_classes": parts.report.num_classes,
-                "data_config": dict(parts.loaded.data_config),
-                # Not in the state dict, and not implied by the architecture's name.
-                "transform_input": transform_input_of(parts.loaded.spec.name, parts.model)
-                if parts.loaded.spec.kind == TORCHVISION
-                else None,
                 "model": parts.model.state_dict(),
                 "optimizer": checkpoint.named_optimizer_state(parts.optimizer, parts.model),
                 "scaler": parts.scaler.state_dict() if parts.scaler else None,
-                "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
-                "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_count],
-                "plan": self.current_plan.to_dict(),
-                "timeline_entry": list(self._entry_key) if self._entry_key else None,
-                "frozen": parts.verifier.state_dict(),
-                "best": dict(self.best),
-                "stale_epochs": self.stale_epochs,
                 "rng": self._rng_state(),
-                "classes": list(parts.report.classes),
-            },
+            }
         )
-        self.last_checkpoint_step = self.step
-        if self.batch_in_epoch == 0:
-            self.last_good_checkpoint_epoch = self.epoch
+        if parts.device.type == "cuda":
+            torch.cuda.synchronize(parts.device)  # the pinned copies are complete
+        weights = state.pop("model")
+        record = {
+            **state,
+            "architecture": str(parts.loaded.spec),
+            "num_classes": parts.report.num_classes,
+            "data_config": dict(parts.loaded.data_config),
+            # Not in the state dict, and not implied by the architecture's name.
+            "transform_input": transform_input_of(parts.loaded.spec.name, parts.model)
+            if parts.loaded.spec.kind == TORCHVISION
+            else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_count],
+            "plan": self.current_plan.to_dict(),
+            "timeline_entry": list(self._entry_key) if self._entry_key else None,
+            "frozen": parts.verifier.state_dict(),
+            "best": dict(self.best),
+            "stale_epochs": self.stale_epochs,
+            "classes": list(parts.report.classes),
+        }
+        step, epoch, whole_epoch = self.step, self.epoch, self.batch_in_epoch == 0
+        path = self.folder.last_checkpoint
+        metadata = self._weights_metadata()
+        self._checkpoint_weights = (step, path.parent / checkpoint.weights_name(step))
+
+        def write() -> None:
+            self.log.flush_now(durable=True)
+            checkpoint.save(path, record, weights, metadata)
+            self.last_checkpoint_step = step
+            if whole_epoch:
+                self.last_good_checkpoint_epoch = epoch
+
+        self.writer.submit(write)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         parts = self.parts
@@ -379,16 +410,30 @@ class Trainer:
             step, parts.schedule_steps, parts.warmup_steps, self.project.train.schedule
         )
 
-    def _save_weights(self, path: Path) -> None:
+    def _weights_metadata(self) -> dict[str, str]:
         parts = self.parts
-        assert parts is not None
-        metadata = {
+        return {
             # The architecture, even when the run started from a bundle or weights file.
             META_MODEL: str(parts.loaded.spec),
             META_NUM_CLASSES: str(parts.report.num_classes),
             META_LABELS: json.dumps(parts.report.classes),
         }
-        save_safetensors(parts.model.state_dict(), path, metadata)
+
+    def _save_weights(self, path: Path) -> None:
+        """The model's weights now, as safetensors: a hard link of the checkpoint's weights
+        file when a checkpoint was just taken (no second serialisation), else a snapshot
+        written on the writer thread."""
+        parts = self.parts
+        assert parts is not None
+        if self._checkpoint_weights is not None and self._checkpoint_weights[0] == self.step:
+            source = self._checkpoint_weights[1]
+            self.writer.submit(lambda: link_or_copy(source, path))
+            return
+        weights = checkpoint.snapshot(parts.model.state_dict())
+        if parts.device.type == "cuda":
+            torch.cuda.synchronize(parts.device)
+        metadata = self._weights_metadata()
+        self.writer.submit(lambda: save_safetensors(weights, path, metadata))
 
     # ================================================================== the loop
     def run(self) -> Finished:
@@ -425,25 +470,29 @@ class Trainer:
         self.emit(self._plan_event)
         reason, kind, message, hint, details = "completed", "", "", "", ""
         try:
-            reason = self._train()
-        except _StopRequested as stop:
             try:
-                # A NaN among the last unflushed steps must not be saved as a clean stop.
-                self._flush_losses()
-            except _NonFiniteLoss as e:
-                reason, kind, message, hint = self._non_finite(e)
-            else:
-                reason = stop.reason
-                self._write_frozen_check(parts.verifier.check(self.epoch, self.step))
-                self._save_checkpoint()
+                reason = self._train()
                 self._save_weights(self.folder.weights)
-                what = "stopped" if reason == "stopped" else "reached the step limit"
-                self.emit(
-                    LogEvent(
-                        f"{what} at step {self.step}; checkpoint saved. Continue with: "
-                        f"freezer-app train --resume {self.folder.path}"
+                self.writer.wait()  # every file is on disk before the run says it is done
+            except _StopRequested as stop:
+                try:
+                    # A NaN among the last unflushed steps must not be saved as a clean stop.
+                    self._flush_losses()
+                except _NonFiniteLoss as e:
+                    reason, kind, message, hint = self._non_finite(e)
+                else:
+                    reason = stop.reason
+                    self._write_frozen_check(parts.verifier.check(self.epoch, self.step))
+                    self._save_checkpoint()
+                    self._save_weights(self.folder.weights)
+                    self.writer.wait()
+                    what = "stopped" if reason == "stopped" else "reached the step limit"
+                    self.emit(
+                        LogEvent(
+                            f"{what} at step {self.step}; checkpoint saved. Continue with: "
+                            f"freezer-app train --resume {self.folder.path}"
+                        )
                     )
-                )
         except _NonFiniteLoss as e:
             reason, kind, message, hint = self._non_finite(e)
         except WriteError as e:
@@ -486,9 +535,8 @@ class Trainer:
                 )
                 details = traceback.format_exc()
         finally:
-            self.log.flush()
-        if reason in ("completed", "early-stopped"):
-            self._save_weights(self.folder.weights)
+            with contextlib.suppress(WriteError):  # a failed write is reported above
+                self.log.flush(wait=True)
         if reason == "error":
             self.emit(ErrorEvent(kind, self.step, message, hint))
         check = self.last_check
@@ -554,7 +602,7 @@ class Trainer:
             raise _StopRequested
         if control.paused:
             self._flush_losses()
-            self.log.flush()
+            self.log.flush(wait=True)  # the files are complete while the run is paused
             self.emit(PausedEvent(True, self.step))
             paused_at = time.monotonic()
             while control.paused and not control.stop_requested:
@@ -567,8 +615,21 @@ class Trainer:
         self._take_edit()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.parts.loaders.train_sampler.set_epoch(self.epoch, self.batch_in_epoch)
-        yield from self.parts.loaders.train
+        yield from self.parts.loaders.train_batches(self.epoch, self.batch_in_epoch)
+
+    def _to_device(
+        self, x: torch.Tensor, y: torch.Tensor, finish: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device, normalised there when the loader handed over uint8 images."""
+        parts = self.parts
+        non_blocking = parts.device.type == "cuda"
+        x = x.to(parts.device, non_blocking=non_blocking)
+        y = y.to(parts.device, non_blocking=non_blocking)
+        if finish is not None:
+            x = finish(x)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = self.parts.precision.autocast_dtype
@@ -581,7 +642,6 @@ class Trainer:
         parts = self.parts
         assert parts is not None
         model, optimizer = parts.model, parts.optimizer
-        non_blocking = parts.device.type == "cuda"
         trainable_params = lambda: [p for g in optimizer.param_groups for p in g["params"]]
         log_every = 1 if parts.device.type == "cpu" else 10
         while self.epoch < t.epochs:
@@ -594,10 +654,7 @@ class Trainer:
             batches = self._batches()
             for x, y in batches:
                 self._boundary()
-                x = x.to(parts.device, non_blocking=non_blocking)
-                y = y.to(parts.device, non_blocking=non_blocking)
-                if parts.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, y = self._to_device(x, y, parts.loaders.train_finish)
                 optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     loss = parts.criterion(logits_of(model(x)), y)
@@ -676,14 +733,11 @@ class Trainer:
         total_loss = torch.zeros((), device=parts.device)
         correct = torch.zeros((), device=parts.device, dtype=torch.long)
         count = 0
-        for x, y in parts.loaders.val:
+        for x, y in parts.loaders.val_batches():
             if self.control.stop_requested:
                 # All batches are done, so a resumed run goes straight to this validation.
                 raise _StopRequested
-            x = x.to(parts.device, non_blocking=True)
-            y = y.to(parts.device, non_blocking=True)
-            if parts.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = self._to_device(x, y, parts.loaders.val_finish)
             with self._autocast():
                 logits = logits_of(model(x))
             total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
@@ -712,9 +766,13 @@ class Trainer:
         if is_best:
             self.best = {"metric": metric, "epoch": self.epoch, "val_acc": val_acc}
             self.stale_epochs = 0
-            self._save_weights(self.folder.best_weights)
         else:
             self.stale_epochs += 1
+        early_stop = bool(
+            t.early_stop_patience
+            and self.stale_epochs >= t.early_stop_patience
+            and self.epoch < t.epochs
+        )
         self.log.epoch(
             {
                 "epoch": self.epoch,
@@ -732,12 +790,14 @@ class Trainer:
             )
         )
         self._write_frozen_check(self.parts.verifier.check(self.epoch, self.step))
-        self._save_checkpoint()
-        if (
-            t.early_stop_patience
-            and self.stale_epochs >= t.early_stop_patience
-            and self.epoch < t.epochs
-        ):
+        last = (
+            early_stop or self.epoch >= t.epochs or bool(t.max_steps and self.step >= t.max_steps)
+        )
+        if last or self.epoch % t.checkpoint_every == 0:
+            self._save_checkpoint()
+        if is_best:
+            self._save_weights(self.folder.best_weights)  # a link of the checkpoint's weights
+        if early_stop:
             self.emit(
                 LogEvent(
                     f"early stop: no better {t.early_stop_metric} for {self.stale_epochs} epochs"
