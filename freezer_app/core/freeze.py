@@ -402,7 +402,7 @@ def _drop_redundant(tree: ModelTree, plan: FreezePlan) -> FreezePlan:
 
 
 # ---------------------------------------------------------------------- applying to a model
-_norm_hooks: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+_norm_guards: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -418,8 +418,7 @@ def apply_mask(
     """Set `requires_grad` from `mask`; frozen parameters lose any gradient they held.
 
     With bn_policy 'frozen', norm layers whose parameters are all frozen are kept in eval mode
-    (their running statistics stay put) even after `model.train()`: a forward pre-hook on the
-    model re-applies eval mode before every forward pass.
+    (their running statistics stay put) even after `model.train()` (_HeldInEval).
     """
     for name, p in model.named_parameters():
         trainable = bool(mask[tree.name_to_index[name]])
@@ -437,28 +436,33 @@ def apply_plan(model: nn.Module, plan: FreezePlan, tree: ModelTree | None = None
     return apply_mask(model, tree, resolve(plan, tree), plan.bn_policy)
 
 
+class _HeldInEval:
+    """A frozen norm layer's `train`: whatever mode is asked for, the layer stays in eval
+    mode (its running statistics stay put). nn.Module.train recurses through each child's own
+    `train`, so `model.train()` anywhere (the trainer's, a user's) keeps it: nothing to pay on
+    every forward pass, as a hook would."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)
+
+
 def _set_norm_guard(model: nn.Module, norms: list[nn.Module]) -> None:
-    old = _norm_hooks.pop(model, None)
-    if old is not None:
-        handle, guarded = old
-        handle.remove()
-        # Norm layers unfrozen now follow the model's mode again (train mode mid-epoch).
-        kept = {id(n) for n in norms}
-        for norm in guarded:
-            if id(norm) not in kept:
-                norm.training = model.training
-    if not norms:
-        return
-
-    def keep_frozen_norms_in_eval(module: nn.Module, args: Any) -> None:
-        if module.training:
-            for norm in norms:
-                norm.training = False
-
-    _norm_hooks[model] = (model.register_forward_pre_hook(keep_frozen_norms_in_eval), norms)
-    if model.training:
-        for norm in norms:
-            norm.training = False
+    guarded = _norm_guards.pop(model, [])
+    kept = {id(n) for n in norms}
+    for norm in guarded:
+        if id(norm) not in kept:
+            # Unfrozen now: follow the model's mode again (train mode mid-epoch).
+            norm.__dict__.pop("train", None)
+            norm.training = model.training
+    for norm in norms:
+        if not isinstance(norm.__dict__.get("train"), _HeldInEval):
+            object.__setattr__(norm, "train", _HeldInEval(norm))
+        norm.training = False
+    if norms:
+        _norm_guards[model] = norms
 
 
 # ---------------------------------------------------------------------- code for users

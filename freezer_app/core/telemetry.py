@@ -71,57 +71,101 @@ class LayerIndex:
         return out
 
 
+@dataclass
+class PendingRecord:
+    """A report still on the device: five rows of per-layer values (grad norm, mean |g|, max
+    |g|, weight norm, update norm). The trainer copies it to the host together with the
+    step losses, in one transfer, and calls `to_record` with the host copy."""
+
+    step: int
+    epoch: int
+    values: torch.Tensor  # (5, layers), on the device
+    trainable: np.ndarray
+
+    def to_record(self, host: np.ndarray) -> TelemetryRecord:
+        grad_norm, mean_abs, grad_max, weight_norm, update_norm = host.reshape(5, -1)
+        ratio = np.divide(
+            update_norm, weight_norm, out=np.zeros_like(update_norm), where=weight_norm > 0
+        )
+        return TelemetryRecord(
+            self.step,
+            self.epoch,
+            grad_norm,
+            mean_abs,
+            grad_max,
+            weight_norm,
+            update_norm,
+            ratio,
+            self.trainable,
+        )
+
+
 class TelemetryProbe:
-    """Collects a TelemetryRecord every `every` steps. Call order on a step:
-    `begin(step)` before the optimizer step and after gradients are final, `end()` after it."""
+    """Collects per-layer statistics every `every` steps. Call order on a step: `begin(step)`
+    after gradients are final and before the optimizer step, `end()` after it.
+
+    Nothing here synchronises with the device: the index tensors that map parameters to layers
+    are built once per set of parameters (a freeze plan) and cached on the device, and the
+    result stays there (PendingRecord). The copy of the weights that the update norms need is
+    taken in `begin` and freed in `end`, so telemetry holds no second copy of the model between
+    reports.
+    """
 
     def __init__(self, layers: LayerIndex, device: torch.device, every: int = 10) -> None:
         self.layers = layers
         self.every = max(1, every)
         self.device = device
-        self.layer_of = torch.as_tensor(layers.param_layer, device=device)
         self.numel = torch.as_tensor(layers.layer_numel, dtype=torch.float32, device=device)
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
         self._snap: list[torch.Tensor] = []
-        self._snap_for: list[int] = []
-        self._pending: dict[str, torch.Tensor] | None = None
-        self._frozen_cache: tuple[list[int], torch.Tensor] | None = None
+        self._snap_for: tuple[int, ...] = ()
+        self._grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._frozen_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._step = 0
         self._epoch = 0
 
     def wants(self, step: int) -> bool:
         return (step - 1) % self.every == 0
 
+    def _layer_index(self, params: tuple[int, ...]) -> torch.Tensor:
+        """The layer of each listed parameter, as a device tensor (cached per parameter set)."""
+        index = self._index.get(params)
+        if index is None:
+            if len(self._index) > 64:  # many plan changes: keep the cache small
+                self._index.clear()
+            # Built on the host and copied without waiting: no synchronisation.
+            layers = torch.as_tensor(self.layers.param_layer[list(params)])
+            index = layers.to(self.device, non_blocking=True)
+            self._index[params] = index
+        return index
+
     def begin(self, step: int, epoch: int) -> None:
         """On a reporting step: gradient statistics and a copy of what is about to be updated."""
         if not self.wants(step):
-            self._pending = None
+            self._grads = None
             return
         self._step, self._epoch = step, epoch
         n_layers = len(self.layers.names)
         params = self.layers.params
-        with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+        with_grad = tuple(i for i, p in enumerate(params) if p.grad is not None)
         zeros = torch.zeros(n_layers, device=self.device)
         sq, l1, mx = zeros.clone(), zeros.clone(), zeros.clone()
         if with_grad:
             grads = [params[i].grad.detach() for i in with_grad]
-            idx = self.layer_of[with_grad]
+            idx = self._layer_index(with_grad)
             l2_norms = torch.stack(torch._foreach_norm(grads, 2)).float()
             l1_norms = torch.stack(torch._foreach_norm(grads, 1)).float()
             inf_norms = torch.stack(torch._foreach_norm(grads, math.inf)).float()
             sq.index_add_(0, idx, l2_norms.square())
             l1.index_add_(0, idx, l1_norms)
             mx.scatter_reduce_(0, idx, inf_norms, reduce="amax")
-        trainable = [i for i, p in enumerate(params) if p.requires_grad]
-        if trainable != self._snap_for:
-            self._snap = [params[i].detach().clone() for i in trainable]
-            self._snap_for = trainable
-        elif trainable:
-            torch._foreach_copy_(self._snap, [params[i].detach() for i in trainable])
-        self._pending = {"sq": sq, "l1": l1, "max": mx}
+        self._snap_for = tuple(i for i, p in enumerate(params) if p.requires_grad)
+        self._snap = torch._foreach_mul([params[i].detach() for i in self._snap_for], 1.0)
+        self._grads = (sq, l1, mx)
 
-    def end(self) -> TelemetryRecord | None:
-        """After the optimizer step: update and weight norms; one copy to the CPU."""
-        if self._pending is None:
+    def end(self) -> PendingRecord | None:
+        """After the optimizer step: update and weight norms. Nothing leaves the device."""
+        if self._grads is None:
             return None
         params = self.layers.params
         n_layers = len(self.layers.names)
@@ -129,60 +173,40 @@ class TelemetryProbe:
         weight_sq = self._frozen_weight_sq().clone()
         if self._snap_for:
             current = [params[i].detach() for i in self._snap_for]
-            idx = self.layer_of[self._snap_for]
-            # In place: the snapshot becomes (before - after), whose norm is the update's.
+            idx = self._layer_index(self._snap_for)
+            # In place: the copy becomes (before - after), whose norm is the update's.
             torch._foreach_sub_(self._snap, current)
             norms = torch.stack(torch._foreach_norm(self._snap, 2)).float()
             update_sq.index_add_(0, idx, norms.square())
             weights = torch.stack(torch._foreach_norm(current, 2)).float()
             weight_sq.index_add_(0, idx, weights.square())
-        stacked = (
-            torch.stack(
-                [
-                    self._pending["sq"].sqrt(),
-                    self._pending["l1"] / self.numel.clamp(min=1),
-                    self._pending["max"],
-                    weight_sq.sqrt(),
-                    update_sq.sqrt(),
-                ]
-            )
-            .cpu()
-            .numpy()
+        self._snap = []  # freed: no copy of the weights outlives the report
+        sq, l1, mx = self._grads
+        self._grads = None
+        values = torch.stack(
+            [sq.sqrt(), l1 / self.numel.clamp(min=1), mx, weight_sq.sqrt(), update_sq.sqrt()]
         )
-        self._pending = None
-        grad_norm, mean_abs, grad_max, weight_norm, update_norm = stacked
-        ratio = np.divide(
-            update_norm, weight_norm, out=np.zeros_like(update_norm), where=weight_norm > 0
-        )
-        return TelemetryRecord(
-            self._step,
-            self._epoch,
-            grad_norm,
-            mean_abs,
-            grad_max,
-            weight_norm,
-            update_norm,
-            ratio,
-            self.layers.layer_trainable(),
-        )
+        return PendingRecord(self._step, self._epoch, values, self.layers.layer_trainable())
 
     def _frozen_weight_sq(self) -> torch.Tensor:
         """Squared weight norms of frozen parameters per layer: they cannot change, so they are
         computed once per freeze plan rather than on every report."""
-        frozen = [i for i, p in enumerate(self.layers.params) if not p.requires_grad]
+        frozen = tuple(i for i, p in enumerate(self.layers.params) if not p.requires_grad)
         if self._frozen_cache is None or self._frozen_cache[0] != frozen:
             sq = torch.zeros(len(self.layers.names), device=self.device)
             if frozen:
                 norms = torch.stack(
                     torch._foreach_norm([self.layers.params[i].detach() for i in frozen], 2)
                 )
-                sq.index_add_(0, self.layer_of[frozen], norms.float().square())
+                sq.index_add_(0, self._layer_index(frozen), norms.float().square())
             self._frozen_cache = (frozen, sq)
         return self._frozen_cache[1]
 
     def release(self) -> None:
-        self._snap, self._snap_for = [], []
+        self._snap, self._snap_for = [], ()
+        self._grads = None
         self._frozen_cache = None
+        self._index.clear()
 
 
 # ---------------------------------------------------------------------- frozen verification

@@ -53,7 +53,7 @@ from freezer_app.core.freeze import Edit, FreezePlan, apply_mask, resolve
 from freezer_app.core.optim import lr_factor, restrict_to_trainable
 from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
 from freezer_app.core.run_folder import RunFolder, RunLock
-from freezer_app.core.telemetry import FrozenCheck
+from freezer_app.core.telemetry import FrozenCheck, PendingRecord
 from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train import checkpoint
 from freezer_app.core.train.logbook import Logbook
@@ -147,6 +147,9 @@ class Trainer:
         self._pending_steps: list[tuple[int, int]] = []
         self.current_plan = FreezePlan()
         self._entry_key: tuple[str, int] | None = None
+        self._trainable: list[nn.Parameter] = []  # what the optimizer steps (per plan)
+        self._forward: Any = None  # the model, or its torch.compile wrapper
+        self._compile_failed = False
 
     # ================================================================== setup
     def _setup(self) -> None:
@@ -245,6 +248,8 @@ class Trainer:
             return False
         applied = apply_mask(parts.model, parts.tree, mask, plan.bn_policy)
         restrict_to_trainable(parts.optimizer, parts.groups)
+        self._trainable = [p for g in parts.optimizer.param_groups for p in g["params"]]
+        self._set_forward()
         parts.verifier.sync(self.step, parts.tree.frozen_norm_paths(), plan.bn_policy)
         self.current_plan = plan
         event = PlanApplied(
@@ -267,6 +272,36 @@ class Trainer:
             )
             self.log.plan(self._plan_record(event))
         return True
+
+    def _set_forward(self) -> None:
+        """The model's forward for training and validation: with `compile`, a torch.compile
+        wrapper made anew for each plan (requires_grad and the frozen norms' mode changed)."""
+        model = self.parts.model
+        if not self.project.train.compile or self._compile_failed:
+            self._forward = model
+            return
+        compiled = torch.compile(model)
+
+        def forward(x: torch.Tensor) -> Any:
+            try:
+                return compiled(x)
+            except Exception as e:
+                if is_oom(e) or self._compile_failed:
+                    raise
+                # No C++ compiler, an unsupported operation...: eager still trains.
+                self._compile_failed = True
+                self._forward = model
+                first = str(e).splitlines()[0] if str(e) else ""
+                self.emit(
+                    LogEvent(
+                        f"torch.compile failed ({type(e).__name__}: {first[:200]}); "
+                        "training goes on without it",
+                        "warning",
+                    )
+                )
+                return model(x)
+
+        self._forward = forward
 
     def _plan_record(self, event: PlanApplied) -> dict[str, Any]:
         return {
@@ -642,8 +677,10 @@ class Trainer:
         parts = self.parts
         assert parts is not None
         model, optimizer = parts.model, parts.optimizer
-        trainable_params = lambda: [p for g in optimizer.param_groups for p in g["params"]]
-        log_every = 1 if parts.device.type == "cpu" else 10
+        # Steps that report (losses, and telemetry every telemetry_every steps): every step on
+        # the CPU; on an accelerator every 10th at most, each with one device-to-host copy,
+        # and no synchronisation at all on the steps between.
+        every = 1 if parts.device.type == "cpu" else min(10, parts.probe.every)
         while self.epoch < t.epochs:
             if self.batch_in_epoch == 0:
                 self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
@@ -657,7 +694,7 @@ class Trainer:
                 x, y = self._to_device(x, y, parts.loaders.train_finish)
                 optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
-                    loss = parts.criterion(logits_of(model(x)), y)
+                    loss = parts.criterion(logits_of(self._forward(x)), y)
                 if parts.scaler:
                     parts.scaler.scale(loss).backward()
                     parts.scaler.unscale_(optimizer)
@@ -666,7 +703,7 @@ class Trainer:
                 self.step += 1
                 parts.probe.begin(self.step, self.epoch + 1)
                 if t.grad_clip:
-                    nn.utils.clip_grad_norm_(trainable_params(), t.grad_clip)
+                    nn.utils.clip_grad_norm_(self._trainable, t.grad_clip)
                 if parts.scaler:
                     parts.scaler.step(optimizer)
                     parts.scaler.update()
@@ -675,15 +712,13 @@ class Trainer:
                 parts.scheduler.step()
                 self.batch_in_epoch += 1
                 images += y.shape[0]
-                record = parts.probe.end()
-                if record is not None:
-                    self.log.telemetry(record.to_json())
-                    self.emit(TelemetryEvent(record))
+                telemetry = parts.probe.end()
                 self._pending_losses.append(loss.detach())
                 self._pending_lrs.append(t.lr * self._lr_factor(self.step - 1))
                 self._pending_steps.append((self.step, self.epoch + 1))
-                if len(self._pending_losses) >= log_every:
-                    self._flush_losses(rate=images / self._training_seconds(epoch_start))
+                if telemetry is not None or (self.step - 1) % every == 0:
+                    rate = images / self._training_seconds(epoch_start)
+                    self._flush_losses(rate=rate, telemetry=telemetry)
                 if (
                     t.max_steps
                     and self.step >= t.max_steps
@@ -704,24 +739,31 @@ class Trainer:
         """Time spent training in this epoch: paused time does not count."""
         return max(1e-9, time.monotonic() - epoch_start - self.paused_seconds)
 
-    def _flush_losses(self, rate: float = 0.0, check: bool = True) -> None:
-        """One device-to-host copy for the losses of several steps (no sync every step on GPU)."""
-        if not self._pending_losses:
+    def _flush_losses(self, rate: float = 0.0, telemetry: PendingRecord | None = None) -> None:
+        """Report the losses of the steps since the last report, and `telemetry` if given:
+        one device-to-host copy for all of it (the only synchronisation of a step)."""
+        if not self._pending_losses and telemetry is None:
             return
-        values = torch.stack(self._pending_losses).float().tolist()
-        for value, lr, (step, epoch) in zip(values, self._pending_lrs, self._pending_steps):
-            if check and not math.isfinite(value):
-                self._pending_losses.clear()
-                self._pending_lrs.clear()
-                self._pending_steps.clear()
+        n = len(self._pending_losses)
+        rows = [torch.stack(self._pending_losses).float().reshape(-1)] if n else []
+        if telemetry is not None:
+            rows.append(telemetry.values.float().reshape(-1))
+        host = torch.cat(rows).cpu().numpy()
+        pending = list(zip(host[:n].tolist(), self._pending_lrs, self._pending_steps))
+        self._pending_losses.clear()
+        self._pending_lrs.clear()
+        self._pending_steps.clear()
+        if telemetry is not None:
+            record = telemetry.to_record(host[n:])
+            self.log.telemetry(record.to_json)  # formatted on the writer thread
+            self.emit(TelemetryEvent(record))
+        for value, lr, (step, epoch) in pending:
+            if not math.isfinite(value):
                 raise _NonFiniteLoss(step, value)
             self.epoch_loss_sum += value
             self.epoch_loss_count += 1
             self.log.step(step, epoch, value, lr)
             self.emit(StepEvent(step, epoch, value, lr, rate))
-        self._pending_losses.clear()
-        self._pending_lrs.clear()
-        self._pending_steps.clear()
 
     @torch.no_grad()
     def _validate(self) -> tuple[float | None, float | None]:
@@ -739,7 +781,7 @@ class Trainer:
                 raise _StopRequested
             x, y = self._to_device(x, y, parts.loaders.val_finish)
             with self._autocast():
-                logits = logits_of(model(x))
+                logits = logits_of(self._forward(x))
             total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             count += y.shape[0]
