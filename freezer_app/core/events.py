@@ -121,6 +121,7 @@ class Finished:
     message: str = ""
     hint: str = ""
     details: str = ""  # a traceback, for failures Freezer did not foresee
+    peak_device_memory: int | None = None  # bytes allocated on the GPU at most (CUDA only)
 
 
 Event = (

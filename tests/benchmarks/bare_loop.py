@@ -12,6 +12,7 @@ validation pass per epoch, and the final weights saved. Run as its own process:
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import timm
@@ -35,6 +36,10 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--freeze", nargs="*", default=["conv1", "bn1", "layer1"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--fused", action="store_true", help="AdamW(fused=True), not torch's default kernel"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -52,16 +57,22 @@ def main() -> None:
     train_ds = datasets.ImageFolder(f"{args.data}/train", tf)
     val_ds = datasets.ImageFolder(f"{args.data}/val", tf)
     model.reset_classifier(len(train_ds.classes))
+    device = torch.device(args.device)
+    model.to(device)
+    cuda = device.type == "cuda"
     extra = {"persistent_workers": True} if args.workers else {}
     train = DataLoader(
         train_ds,
         batch_size=args.batch_size,
         shuffle=True,
         num_workers=args.workers,
+        pin_memory=cuda,
         generator=torch.Generator().manual_seed(args.seed),
         **extra,
     )
-    val = DataLoader(val_ds, batch_size=args.batch_size * 2, num_workers=args.workers, **extra)
+    val = DataLoader(
+        val_ds, batch_size=args.batch_size * 2, num_workers=args.workers, pin_memory=cuda, **extra
+    )
 
     frozen = [model.get_submodule(name) for name in args.freeze]
     for module in frozen:
@@ -76,6 +87,7 @@ def main() -> None:
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
         ],
         lr=args.lr,
+        **({"fused": True} if args.fused else {}),
     )
     criterion = nn.CrossEntropyLoss()
     started = time.perf_counter()
@@ -85,6 +97,7 @@ def main() -> None:
             norm.eval()
         total, count = 0.0, 0
         for x, y in train:
+            x, y = x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)
             opt.zero_grad(set_to_none=True)
             loss = criterion(model(x), y)
             loss.backward()
@@ -95,11 +108,14 @@ def main() -> None:
         correct = seen = 0
         with torch.no_grad():
             for x, y in val:
+                x, y = x.to(device), y.to(device)
                 correct += int((model(x).argmax(1) == y).sum())
                 seen += len(y)
         print(f"epoch {epoch + 1}: loss {total / count:.4f}, val acc {correct / seen:.4f}")
     torch.save(model.state_dict(), args.out)
     print(f"trained in {time.perf_counter() - started:.1f} s")
+    peak = torch.cuda.max_memory_allocated(device) if cuda else None
+    print("RESULT " + json.dumps({"peak_device_memory": peak}))
 
 
 if __name__ == "__main__":

@@ -484,6 +484,8 @@ class Trainer:
             raise
         parts = self.parts
         assert parts is not None
+        if parts.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(parts.device)
         self.emit(
             RunStarted(
                 run_dir=str(self.folder.path),
@@ -589,6 +591,9 @@ class Trainer:
             message=message,
             hint=hint,
             details=details,
+            peak_device_memory=torch.cuda.max_memory_allocated(parts.device)
+            if parts.device.type == "cuda"
+            else None,
         )
         self._release()
         self.emit(result)
