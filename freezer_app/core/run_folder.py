@@ -7,9 +7,12 @@ metrics.jsonl         per step: loss, lr; per epoch: train_loss, val_loss, val_a
 telemetry.jsonl       per-layer statistics every few steps (layer names in layers.json)
 plans.jsonl           every freeze-plan change the run applied (or refused), by step
 frozen_check.jsonl    per epoch: were all frozen tensors bit-identical?
-checkpoints/last.pt   everything needed to resume (written each epoch and on stop)
-checkpoints/best.safetensors   weights of the best validation epoch
-model.safetensors     final weights, keys exactly as model.state_dict()
+checkpoints/last.pt   everything needed to resume (each --checkpoint-every epochs, at the end
+                      and on stop), with the name of its weights file:
+checkpoints/weights-STEP.safetensors   the model's weights at that checkpoint
+checkpoints/best.safetensors   weights of the best validation epoch (a hard link of a
+                      checkpoint's weights file where the file system allows)
+model.safetensors     final weights, keys exactly as model.state_dict() (likewise a link)
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ class Trainer:
         self._trainable: list[nn.Parameter] = []  # what the optimizer steps (per plan)
         self._forward: Any = None  # the model, or its torch.compile wrapper
         self._compile_failed = False
+        self._cache_announced = False
 
     # ================================================================== setup
     def _setup(self) -> None:
@@ -837,6 +838,7 @@ class Trainer:
             )
         )
         self._write_frozen_check(self.parts.verifier.check(self.epoch, self.step))
+        self._announce_image_cache()
         last = (
             early_stop or self.epoch >= t.epochs or bool(t.max_steps and self.step >= t.max_steps)
         )
@@ -852,6 +854,21 @@ class Trainer:
             )
             return True
         return False
+
+    def _announce_image_cache(self) -> None:
+        """Once, after the first epoch: what the image cache holds (later epochs skip decoding)."""
+        if self._cache_announced:
+            return
+        self._cache_announced = True
+        held, nbytes = self.parts.loaders.cached_images()
+        total = len(self.parts.report.train) + len(self.parts.report.val)
+        if held:
+            self.emit(
+                LogEvent(
+                    f"image cache: {held:,} of {total:,} prepared images ({nbytes / 2**20:,.1f} "
+                    "MB) kept in memory; later epochs read them from there"
+                )
+            )
 
     def _write_frozen_check(self, check: FrozenCheck) -> None:
         self.last_check = check
