@@ -601,6 +601,8 @@ class Trainer:
         return result
 
     def _non_finite(self, e: _NonFiniteLoss) -> tuple[str, str, str, str]:
+        with contextlib.suppress(WriteError):
+            self.writer.wait()  # the checkpoints submitted so far are the ones on disk
         where = (
             f"the last good checkpoint (end of epoch {self.last_good_checkpoint_epoch}) is kept in {self.folder.last_checkpoint}"
             if self.last_good_checkpoint_epoch
