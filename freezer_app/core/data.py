@@ -693,7 +693,10 @@ class DeviceNormalize:
         if x.dtype != torch.uint8:
             return x
         if x.device not in self._on:
-            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+            self._on[x.device] = (
+                self.mean.to(x.device, non_blocking=True),
+                self.std.to(x.device, non_blocking=True),
+            )
         mean, std = self._on[x.device]
         return x.float().div_(255).sub_(mean).div_(std)
 
