@@ -309,3 +309,39 @@ def test_uint8_batches_on_the_device_match_float_ones() -> None:
     assert torch.equal(norm(x), ref)
     floats = torch.randn(2, 3, 4, 4)
     assert norm(floats) is floats  # already prepared: untouched
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_augmented_training_reuses_decoded_images_exactly(
+    demo_data: Path, tmp_path: Path, workers: int
+) -> None:
+    cached = make_project(demo_data, epochs=2, telemetry_every=5)
+    cached.data.augmentation = "light"
+    cached.data.workers = workers
+    uncached = copy.deepcopy(cached)
+    uncached.data.image_cache = 0
+    rec = Recorder()
+    assert Trainer(cached, tmp_path / "cached", on_event=rec).run().reason == "completed"
+    assert Trainer(uncached, tmp_path / "uncached").run().reason == "completed"
+    assert _losses(tmp_path / "cached") == _losses(tmp_path / "uncached")
+    notes = [e.message for e in rec.of(ev.LogEvent) if e.message.startswith("image cache")]
+    assert notes and "120 of 150 images" not in notes[0]  # train decoded + val prepared
+    assert "150 of 150 images" in notes[0]
+
+
+def test_decoded_images_are_read_back_instead_of_decoded(demo_data: Path, monkeypatch) -> None:
+    from freezer_app.core import data
+
+    report = scan_folder(demo_data)
+    train_tf, eval_tf = build_transforms({"input_size": (3, 32, 32)}, 32, "light")
+    loaders = make_loaders(report, train_tf, eval_tf, 16, 0, 0, cache_bytes=2**30, image_size=32)
+    list(loaders.train_batches(0))
+    decoded = loaders.train.dataset.decoded
+    assert decoded.count == len(report.train)
+    calls = []
+    real = data.load_rgb
+    monkeypatch.setattr(data, "load_rgb", lambda p: calls.append(p) or real(p))
+    list(loaders.train_batches(1))
+    assert calls == []
+    image = decoded.get(0)
+    assert np.array_equal(np.asarray(image), np.asarray(real(report.train[0][0])))

@@ -27,6 +27,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import Compose, Normalize, PILToTensor
 
 from freezer_app.core.errors import DataError
+from freezer_app.core.image_cache import DecodedImages, PreparedImages, can_share_with_workers
 from freezer_app.core.text import printable
 
 AUGMENTATIONS = ("none", "light", "strong")
@@ -485,10 +486,12 @@ class ImageItems(Dataset):
         transform: Callable,
         seed: int = 0,
         random_transform: bool = True,
+        decoded: DecodedImages | None = None,
     ) -> None:
         self.items = items
         self.transform = transform
         self.seed = seed
+        self.decoded = decoded  # decoded images kept across epochs (random transforms)
         # A deterministic transform (validation, augment "none") needs no per-sample seeding.
         self.random_transform = random_transform
 
@@ -498,9 +501,15 @@ class ImageItems(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         for attempt in range(len(self.items)):
-            path, label = self.items[(index + attempt) % len(self.items)]
+            at = (index + attempt) % len(self.items)
+            path, label = self.items[at]
+            image = self.decoded.get(at) if self.decoded is not None else None
+            if image is not None:
+                break
             try:
                 image = load_rgb(path)
+                if self.decoded is not None:
+                    self.decoded.put(at, image)
                 break
             except (OSError, ValueError) as e:
                 # Decoding failed after the header check passed (e.g. truncated data): warn and
@@ -579,7 +588,7 @@ class Loaders:
 
     Deterministic transforms (validation; training with augmentation "none") hand over uint8
     images, normalised later on the device (`finish`): 4× less to copy, and small enough to
-    keep in the ImageCache, so later epochs skip decoding and the worker processes altogether.
+    keep in the PreparedImages, so later epochs skip decoding and the worker processes altogether.
     """
 
     def __init__(
@@ -589,8 +598,8 @@ class Loaders:
         train_sampler: EpochBatchSampler,
         train_order: ListedBatches,
         val_order: ListedBatches | None,
-        train_cache: ImageCache | None = None,
-        val_cache: ImageCache | None = None,
+        train_cache: PreparedImages | None = None,
+        val_cache: PreparedImages | None = None,
         train_finish: DeviceNormalize | None = None,
         val_finish: DeviceNormalize | None = None,
         pin_memory: bool = False,
@@ -629,7 +638,7 @@ class Loaders:
         self,
         loader: DataLoader,
         order: ListedBatches,
-        cache: ImageCache | None,
+        cache: PreparedImages | None,
         batches: list[list[int]],
         epoch: int,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -648,7 +657,8 @@ class Loaders:
 
     def cached_images(self) -> tuple[int, int]:
         """(images held, bytes) in the RAM caches."""
-        caches = [c for c in (self.train_cache, self.val_cache) if c is not None]
+        decoded = getattr(self.train.dataset, "decoded", None)
+        caches = [c for c in (self.train_cache, self.val_cache, decoded) if c is not None]
         return sum(c.count for c in caches), sum(c.nbytes for c in caches)
 
     def close(self) -> None:
@@ -717,66 +727,6 @@ def split_normalize(transform: Callable) -> tuple[Callable, DeviceNormalize] | N
     return Compose([*steps[:-2], PILToTensor()]), DeviceNormalize(mean, std)
 
 
-def available_memory() -> int:
-    """Bytes of memory the system could give this process now (Linux: MemAvailable)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
-def cache_budget(megabytes: int | None) -> int:
-    """The image cache's size in bytes: the setting in MB, or (None) a quarter of free memory."""
-    if megabytes is None:
-        return available_memory() // 4
-    return megabytes * 1024 * 1024
-
-
-class ImageCache:
-    """Prepared uint8 images of one split, kept in RAM across epochs, up to `budget` bytes
-    (the first images that fit; the rest are decoded each epoch as before)."""
-
-    def __init__(self, n: int, shape: tuple[int, ...], budget: int) -> None:
-        per_image = math.prod(shape)
-        self.capacity = min(n, budget // max(1, per_image))
-        self.images = torch.empty((self.capacity, *shape), dtype=torch.uint8)
-        self.labels = torch.empty(self.capacity, dtype=torch.long)
-        self.filled = np.zeros(self.capacity, dtype=bool)
-
-    @property
-    def count(self) -> int:
-        return int(self.filled.sum())
-
-    @property
-    def nbytes(self) -> int:
-        return self.count * (self.images[0].numel() if self.capacity else 0)
-
-    def holds(self, batch: list[int]) -> bool:
-        return all(i < self.capacity and self.filled[i] for i in batch)
-
-    def get(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(batch)
-        return self.images[index], self.labels[index]
-
-    def put(self, batch: list[int], x: torch.Tensor, y: torch.Tensor) -> None:
-        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != tuple(self.images.shape[1:]):
-            return
-        rows = [k for k, i in enumerate(batch) if i < self.capacity]
-        if not rows:
-            return
-        index = torch.as_tensor([batch[k] for k in rows])
-        self.images[index] = x[rows]
-        self.labels[index] = y[rows]
-        self.filled[index.numpy()] = True
-
-
 def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
@@ -795,14 +745,28 @@ def make_loaders(
 ) -> Loaders:
     """Train and validation loaders; pinned memory and persistent workers where they help.
 
-    random_train: whether the training transform is random (augmentation); a deterministic
-    one is split (split_normalize) and its images cached in up to `cache_bytes` of RAM, as
-    the validation images always are.
+    random_train: whether the training transform is random (augmentation). A deterministic
+    one is split (split_normalize) and its finished images kept in up to `cache_bytes` of RAM
+    (PreparedImages), as the validation images always are; for a random one the decoded
+    images are kept instead (DecodedImages, shared with the workers), and augmented anew.
     """
     train_split = None if random_train else split_normalize(train_tf)
     val_split = split_normalize(eval_tf)
+    shape = (3, image_size, image_size) if image_size else None
+    budget = cache_bytes
+    val_cache = None
+    if report.val and val_split and shape and budget > 0:
+        # Validation first: it is read every epoch, whatever the augmentation.
+        val_cache = PreparedImages(len(report.val), shape, budget)
+        budget -= val_cache.nbytes_budgeted
+    train_cache = None
+    decoded = None
+    if train_split and shape and budget > 0:
+        train_cache = PreparedImages(len(report.train), shape, budget)
+    elif not train_split and budget > 0 and can_share_with_workers(workers):
+        decoded = DecodedImages(len(report.train), budget)
     train_ds = ImageItems(
-        report.train, train_split[0] if train_split else train_tf, seed, random_train
+        report.train, train_split[0] if train_split else train_tf, seed, random_train, decoded
     )
     sampler = EpochBatchSampler(len(train_ds), batch_size, seed)
     extra: dict[str, Any] = {}
@@ -812,9 +776,6 @@ def make_loaders(
     train = DataLoader(
         train_ds, batch_sampler=train_order, num_workers=workers, pin_memory=pin_memory, **extra
     )
-    shape = (3, image_size, image_size) if image_size else None
-    budget = cache_bytes
-    train_cache = val_cache = None
     val = val_order = None
     if report.val:
         val_ds = ImageItems(report.val, val_split[0] if val_split else eval_tf, seed, False)
@@ -822,12 +783,6 @@ def make_loaders(
         val = DataLoader(
             val_ds, batch_sampler=val_order, num_workers=workers, pin_memory=pin_memory, **extra
         )
-        if val_split and shape and budget > 0:
-            # Validation first: it is read every epoch, whatever the augmentation.
-            val_cache = ImageCache(len(val_ds), shape, budget)
-            budget -= val_cache.capacity * math.prod(shape)
-    if train_split and shape and budget > 0:
-        train_cache = ImageCache(len(train_ds), shape, budget)
     return Loaders(
         train,
         val,

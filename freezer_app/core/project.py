@@ -74,8 +74,9 @@ class DataSettings:
     )
     image_cache: int | None = setting(
         None,
-        help="Memory for prepared images kept between epochs, so later epochs skip decoding "
-        "(validation images, and training images with augmentation none)",
+        help="Memory for images kept between epochs, so later epochs skip decoding "
+        "(validation images and, with augmentation none, training images ready to use; "
+        "with augmentation, training images as decoded)",
         minimum=0,
         maximum=16_777_216,
         none="up to a quarter of the free memory",

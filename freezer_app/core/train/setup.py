@@ -22,7 +22,6 @@ from freezer_app.core.data import (
     DataReport,
     Loaders,
     build_transforms,
-    cache_budget,
     default_workers,
     make_loaders,
     scan_folder,
@@ -34,6 +33,7 @@ from freezer_app.core.device import (
     wants_channels_last,
 )
 from freezer_app.core.errors import ProjectError
+from freezer_app.core.image_cache import cache_budget
 from freezer_app.core.optim import GroupSpec, build_optimizer, lr_factor, param_groups
 from freezer_app.core.project import Project, absolute_model
 from freezer_app.core.run_folder import RunFolder

@@ -867,8 +867,8 @@ class Trainer:
         if held:
             self.emit(
                 LogEvent(
-                    f"image cache: {held:,} of {total:,} prepared images ({nbytes / 2**20:,.1f} "
-                    "MB) kept in memory; later epochs read them from there"
+                    f"image cache: {held:,} of {total:,} images ({nbytes / 2**20:,.1f} MB) "
+                    "kept in memory; later epochs skip decoding them"
                 )
             )
 
