@@ -131,9 +131,9 @@ def test_checkpoint_every_skips_epochs_but_always_writes_the_last(
     steps: list[int] = []
     real = checkpoint.save
 
-    def recording(path, record, weights, metadata):
+    def recording(path, record, *args):
         steps.append(int(record["epoch"]))
-        return real(path, record, weights, metadata)
+        return real(path, record, *args)
 
     monkeypatch.setattr(checkpoint, "save", recording)
     project = make_project(demo_data, epochs=5, checkpoint_every=2)
@@ -345,3 +345,55 @@ def test_decoded_images_are_read_back_instead_of_decoded(demo_data: Path, monkey
     assert calls == []
     image = decoded.get(0)
     assert np.array_equal(np.asarray(image), np.asarray(real(report.train[0][0])))
+
+
+DROPOUT_NET = """
+import torch
+from torch import nn
+
+
+def build(num_classes=3):
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Dropout(0.5), nn.Linear(8, num_classes),
+    )
+"""
+
+
+def test_dropout_runs_repeat_exactly_whether_or_not_the_cache_holds_an_epoch(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """The loaders draw no random numbers from the global generator: dropout sees the same
+    ones with the cache on, off, or after a resume."""
+    factory = tmp_path / "dropout_net.py"
+    factory.write_text(DROPOUT_NET)
+    cached = make_project(demo_data, epochs=3, model=f"{factory}:build")
+    uncached = copy.deepcopy(cached)
+    uncached.data.image_cache = 0
+    assert Trainer(cached, tmp_path / "cached").run().reason == "completed"
+    assert Trainer(uncached, tmp_path / "uncached").run().reason == "completed"
+    assert _losses(tmp_path / "cached") == _losses(tmp_path / "uncached")
+    first = copy.deepcopy(cached)
+    first.train.max_steps = 8  # one epoch of 120 images at batch 16
+    assert Trainer(first, tmp_path / "resumed").run().reason in ("step-limit", "completed")
+    resumed = Trainer(
+        copy.deepcopy(cached),
+        tmp_path / "resumed",
+        resume=True,
+        resume_changes={"train.max_steps": None},
+    ).run()
+    assert resumed.reason == "completed"
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "cached")
+
+
+def test_a_copied_model_can_be_unfrozen_again() -> None:
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    apply_plan(model, FreezePlan(freeze=["conv1", "bn1", "layer1"]))
+    twin = copy.deepcopy(model)
+    apply_plan(twin, FreezePlan())
+    twin.train()
+    assert all(m.training for m in twin.modules())
+    model.train()  # the original keeps its own guard
+    assert not model.get_submodule("bn1").training

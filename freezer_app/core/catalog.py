@@ -42,7 +42,14 @@ from freezer_app.core.layout import find_head_paths
 from freezer_app.core.network import download_guard, host_reachable
 from freezer_app.core.project import absolute_model
 from freezer_app.core.trust import USER, CodeFile, CodeTrust
-from freezer_app.core.weights import WEIGHT_SUFFIXES, load_weights, read_metadata, read_state_dict
+from freezer_app.core.weights import (
+    WEIGHT_SUFFIXES,
+    check_fit,
+    load_weights,
+    read_metadata,
+    read_shapes,
+    read_state_dict,
+)
 
 TIMM = "timm"
 TORCHVISION = "torchvision"
@@ -693,7 +700,8 @@ def load_model(
     pretrained: download (or take from cache) the library's pretrained weights.
     weights: a local .safetensors/.pth file; head keys are dropped when the class count differs.
     meta: allocate nothing (meta device), for an instant architecture preview. Weights are
-        checked against the architecture but not copied.
+        checked against the architecture (names and shapes, from the file's header) but not
+        read or copied.
     trust: whether a factory .py may run (core/trust.py). The default runs a .py that `text`
         names itself (the user's own string) and refuses one named inside a file.
     """
@@ -765,8 +773,13 @@ def _load(
         torchvision_compat.set_transform_input(spec.name, module, transform_input)
     heads, _ = find_head_paths(module)
     if weights_path is not None:
-        state = read_state_dict(weights_path)
-        dropped = load_weights(module, state, heads, str(weights_path.name))
+        if meta:
+            # A preview only checks the fit: names and shapes from the file's header (or a
+            # memory map), never its tensor data.
+            dropped = check_fit(module, read_shapes(weights_path), heads, weights_path.name)
+        else:
+            state = read_state_dict(weights_path)
+            dropped = load_weights(module, state, heads, str(weights_path.name))
         note = f"weights from {weights_path.name}"
         if dropped:
             note += f" (head re-initialised for {num_classes} classes)"

@@ -648,7 +648,7 @@ class Loaders:
         for batch in batches:
             if cache is not None and cache.holds(batch):
                 x, y = cache.get(batch)
-                yield (x.pin_memory(), y) if self.pin_memory else (x, y)
+                yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
                 continue
             x, y = next(loaded)
             if cache is not None:
@@ -671,6 +671,8 @@ class Loaders:
             if loader is not None:
                 loader._iterator = None
         self.train_cache = self.val_cache = None
+        if self.train is not None:
+            self.train.dataset.decoded = None  # type: ignore[attr-defined]
 
 
 class ListedBatches(Sampler[list[tuple[int, int]]]):
@@ -695,20 +697,23 @@ class DeviceNormalize:
     float operations in the same order as torchvision's, so the values are bit-identical."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # 255 as a tensor too: CUDA divides by a Python number as a multiplication by its
+        # reciprocal, one bit off torchvision's CPU division for half of the byte values.
+        self.constants = (
+            torch.tensor(255.0),
+            torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+        )
+        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
         if x.device not in self._on:
-            self._on[x.device] = (
-                self.mean.to(x.device, non_blocking=True),
-                self.std.to(x.device, non_blocking=True),
-            )
-        mean, std = self._on[x.device]
-        return x.float().div_(255).sub_(mean).div_(std)
+            cuda = x.device.type == "cuda"  # elsewhere non_blocking may not wait for the data
+            self._on[x.device] = tuple(c.to(x.device, non_blocking=cuda) for c in self.constants)
+        scale, mean, std = self._on[x.device]
+        return x.float().div_(scale).sub_(mean).div_(std)
 
 
 def split_normalize(transform: Callable) -> tuple[Callable, DeviceNormalize] | None:
@@ -773,15 +778,28 @@ def make_loaders(
     if workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": 2}
     train_order = ListedBatches()
+    # Their own generators: a loader draws its workers' base seed from the global generator
+    # at each iter() otherwise, and the cache skips iter() in later epochs, so dropout's
+    # random numbers would depend on whether the cache held an epoch.
     train = DataLoader(
-        train_ds, batch_sampler=train_order, num_workers=workers, pin_memory=pin_memory, **extra
+        train_ds,
+        batch_sampler=train_order,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
     )
     val = val_order = None
     if report.val:
         val_ds = ImageItems(report.val, val_split[0] if val_split else eval_tf, seed, False)
         val_order = ListedBatches()
         val = DataLoader(
-            val_ds, batch_sampler=val_order, num_workers=workers, pin_memory=pin_memory, **extra
+            val_ds,
+            batch_sampler=val_order,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed + 1),
+            **extra,
         )
     return Loaders(
         train,

@@ -12,7 +12,6 @@ import copy
 import difflib
 import fnmatch
 import json
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -402,7 +401,6 @@ def _drop_redundant(tree: ModelTree, plan: FreezePlan) -> FreezePlan:
 
 
 # ---------------------------------------------------------------------- applying to a model
-_norm_guards: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -450,19 +448,20 @@ class _HeldInEval:
 
 
 def _set_norm_guard(model: nn.Module, norms: list[nn.Module]) -> None:
-    guarded = _norm_guards.pop(model, [])
+    """Hold `norms` in eval; release every other module of `model` held before (found on
+    the modules themselves, so a copied model is handled like the original)."""
     kept = {id(n) for n in norms}
-    for norm in guarded:
-        if id(norm) not in kept:
+    for module in model.modules():
+        held = module.__dict__.get("train")
+        if isinstance(held, _HeldInEval) and id(module) not in kept:
             # Unfrozen now: follow the model's mode again (train mode mid-epoch).
-            norm.__dict__.pop("train", None)
-            norm.training = model.training
+            del module.__dict__["train"]
+            module.training = model.training
     for norm in norms:
-        if not isinstance(norm.__dict__.get("train"), _HeldInEval):
+        held = norm.__dict__.get("train")
+        if not isinstance(held, _HeldInEval) or held.module is not norm:
             object.__setattr__(norm, "train", _HeldInEval(norm))
         norm.training = False
-    if norms:
-        _norm_guards[model] = norms
 
 
 # ---------------------------------------------------------------------- code for users

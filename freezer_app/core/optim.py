@@ -108,10 +108,14 @@ def build_optimizer(groups: list[GroupSpec], settings: TrainSettings) -> torch.o
     # The fused kernels: one call per step instead of one per parameter (AdamW on the CPU is
     # 9× faster than torch's per-parameter default), and on CUDA the grad scaler hands them
     # its inf check without a host-device synchronisation. foreach where fused is unsupported.
-    try:
-        return make(fused=True)
-    except (RuntimeError, ValueError):
-        return make(foreach=True)
+    # torch checks fused support only at the first step, so decide here from the parameters.
+    params = [p for g in torch_groups for p in g["params"]]
+    if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
+        try:
+            return make(fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return make(foreach=True)
 
 
 def restrict_to_trainable(optimizer: torch.optim.Optimizer, groups: list[GroupSpec]) -> None:

@@ -135,7 +135,7 @@ class TelemetryProbe:
                 self._index.clear()
             # Built on the host and copied without waiting: no synchronisation.
             layers = torch.as_tensor(self.layers.param_layer[list(params)])
-            index = layers.to(self.device, non_blocking=True)
+            index = layers.to(self.device, non_blocking=self.device.type == "cuda")
             self._index[params] = index
         return index
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -33,16 +35,53 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Pickled files are never loaded with code execution: anything that is not plain tensors
     and containers is refused with a message saying so.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"Weights file not found: {path}", "Check the path and try again.")
-    try:
+    path = _existing(path)
+    with _read_errors(path):
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return _unwrap(state, path)
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a weights file, reading as little as it can.
+
+    .safetensors: the header only (`safe_open`, `get_slice(name).get_shape()`); no tensor data.
+    .pth/.pt: `torch.load(mmap=True, weights_only=True)`, so tensor data stays on disk (only
+    the pages a tensor's values live in would be read, and none are); files in the old
+    pre-zip format cannot be mapped and are read whole. Same refusals and messages as
+    `read_state_dict`.
+    """
+    path = _existing(path)
+    with _read_errors(path):
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            return _unwrap_shapes(state, path)
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {k: tuple(v.shape) for k, v in _unwrap(loaded, path).items()}
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Weights file not found: {path}", "Check the path and try again.")
+    return path
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Reading errors as WeightsErrors that say what is wrong with the file."""
+    try:
+        yield
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"{path.name} contains Python objects, not just tensors, and is not loaded "
@@ -55,7 +94,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"Could not read weights from {path}: {str(e).splitlines()[0] if str(e) else e!r}",
             "The file may be truncated or not a PyTorch/safetensors weights file.",
         ) from None
-    return _unwrap(state, path)
+
+
+def _unwrap_shapes(state: dict[str, tuple[int, ...]], path: Path) -> dict[str, tuple[int, ...]]:
+    if not state:
+        raise WeightsError(
+            f"{path.name} does not hold a state_dict (a mapping of names to tensors).",
+            "Save weights with torch.save(model.state_dict(), PATH) or safetensors.",
+        )
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
 
 
 def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
@@ -95,26 +144,37 @@ def load_weights(
     Returns the head keys that were dropped (re-initialised for a new number of classes).
     Any other missing, unexpected or mis-shaped key is an error naming those keys.
     """
-    own = model.state_dict()
-    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head_paths)
-    dropped = [
-        k
-        for k, v in state.items()
-        if in_head(k) and k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    dropped = check_fit(model, shapes, head_paths, source)
     state = {k: v for k, v in state.items() if k not in dropped}
+    model.load_state_dict(state, strict=False, assign=_on_meta(model))
+    return dropped
+
+
+def check_fit(
+    model: nn.Module,
+    shapes: Mapping[str, tuple[int, ...]],
+    head_paths: tuple[str, ...] = (),
+    source: str = "the weights file",
+) -> list[str]:
+    """Whether weights with these names and shapes (`read_shapes`) fit `model`, as
+    `load_weights` decides, without any tensor data: returns the head keys that would be
+    dropped; raises WeightsError naming every other missing, unexpected or mis-shaped key."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head_paths)
+    dropped = [k for k, shape in shapes.items() if in_head(k) and k in own and shape != own[k]]
     mismatched = [
-        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
+        f"{k} {shape} vs model {own[k]}"
+        for k, shape in shapes.items()
+        if k in own and k not in dropped and shape != own[k]
     ]
     # Old checkpoints lack BatchNorm's step counter; it does not affect the weights.
     missing = [
         k
         for k in own
-        if k not in state and k not in dropped and not k.endswith("num_batches_tracked")
+        if k not in shapes and k not in dropped and not k.endswith("num_batches_tracked")
     ]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in shapes if k not in own]
     if mismatched or missing or unexpected:
         parts = []
         if missing:
@@ -129,7 +189,6 @@ def load_weights(
             + ".",
             "Pick the model these weights were saved from, or train without them.",
         )
-    model.load_state_dict(state, strict=False, assign=_on_meta(model))
     return dropped
 
 

@@ -15,6 +15,7 @@ Read with `torch.load(weights_only=True)`: plain tensors, numbers, strings, list
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from freezer_app.core.errors import ProjectError
-from freezer_app.core.files import WriteError, save_safetensors, torch_save
+from freezer_app.core.files import WriteError, link_or_copy, save_safetensors, torch_save
 
 CHECKPOINT_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # 2: the weights inside last.pt under "model"
@@ -37,14 +38,12 @@ def weights_name(step: int) -> str:
 
 def snapshot(value: Any) -> Any:
     """A copy of `value` whose tensors are detached CPU copies, safe to write on another
-    thread while training goes on changing the originals in place. On CUDA the copies go to
-    pinned memory without waiting; the caller synchronises once before handing them over."""
+    thread while training goes on changing the originals in place. Plain blocking copies: a
+    checkpoint is taken between epochs, where waiting is allowed, and pageable memory goes
+    back to the system when the write is done (pinned memory would stay with the process)."""
     if isinstance(value, torch.Tensor):
         t = value.detach()
-        if t.device.type == "cpu":
-            return t.clone()
-        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
-        return out.copy_(t, non_blocking=True)
+        return t.clone() if t.device.type == "cpu" else t.to("cpu")
     if isinstance(value, dict):
         return {k: snapshot(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -86,14 +85,18 @@ def save(
     checkpoint: dict[str, Any],
     weights: dict[str, torch.Tensor],
     metadata: dict[str, str],
+    links: tuple[Path, ...] = (),
 ) -> Path:
-    """Write the weights file, then `path` (naming it), atomically; remove older weights files.
+    """Write the weights file, then `links` to it (the best weights: before last.pt says which
+    epoch was best), then `path` naming it, each atomically; remove older weights files.
     Returns the weights file. A failed write (disk full: torch reports it as a RuntimeError
     from its C++ writer) is a WriteError that says where and how much room there was."""
     folder = path.parent
     weights_path = folder / weights_name(int(checkpoint["step"]))
     try:
         save_safetensors(weights, weights_path, metadata)
+        for link in links:
+            link_or_copy(weights_path, link)
         torch_save(
             {"version": CHECKPOINT_VERSION, **checkpoint, "weights": weights_path.name}, path
         )
@@ -111,7 +114,9 @@ def remove_unused_weights(folder: Path, keep: str | None) -> None:
     """Weights files no checkpoint names (older ones, or one a killed run wrote last)."""
     for old in folder.glob(WEIGHTS_GLOB):
         if old.name != keep:
-            old.unlink(missing_ok=True)
+            # Windows refuses to remove a file open elsewhere: it goes at the next checkpoint.
+            with contextlib.suppress(OSError):
+                old.unlink(missing_ok=True)
 
 
 def _why(path: Path, e: BaseException) -> str:

@@ -16,6 +16,7 @@ import json
 import math
 import random
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -151,6 +152,8 @@ class Trainer:
         self._forward: Any = None  # the model, or its torch.compile wrapper
         self._compile_failed = False
         self._cache_announced = False
+        self._checkpoint_written = threading.Event()
+        self._checkpoint_written.set()
 
     # ================================================================== setup
     def _setup(self) -> None:
@@ -191,6 +194,7 @@ class Trainer:
         self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
         if parts.saved is not None:
             self._restore(parts.saved)
+            parts.saved = None  # its tensors are in the model and optimizer now
             self.project.resumes.append(ResumeRecord(self.step, changes))
             self._write_project()
         else:
@@ -349,12 +353,15 @@ class Trainer:
             state["cuda"] = torch.cuda.get_rng_state(self.parts.device)
         return state
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, best: bool = False) -> None:
         """Snapshot the training state to the CPU now; write it on the writer thread, after
         every record it counts (flushed to disk first), so the checkpoint is always the last
         thing to change and a kill at any moment leaves logs that a resume can continue."""
         parts = self.parts
         assert parts is not None
+        # One checkpoint in flight at most: a slow disk must not stack up copies of the model.
+        while not self._checkpoint_written.wait(0.1):
+            self.writer.raise_error()  # a failed writer skips the job that would set it
         state = checkpoint.snapshot(
             {
                 "model": parts.model.state_dict(),
@@ -363,8 +370,6 @@ class Trainer:
                 "rng": self._rng_state(),
             }
         )
-        if parts.device.type == "cuda":
-            torch.cuda.synchronize(parts.device)  # the pinned copies are complete
         weights = state.pop("model")
         record = {
             **state,
@@ -390,13 +395,18 @@ class Trainer:
         path = self.folder.last_checkpoint
         metadata = self._weights_metadata()
         self._checkpoint_weights = (step, path.parent / checkpoint.weights_name(step))
+        links = (self.folder.best_weights,) if best else ()
+        written = self._checkpoint_written = threading.Event()
 
         def write() -> None:
-            self.log.flush_now(durable=True)
-            checkpoint.save(path, record, weights, metadata)
-            self.last_checkpoint_step = step
-            if whole_epoch:
-                self.last_good_checkpoint_epoch = epoch
+            try:
+                self.log.flush_now(durable=True)
+                checkpoint.save(path, record, weights, metadata, links)
+                self.last_checkpoint_step = step
+                if whole_epoch:
+                    self.last_good_checkpoint_epoch = epoch
+            finally:
+                written.set()
 
         self.writer.submit(write)
 
@@ -466,8 +476,6 @@ class Trainer:
             self.writer.submit(lambda: link_or_copy(source, path))
             return
         weights = checkpoint.snapshot(parts.model.state_dict())
-        if parts.device.type == "cuda":
-            torch.cuda.synchronize(parts.device)
         metadata = self._weights_metadata()
         self.writer.submit(lambda: save_safetensors(weights, path, metadata))
 
@@ -536,6 +544,8 @@ class Trainer:
         except WriteError as e:
             # Disk full or no permission while saving: say what is kept, and keep the process.
             reason, kind = "error", "write"
+            with contextlib.suppress(WriteError):
+                self.writer.wait()  # what it had been given: last_checkpoint_step is current
             self._recover_after_failure()
             kept = (
                 f"the last complete checkpoint (step {self.last_checkpoint_step}) and every "
@@ -845,9 +855,10 @@ class Trainer:
             early_stop or self.epoch >= t.epochs or bool(t.max_steps and self.step >= t.max_steps)
         )
         if last or self.epoch % t.checkpoint_every == 0:
-            self._save_checkpoint()
-        if is_best:
-            self._save_weights(self.folder.best_weights)  # a link of the checkpoint's weights
+            # The best weights become a link of the checkpoint's weights file.
+            self._save_checkpoint(best=is_best)
+        elif is_best:
+            self._save_weights(self.folder.best_weights)
         if early_stop:
             self.emit(
                 LogEvent(
