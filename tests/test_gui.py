@@ -31,7 +31,8 @@ def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
     w.set_project(project, None)
     w.resize(1400, 900)
     w.show()
-    qtbot.waitUntil(lambda: w.report is not None, timeout=30_000)
+    # The dataset check, then the model preview for its class count, run in the background.
+    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
     w._runs_root = lambda: tmp_path / "runs"  # keep runs out of the user's folders
     yield w
     if w.session is not None:
@@ -45,14 +46,19 @@ def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
 
 def type_setting(qtbot, w: MainWindow, key: str, text: str) -> None:
     """Type a value into a setting's editor in the Data or Training form and press Enter,
-    as a user does (spin boxes, text fields), or pick it from the list (choices)."""
-    from PySide6.QtWidgets import QComboBox, QSpinBox
+    as a user does (spin boxes, text fields), pick it from the list (choices), or click the
+    check box until it shows `text` ("on" or "off")."""
+    from PySide6.QtWidgets import QCheckBox, QComboBox, QSpinBox
 
     forms = (w.data_panel.form, w.settings_panel.form)
     editor = next(f.editor(key) for f in forms if key in f.editors)
     w.left.setCurrentWidget(w.data_panel if key.startswith("data.") else w.settings_panel)
     if isinstance(editor, QComboBox):
         editor.setCurrentIndex(editor.findText(text))
+        return
+    if isinstance(editor, QCheckBox):
+        if editor.isChecked() != (text == "on"):
+            editor.click()
         return
     editor.setFocus()
     line = editor.lineEdit() if isinstance(editor, QSpinBox) else editor
@@ -454,6 +460,7 @@ def test_opening_a_run_folder_as_the_model_continues_from_its_weights(
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: result.run_dir)
     menu = window.model_panel.open_weights.menu()
     next(a for a in menu.actions() if a.text().startswith("Bundle or run folder")).trigger()
+    qtbot.waitUntil(lambda: window.preview_task is None, timeout=30_000)  # built in the background
     assert window.project.model == "timm:test_resnet"
     assert window.project.weights == str(Path(result.run_dir) / "model.safetensors")
     assert "weights: model.safetensors" in window.model_panel.current.text()

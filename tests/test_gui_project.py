@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import make_project
 from PySide6.QtCore import QSettings, Qt, QThreadPool
-from PySide6.QtWidgets import QComboBox, QMessageBox, QSpinBox
+from PySide6.QtWidgets import QCheckBox, QComboBox, QMessageBox, QSpinBox
 from test_gui import type_setting
 
 from freezer_app.cli import main
@@ -35,7 +35,8 @@ def _window(qtbot, tmp_path: Path, project: Project, monkeypatch) -> MainWindow:
     w.set_project(project, None)
     w.resize(1400, 900)
     w.show()
-    qtbot.waitUntil(lambda: w.report is not None, timeout=30_000)
+    # The dataset check, then the model preview for its class count, run in the background.
+    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
     w._runs_root = lambda: tmp_path / "runs"
     return w
 
@@ -164,6 +165,9 @@ def awkward_value(s: schema.Setting) -> tuple[str, object]:
     if s.kind is int:
         value = int(spec.minimum) + 3 if s.nullable else int(spec.minimum or 0) + 7
         return str(value), value
+    if s.kind is bool:
+        value = not schema.get_value(Project(), s.key)  # the one that is not the default
+        return ("on" if value else "off"), value
     raise AssertionError(s.key)
 
 
@@ -204,6 +208,8 @@ def test_every_form_setting_round_trips_exactly_through_the_window(
         value = schema.get_value(saved, key)
         if isinstance(widget, QComboBox):
             assert widget.currentText() == value, key
+        elif isinstance(widget, QCheckBox):
+            assert widget.isChecked() is value, key
         elif isinstance(widget, QSpinBox):
             assert widget.value() == (editor.null_value if value is None else value), key
         else:
@@ -319,6 +325,7 @@ def test_live_values_go_when_the_plan_or_the_model_changes(
     assert w.loss_plot.steps.n > 0
     w.model_panel.search.setText("test_convnext")
     qtbot.keyClick(w.model_panel.search, Qt.Key.Key_Return)  # Enter takes the first match
+    qtbot.waitUntil(lambda: w.preview_task is None, timeout=30_000)  # built in the background
     assert w.project.model.endswith("test_convnext")
     assert w.loss_plot.steps.n == 0  # the old model's curve is not this model's
 
@@ -406,12 +413,14 @@ def test_a_model_the_plan_does_not_fit_resets_the_plan_in_the_same_undoable_step
     w = make_window(make_project(demo_data, plan=plan))
     w.model_panel.search.setText("timm:test_vit")
     qtbot.keyClick(w.model_panel.search, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: w.preview_task is None, timeout=30_000)  # built in the background
     assert w.project.model == "timm:test_vit"
     assert w.project.plan.preset == "train-all" and w.project.plan.unfreeze == []
     assert "reset to train-all" in w.statusBar().currentMessage()
     assert "does not fit" not in w.tree_panel.summary.text()
     w.act_undo.trigger()  # both come back together
     assert w.project.model == "timm:test_resnet" and w.project.plan == plan
+    qtbot.waitUntil(lambda: w.preview_task is None, timeout=30_000)
     assert "plan: head-only; unfreeze layer4.0" in w.tree_panel.summary.text()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +45,11 @@ def make_app() -> QApplication:
     app.setApplicationName("Freezer")
     app.setOrganizationName("Freezer")
     app.setApplicationDisplayName("Freezer")
+    # What is alive now (torch, timm, Qt and their registries: some 10^6 objects) stays alive.
+    # Frozen, the garbage collector's full passes skip it: unfrozen, each walked all of it
+    # with the interpreter lock held, stalling the window for ~250 ms whenever a background
+    # task (a model preview) triggered one.
+    gc.freeze()
     return app  # type: ignore[return-value]
 
 
@@ -78,7 +84,9 @@ def run_gui(
 
 def _screenshot(window: MainWindow, path: Path, train_steps: int | None, tab: str | None) -> int:
     window.resize(1600, 950)
-    wait_until(lambda: window.scan_task is None, 60)
+    # The dataset check and the model preview run in the background: the picture (and Train)
+    # wait for both.
+    wait_until(lambda: window.scan_task is None and window.preview_task is None, 120)
     code = 0
     if train_steps:
         # The same Train action a click triggers, on a project limited to N steps.
@@ -97,7 +105,8 @@ def _screenshot(window: MainWindow, path: Path, train_steps: int | None, tab: st
         else:
             window.right.setCurrentWidget(window.grad_plot)
             view = window.evaluate_view
-            wait_until(lambda: view.task is None, 120)  # the evaluation that follows a run
+            # The evaluation that follows a run, and its thumbnails.
+            wait_until(lambda: view.task is None and view.thumbnail_task is None, 120)
             print(f"run folder: {window.run_dir}")
     if tab:
         window.right.setCurrentIndex(TABS.index(tab))

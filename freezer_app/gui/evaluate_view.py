@@ -3,12 +3,17 @@ predictions, and top-k predictions for images dropped on the window."""
 
 from __future__ import annotations
 
+import functools
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
+from PIL import Image
 from PySide6.QtCore import QPointF, QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -26,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from freezer_app.core.data import scale_to_8bit
 from freezer_app.core.evaluate import (
     Evaluation,
     ImagePrediction,
@@ -38,20 +44,56 @@ from freezer_app.gui.plots import LayerAxis
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 THUMBNAILS = 60  # images shown at once; enough to see what goes wrong without stalling
+THUMBNAIL_SIZE = 88  # pixels: the icon size of the image list
 
 
-def thumbnail(path: str, size: int = 88) -> QIcon:
-    pixmap = QPixmap(path)
-    if pixmap.isNull():
-        return QIcon()
-    return QIcon(
-        pixmap.scaled(
-            size,
-            size,
-            Qt.AspectRatioMode.KeepAspectRatio,
-            Qt.TransformationMode.SmoothTransformation,
-        )
-    )
+def decode_thumbnail(path: str, size: int = THUMBNAIL_SIZE) -> QImage:
+    """An image file decoded at its display size (fits size×size), for any thread: a JPEG is
+    decoded at a reduced scale (`Image.draft`), then it is scaled down. Images of more than
+    8 bits are scaled to 8 as for training. A null QImage when the file cannot be read."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")
+            img.draft("RGB", (size, size))  # JPEG: the smallest DCT scale still >= size
+            img.thumbnail((size, size))
+            if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+                img = scale_to_8bit(img)
+            alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+            img = img.convert("RGBA" if alpha else "RGB")
+            fmt = QImage.Format.Format_RGBA8888 if alpha else QImage.Format.Format_RGB888
+            data = img.tobytes()
+            w, h = img.size
+            # copy(): the QImage owns its pixels (not the bytes object about to go).
+            return QImage(data, w, h, len(data) // h, fmt).copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return QImage()
+
+
+def decode_thumbnails(
+    paths: list[str],
+    deliver: Callable[[list[tuple[int, QImage]]], None],
+    should_cancel: Callable[[], bool],
+    size: int = THUMBNAIL_SIZE,
+) -> None:
+    """Decode `paths` in order, handing (index, image) pairs to `deliver` in small batches
+    (about every 50 ms), until done or `should_cancel()`."""
+    batch: list[tuple[int, QImage]] = []
+    last = time.monotonic()
+    for i, path in enumerate(paths):
+        if should_cancel():
+            return
+        batch.append((i, decode_thumbnail(path, size)))
+        if time.monotonic() - last > 0.05 or i == len(paths) - 1:
+            deliver(batch)
+            batch, last = [], time.monotonic()
+
+
+@functools.cache
+def placeholder_icon(size: int = THUMBNAIL_SIZE) -> QIcon:
+    """A plain grey square shown until an image's thumbnail is decoded."""
+    pixmap = QPixmap(size, size)
+    pixmap.fill(QColor("#e4e4e4"))
+    return QIcon(pixmap)
 
 
 class ConfusionMatrix(QWidget):
@@ -122,6 +164,7 @@ class EvaluateView(QWidget):
         self.seed = 0
         self.evaluation: Evaluation | None = None
         self.task: tasks.Task | None = None
+        self.thumbnail_task: tasks.Task | None = None  # decoding the image list's icons
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.model_label = QLabel("Train a model, or choose a run folder or bundle to evaluate.")
@@ -173,7 +216,7 @@ class EvaluateView(QWidget):
         bottom_layout.addWidget(self.images_title)
         self.images = QListWidget()
         self.images.setViewMode(QListView.ViewMode.IconMode)
-        self.images.setIconSize(QSize(88, 88))
+        self.images.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         self.images.setGridSize(QSize(150, 140))
         self.images.setResizeMode(QListView.ResizeMode.Adjust)
         self.images.setWordWrap(True)
@@ -261,6 +304,55 @@ class EvaluateView(QWidget):
         if self.task is not None:
             self.task.cancel()
 
+    def cancel_all(self) -> None:
+        """Stop the evaluation or prediction and the thumbnail decoding (the window closes)."""
+        self._cancel()
+        self._cancel_thumbnails()
+
+    # ------------------------------------------------------------------ the image list
+    def _set_images(self, title: str, rows: list[tuple[str, str, str]]) -> None:
+        """Show (path, text, tooltip) rows: placeholders at once, thumbnails as a background
+        task decodes them at display size. A newer list (or clearing) cancels the older one's."""
+        self._cancel_thumbnails()
+        self.images_title.setText(title)
+        self.images.clear()
+        placeholder = placeholder_icon()
+        for _path, text, tip in rows:
+            item = QListWidgetItem(placeholder, text)
+            item.setToolTip(tip)
+            self.images.addItem(item)
+        if not rows:
+            return
+        paths = [path for path, _text, _tip in rows]
+        task = tasks.Task(
+            lambda _progress, cancelled: decode_thumbnails(paths, task.partial, cancelled)
+        )
+        task.signals.partial.connect(self._thumbnails_decoded)
+        task.signals.done.connect(self._thumbnails_done)
+        task.signals.failed.connect(self._thumbnails_done)
+        self.thumbnail_task = tasks.start(task)
+
+    def _cancel_thumbnails(self) -> None:
+        if self.thumbnail_task is not None:
+            self.thumbnail_task.cancel()
+            self.thumbnail_task = None
+
+    def _current_thumbnails(self) -> bool:
+        task = self.thumbnail_task
+        return task is not None and self.sender() is task.signals
+
+    def _thumbnails_decoded(self, batch: list[tuple[int, QImage]]) -> None:
+        if not self._current_thumbnails():
+            return  # a list that was replaced or cleared
+        for row, image in batch:
+            item = self.images.item(row)
+            if item is not None:
+                item.setIcon(QIcon(QPixmap.fromImage(image)) if not image.isNull() else QIcon())
+
+    def _thumbnails_done(self, *_args: object) -> None:
+        if self._current_thumbnails():
+            self.thumbnail_task = None
+
     def _error(self, message: str, hint: str) -> None:
         self.banner.setStyleSheet("color: #b00020")
         self.banner.setText(f"{message} {hint}".strip())
@@ -339,33 +431,29 @@ class EvaluateView(QWidget):
     def show_images(self, title: str, items: list[ImagePrediction]) -> None:
         assert self.evaluation is not None
         classes = self.evaluation.classes
-        self.images_title.setText(title)
-        self.images.clear()
-        for p in items:
-            text = f"{classes[p.true]} → {classes[p.predicted]}\n{p.confidence:.0%}"
-            item = QListWidgetItem(thumbnail(p.path), text)
-            item.setToolTip(
-                f"{p.path}\ntrue {classes[p.true]} (p={p.true_probability:.3f})\npredicted {classes[p.predicted]} (p={p.confidence:.3f})"
-            )
-            self.images.addItem(item)
+        self._set_images(
+            title,
+            [
+                (
+                    p.path,
+                    f"{classes[p.true]} → {classes[p.predicted]}\n{p.confidence:.0%}",
+                    f"{p.path}\ntrue {classes[p.true]} (p={p.true_probability:.3f})\npredicted {classes[p.predicted]} (p={p.confidence:.3f})",
+                )
+                for p in items
+            ],
+        )
 
     def show_predictions(self, results: list[PredictionResult]) -> None:
         self.banner.setStyleSheet("")
         self.banner.setText(f"Top-5 predictions for {len(results)} image(s)")
-        self.images_title.setText("Predictions")
-        self.images.clear()
+        rows = []
         for r in results:
             if r.error:
                 text = f"{Path(r.path).name}\n{r.error}"
             else:
                 text = "\n".join(f"{c.label} {c.probability:.0%}" for c in r.top[:3])
-            item = QListWidgetItem(thumbnail(r.path), text)
-            item.setToolTip(
-                r.path
-                + (
-                    "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top)
-                    if r.top
-                    else ""
-                )
+            tip = r.path + (
+                "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top) if r.top else ""
             )
-            self.images.addItem(item)
+            rows.append((r.path, text, tip))
+        self._set_images("Predictions", rows)

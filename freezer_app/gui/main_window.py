@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer, Signal
@@ -30,18 +31,18 @@ from freezer_app.core import timeline
 from freezer_app.core.catalog import (
     LoadedModel,
     check_code,
-    load_model,
     preview_model,
     resolve_source,
 )
 from freezer_app.core.data import DataReport, scan_folder
 from freezer_app.core.device import select_device
-from freezer_app.core.errors import FreezerError
+from freezer_app.core.errors import Cancelled, FreezerError
 from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
 from freezer_app.core.run_folder import evaluation_split, is_run_folder, new_run_dir
 from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import CodeTrust
+from freezer_app.core.weights import check_fit, read_shapes
 from freezer_app.gui import tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
 from freezer_app.gui.export_dialog import ExportDialog
@@ -93,6 +94,11 @@ class MainWindow(QMainWindow):
         self.interactive = True
         self.trust_code = False  # --trust-code: run model code named by files without asking
         self.scan_task: tasks.Task | None = None
+        # The model preview being built in the background (None: the tree shown is current),
+        # and what it is for: (model, weights, num_classes) and, for a model the user just
+        # picked, the undo label of the edit that makes it the project's once it is built.
+        self.preview_task: tasks.Task | None = None
+        self._preview_want: tuple[tuple, str | None] | None = None
         self.last_finished: ev.Finished | None = None
 
         # ---------------------------------------------------------------- widgets
@@ -314,6 +320,7 @@ class MainWindow(QMainWindow):
         )
         self.data_panel.folderChosen.connect(self.choose_data)
         self.data_panel.cancelRequested.connect(self._cancel_scan)
+        self.tree_panel.cancelRequested.connect(self._preview_cancelled)
         for form in (self.data_panel.form, self.settings_panel.form):
             form.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
         schedule = self.settings_panel.schedule
@@ -350,7 +357,13 @@ class MainWindow(QMainWindow):
         if touches(keys, "model", "weights"):
             self.run_ctl.clear_views()  # curves and values of another model are not this one's
         if touches(keys, "model", "weights", "num_classes"):
-            self._load_preview()
+            want = self._preview_want if self.preview_task is not None else None
+            if want is not None and want[1] is not None and not touches(keys, "model", "weights"):
+                # A model the user picked is still being built: build it for the new class count.
+                (model, weights, _n), label = want
+                self._load_preview(model, weights, label)
+            else:
+                self._load_preview()
         if touches(keys, "model", "weights", "pretrained", "num_classes"):
             self._refresh_model_panel()
         if touches(keys, "data.path", "data.val_split", "train.seed") and not self._running():
@@ -458,7 +471,10 @@ class MainWindow(QMainWindow):
         return CodeTrust.from_file(source or self.project_path or "This project", confirm=confirm)
 
     def choose_model(self, text: str, kind: object = None) -> None:
-        """A model picked in the list, or a weights file / bundle / run folder opened."""
+        """A model picked in the list, or a weights file / bundle / run folder opened.
+
+        Its preview is built in the background; the project changes when it is ready (or
+        not at all, with a message, when it cannot be built)."""
         if self._running():
             self.statusBar().showMessage("Stop training before changing the model.", 5000)
             return
@@ -485,11 +501,15 @@ class MainWindow(QMainWindow):
             model, weights = text, None
             if ".py:" in text:
                 self._user_models.add(text)  # the Open model file dialog: the user's own code
-        pretrained = p.pretrained and not weights
-        if not self._load_preview(model, weights):
-            return
-        changes = {"model": model, "weights": weights, "pretrained": pretrained}
-        label = f"Model {Path(text).name if kind == 'file' else text}"
+        # The project takes the model once its preview is built, in the background (a newer
+        # choice replaces one still on its way): _preview_done applies the edit.
+        self._load_preview(model, weights, f"Model {Path(text).name if kind == 'file' else text}")
+
+    def _apply_choice(self, model: str, weights: str | None, label: str) -> None:
+        """Make a model the user picked the project's, now that its tree is shown: one
+        undoable edit, with the freeze plan adapted if it does not fit."""
+        p = self.project
+        changes = {"model": model, "weights": weights, "pretrained": p.pretrained and not weights}
         plan, dropped = self._plan_for_new_model(p.plan)
         if dropped:
             changes["plan"] = plan
@@ -521,35 +541,138 @@ class MainWindow(QMainWindow):
             return candidate, dropped
         return reset, "reset to train-all"
 
-    def _load_preview(self, model: str | None = None, weights: str | bool | None = False) -> bool:
-        """The meta-device preview of a model (the project's unless given) and its tree.
+    def _load_preview(
+        self,
+        model: str | None = None,
+        weights: str | bool | None = False,
+        choice: str | None = None,
+    ) -> bool:
+        """Build the meta-device preview of a model (the project's unless given), check its
+        weights file fits (names and shapes only), and its tree, on a background task.
 
-        Rebuilt only when the model, its weights or the class count changed."""
+        choice: the undo label when the user picked this model; the project takes it once
+        built (`_apply_choice`). Rebuilt only when the model, its weights or the class count
+        changed; a newer request supersedes one still running (its result is dropped). Names
+        that do not resolve and code the user does not allow are refused here, at once, and
+        the trust question is asked here, on the GUI thread, before any of the model's code
+        runs. Returns False when refused or when the model shown is already this one."""
         p = self.project
         model = p.model if model is None else model
         weights = p.weights if weights is False else weights
-        key = (model, weights, p.num_classes)
+        n = p.num_classes
+        key = (model, weights, n)
+        if self.preview_task is not None and self._preview_want == (key, choice):
+            return True  # already on its way
         if key == self._preview_key:
+            self._cancel_preview()  # the tree shown is the one wanted: drop anything else
+            if choice is not None and (p.model, p.weights) != (model, weights):
+                self._apply_choice(model, weights, choice)
             return False
         trust = self._code_trust(model=model)
         try:
-            loaded = preview_model(model, num_classes=p.num_classes, trust=trust)
-            if weights:
-                # Check the weights fit now rather than when training starts.
-                load_model(
-                    model, num_classes=p.num_classes, weights=weights, meta=True, trust=trust
-                )
+            resolve_source(model)  # an unknown name or a missing file is said at once
+            check_code(model, trust)
         except FreezerError as e:
             self.error_dialog("Cannot load the model", e.message, e.hint or "")
             return False
-        self.loaded = loaded
-        self._preview_key = key
-        self.controller.set_tree(ModelTree(loaded.module, model))
+        # Allowed (or asked) above: the task never asks, it raises if the file has changed since.
+        quiet = replace(trust, confirm=None)
+
+        def work(progress, cancelled):
+            loaded = preview_model(model, num_classes=n, trust=quiet)
+            if weights:
+                path = Path(weights).expanduser()
+                if cancelled():
+                    raise Cancelled("Model preview cancelled.")
+                progress(0, 0, f"Checking {path.name} against {short_name(model)}…")
+                check_fit(loaded.module, read_shapes(path), loaded.head_paths, path.name)
+            if cancelled():
+                raise Cancelled("Model preview cancelled.")
+            return loaded, ModelTree(loaded.module, model)
+
+        self._cancel_preview()
+        task = tasks.Task(work)
+        task.signals.message.connect(self._preview_message)
+        task.signals.done.connect(self._preview_done)
+        task.signals.failed.connect(self._preview_failed)
+        self._preview_want = (key, choice)
+        self.preview_task = task
+        self._show_preview_busy(f"Building the model preview of {short_name(model)}…")
+        if choice is None:
+            self._refresh_model_panel()  # the project's model is not the tree shown yet
+        tasks.start(task)
         return True
+
+    def _is_current_preview(self) -> bool:
+        """Results of a preview that was cancelled or superseded are dropped."""
+        return self.preview_task is not None and self.sender() is self.preview_task.signals
+
+    def _preview_message(self, text: str) -> None:
+        if self._is_current_preview():
+            self._show_preview_busy(text)
+
+    def _show_preview_busy(self, text: str) -> None:
+        """What the preview task is doing, in the tree panel and the status bar ("": done)."""
+        bar = self.statusBar()
+        if text:
+            bar.showMessage(text)
+        elif bar.currentMessage() == self.tree_panel.busy_label.text():
+            bar.clearMessage()
+        self.tree_panel.show_busy(text)
+
+    def _preview_done(self, result: tuple[LoadedModel, ModelTree]) -> None:
+        if not self._is_current_preview():
+            return
+        assert self._preview_want is not None
+        (model, weights, _n), choice = self._preview_want
+        self._finish_preview()
+        self.loaded, tree = result
+        self._preview_key = (model, weights, _n)
+        self.controller.set_tree(tree)
+        if choice is not None:
+            self._apply_choice(model, weights, choice)
+        self._refresh_model_panel()
+
+    def _preview_failed(self, message: str, hint: str, details: str) -> None:
+        if not self._is_current_preview():
+            return
+        assert self._preview_want is not None
+        choice = self._preview_want[1]
+        self._finish_preview()
+        self.error_dialog("Cannot load the model", message, hint, details)
+        if choice is not None:
+            # The project keeps its model; show it for the class count it has now.
+            self._load_preview()
+        self._refresh_model_panel()
+
+    def _finish_preview(self) -> None:
+        self.preview_task = None
+        self._show_preview_busy("")
+
+    def _cancel_preview(self) -> None:
+        """Stop waiting for the preview being built: whatever it returns is dropped."""
+        if self.preview_task is not None:
+            self.preview_task.cancel()
+            self._finish_preview()
+
+    def _preview_cancelled(self) -> None:
+        """The Cancel of the tree panel's "building…" row."""
+        if self.preview_task is None or self._preview_want is None:
+            return
+        choice = self._preview_want[1]
+        self._cancel_preview()
+        if choice is None:
+            # The tree shown was another model's (or class count's): show none rather than it.
+            self.loaded, self._preview_key = None, None
+            self.controller.set_tree(None)
+        self._refresh_model_panel()
+        self.statusBar().showMessage("Model preview cancelled.", 5000)
 
     def _refresh_model_panel(self) -> None:
         info = ""
-        if self.loaded is not None and self.controller.tree is not None:
+        if self.preview_task is not None and self._preview_want and self._preview_want[1] is None:
+            info = "Building the model preview…"
+        elif self.loaded is not None and self.controller.tree is not None:
             tree = self.controller.tree
             head = ", ".join(self.loaded.head_paths) or "none found"
             info = (
@@ -709,6 +832,11 @@ class MainWindow(QMainWindow):
             return False
         if self.scan_task is not None:
             self.statusBar().showMessage("Still checking the dataset; try again in a moment.", 5000)
+            return False
+        if self.preview_task is not None:
+            self.statusBar().showMessage(
+                "Still building the model preview; try again in a moment.", 5000
+            )
             return False
         if self.report is None:
             if not self.project.data.path:
@@ -938,9 +1066,18 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._cancel_scan()
-        self.evaluate_view._cancel()
+        self._cancel_preview()
+        self.evaluate_view.cancel_all()
         self._save_settings()
         event.accept()
+
+
+def short_name(model: str) -> str:
+    """A model string for a progress line: a file's name rather than its whole path."""
+    if ".py:" in model:
+        path, _, factory = model.rpartition(":")
+        return f"{Path(path).name}:{factory}"
+    return Path(model).name if "/" in model or "\\" in model else model
 
 
 def wait_until(condition, timeout_s: float) -> bool:

@@ -18,6 +18,7 @@ class TaskSignals(QObject):
     message = Signal(str)  # what it is doing now (when the function says)
     done = Signal(object)
     failed = Signal(str, str, str)  # message, hint, details
+    partial = Signal(object)  # a piece of the result, ready before the rest (`Task.partial`)
 
 
 class Task(QRunnable):
@@ -35,6 +36,10 @@ class Task(QRunnable):
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def partial(self, value: object) -> None:
+        """Hand part of the result to the GUI thread now (thumbnails as they are decoded)."""
+        self.signals.partial.emit(value)
 
     def run(self) -> None:
         try:
@@ -68,7 +73,16 @@ class Task(QRunnable):
 _running: set[Task] = set()
 
 
+# Threads for tasks, whatever the number of cores: most of them wait on files or on code
+# that releases the interpreter lock, and a user's model file that hangs (its preview is
+# superseded, but its thread cannot be stopped) must not hold up the dataset check behind it.
+MIN_THREADS = 8
+
+
 def start(task: Task) -> Task:
     _running.add(task)
-    QThreadPool.globalInstance().start(task)
+    pool = QThreadPool.globalInstance()
+    if pool.maxThreadCount() < MIN_THREADS:
+        pool.setMaxThreadCount(MIN_THREADS)
+    pool.start(task)
     return task

@@ -15,7 +15,9 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
+    QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QStyledItemDelegate,
     QStyleOptionViewItem,
@@ -118,6 +120,7 @@ class TreePanel(QWidget):
     """Presets as one-click buttons, filter and depth, the tree, and the summary line."""
 
     layerSelected = Signal(str)
+    cancelRequested = Signal()  # the Cancel of the "building the model preview…" row
 
     def __init__(self, controller: FreezeController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -165,6 +168,27 @@ class TreePanel(QWidget):
         tools.addWidget(self.depth)
         layout.addLayout(tools)
 
+        # Shown while the model preview is built in the background (the tree below is the
+        # previous model's, greyed, or empty).
+        self.busy = QWidget()
+        busy = QHBoxLayout(self.busy)
+        busy.setContentsMargins(0, 0, 0, 0)
+        self.busy_label = QLabel()
+        # A long model path is cut at the panel's edge rather than widening the panel.
+        self.busy_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)
+        self.busy_bar.setMaximumWidth(140)
+        self.busy_bar.setTextVisible(False)
+        self.busy_cancel = QPushButton("Cancel")
+        self.busy_cancel.setToolTip("Stop building this preview")
+        busy.addWidget(self.busy_label, 1)
+        busy.addWidget(self.busy_bar)
+        busy.addWidget(self.busy_cancel)
+        self.busy.setVisible(False)
+        self.busy_cancel.clicked.connect(self.cancelRequested)
+        layout.addWidget(self.busy)
+
         # The filter proxy sits between model and view only while a filter is typed: relaying
         # check-state changes of every row through it would make toggling a big model slow.
         self.proxy = TreeFilter(self)
@@ -204,6 +228,14 @@ class TreePanel(QWidget):
         self.model.modelReset.connect(self._model_reset)
 
     # ------------------------------------------------------------------ updates
+    def show_busy(self, text: str) -> None:
+        """Say what is being built (empty: done); the tree shown meanwhile is greyed."""
+        self.busy_label.setText(text)
+        self.busy_label.setToolTip(text)
+        self.busy.setVisible(bool(text))
+        self.view.setEnabled(not text)
+        self.update_summary()
+
     def _model_reset(self) -> None:
         self._build_preset_menus()
         self.expand_to_depth(self.depth.value())
@@ -234,7 +266,9 @@ class TreePanel(QWidget):
     def update_summary(self) -> None:
         tree = self.controller.tree
         if tree is None:
-            self.summary.setText("No model loaded.")
+            self.summary.setText(
+                "No model yet." if self.busy.isVisibleTo(self) else "No model loaded."
+            )
             return
         if self.controller.misfit:
             self.summary.setText(
