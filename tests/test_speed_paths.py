@@ -52,7 +52,7 @@ def test_a_random_transform_is_not_split_or_cached(demo_data: Path) -> None:
     loaders = make_loaders(report, train_tf, eval_tf, 16, 0, 0, cache_bytes=2**30, image_size=32)
     assert loaders.train_cache is None and loaders.train_finish is None
     assert loaders.val_cache is not None  # validation is deterministic: cached
-    x, _ = next(loaders.train_batches(0))
+    x = next(loaders.train_batches(0)).x
     assert x.dtype == torch.float32
 
 
@@ -81,14 +81,14 @@ def test_the_cache_serves_later_epochs_without_the_loader(demo_data: Path) -> No
     loaders = make_loaders(
         report, eval_tf, eval_tf, 16, 0, 0, random_train=False, cache_bytes=2**30, image_size=32
     )
-    first = [x.clone() for x, _ in loaders.train_batches(0)]
+    first = [b.x.clone() for b in loaders.train_batches(0)]
     assert loaders.cached_images()[0] == len(report.train)
     list(loaders.val_batches())
     held, nbytes = loaders.cached_images()
     assert held == len(report.train) + len(report.val) and nbytes == held * 3 * 32 * 32
 
     loaders.train = object()  # iterating it would fail: every batch must come from the cache
-    again = [x for x, _ in loaders.train_batches(0)]
+    again = [b.x for b in loaders.train_batches(0)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
@@ -99,10 +99,10 @@ def test_a_small_budget_caches_part_and_decodes_the_rest(demo_data: Path) -> Non
     loaders = make_loaders(
         report, eval_tf, eval_tf, 16, 0, 0, random_train=False, cache_bytes=budget, image_size=32
     )
-    whole = [(x.clone(), y.clone()) for x, y in loaders.train_batches(1)]
+    whole = [(b.x.clone(), b.y.clone()) for b in loaders.train_batches(1)]
     list(loaders.val_batches())
     assert loaders.train_cache.capacity == 30 and loaders.val_cache.capacity == 30
-    again = list(loaders.train_batches(1))
+    again = [(b.x, b.y) for b in loaders.train_batches(1)]
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole, again))
 
 

@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import Compose, Normalize, PILToTensor
 
@@ -583,6 +583,17 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return len(self.batches())
 
 
+class Batch(NamedTuple):
+    """A batch of a split: its dataset indices, images (None when not loaded) and labels."""
+
+    indices: list[int]
+    x: torch.Tensor | None
+    y: torch.Tensor
+
+
+Skip = Callable[[list[int]], bool]
+
+
 class Loaders:
     """The run's batches: training batches in the sampler's order and the validation batches.
 
@@ -616,44 +627,77 @@ class Loaders:
         self.val_finish = val_finish
         self.pin_memory = pin_memory
         self._val_batches: list[list[int]] = []
+        self._labels = {
+            split: torch.as_tensor([label for _, label in loader.dataset.items])  # type: ignore[attr-defined]
+            for split, loader in (("train", train), ("val", val))
+            if loader is not None
+        }
         if val is not None:
             n = len(val.dataset)  # type: ignore[arg-type]
             size = max(1, min(val_batch_size, n))
             self._val_batches = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
 
     def train_batches(
-        self, epoch: int, start_batch: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's batches from `start_batch` on (raw: apply `train_finish` on the device)."""
+        self, epoch: int, start_batch: int = 0, skip: Skip | None = None
+    ) -> Iterator[Batch]:
+        """This epoch's batches from `start_batch` on (raw: apply `train_finish` on the device).
+        Batches `skip` accepts come without images (x None): their features are cached."""
         self.train_sampler.set_epoch(epoch, start_batch)
         batches = self.train_sampler.batches()[start_batch:]
-        return self._serve(self.train, self._train_order, self.train_cache, batches, epoch)
+        return self._serve(
+            "train", self.train, self._train_order, self.train_cache, batches, epoch, skip
+        )
 
-    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, skip: Skip | None = None) -> Iterator[Batch]:
         if self.val is None or self._val_order is None:
             return iter(())
-        return self._serve(self.val, self._val_order, self.val_cache, self._val_batches, 0)
+        return self._serve(
+            "val", self.val, self._val_order, self.val_cache, self._val_batches, 0, skip
+        )
+
+    def load(
+        self, split: str, indices: list[int], epoch: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch's images, loaded here (a batch served without images whose cached
+        features can no longer be used, after a plan change mid-epoch)."""
+        loader = self.train if split == "train" else self.val
+        assert loader is not None
+        cache = self.train_cache if split == "train" else self.val_cache
+        if cache is not None and cache.holds(indices):
+            return cache.get(indices)
+        return default_collate([loader.dataset[(i, epoch)] for i in indices])
 
     def _serve(
         self,
+        split: str,
         loader: DataLoader,
         order: ListedBatches,
         cache: PreparedImages | None,
         batches: list[list[int]],
         epoch: int,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        missing = batches if cache is None else [b for b in batches if not cache.holds(b)]
+        skip: Skip | None,
+    ) -> Iterator[Batch]:
+        labels = self._labels[split]
+        skipped = [skip is not None and skip(b) for b in batches]
+        missing = [
+            b for b, s in zip(batches, skipped) if not s and (cache is None or not cache.holds(b))
+        ]
         order.set([[(i, epoch) for i in b] for b in missing])
         loaded = iter(loader) if missing else iter(())
-        for batch in batches:
+        for batch, skipped_batch in zip(batches, skipped):
+            if skipped_batch:
+                yield Batch(batch, None, labels[torch.as_tensor(batch)])
+                continue
             if cache is not None and cache.holds(batch):
                 x, y = cache.get(batch)
-                yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
+                yield Batch(
+                    batch, *((x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y))
+                )
                 continue
             x, y = next(loaded)
             if cache is not None:
                 cache.put(batch, x, y)
-            yield x, y
+            yield Batch(batch, x, y)
 
     def cached_images(self) -> tuple[int, int]:
         """(images held, bytes) in the RAM caches."""

@@ -90,6 +90,25 @@ class LogEvent:
 
 
 @dataclass
+class FeatureCacheEvent:
+    """Whether the frozen prefix's output is cached (core/train/feature_cache.py), and what the
+    cache holds; sent when the run starts, when the plan moves the cut, and after filling."""
+
+    step: int  # the first step it applies to
+    used: bool
+    cut: str  # "after layer4" ('' when not used)
+    reason: str  # why not used, or what changed
+    images: int  # rows held
+    total: int  # rows wanted (training and validation images)
+    ram_bytes: int
+    disk_bytes: int
+    fill_seconds: float | None  # of the epoch that filled it
+    folder: str
+    training_cached: bool  # training images too (augmentation none), not validation only
+    message: str
+
+
+@dataclass
 class ErrorEvent:
     """A failure during training (NaN/Inf loss, out of memory); Finished follows with reason
     "error". Problems found before training starts raise FreezerError instead."""
@@ -122,6 +141,7 @@ class Finished:
     hint: str = ""
     details: str = ""  # a traceback, for failures Freezer did not foresee
     peak_device_memory: int | None = None  # bytes allocated on the GPU at most (CUDA only)
+    feature_cache: dict[str, Any] | None = None  # the last FeatureCacheEvent's fields
 
 
 Event = (

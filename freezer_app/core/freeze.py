@@ -447,6 +447,11 @@ class _HeldInEval:
         return nn.Module.train(self.module, False)
 
 
+def is_held_in_eval(module: nn.Module) -> bool:
+    """Whether a (frozen norm) module stays in eval mode whatever mode the model is in."""
+    return isinstance(module.__dict__.get("train"), _HeldInEval)
+
+
 def _set_norm_guard(model: nn.Module, norms: list[nn.Module]) -> None:
     """Hold `norms` in eval; release every other module of `model` held before (found on
     the modules themselves, so a copied model is handled like the original)."""

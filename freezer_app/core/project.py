@@ -240,6 +240,27 @@ class TrainSettings:
         "GPU; recompiled when the freeze plan changes)",
         label="torch.compile",
     )
+    feature_cache: str = setting(
+        "auto",
+        help="auto: when a frozen prefix of the model gives the same output every epoch "
+        "(frozen, norms in eval, no dropout in it; augmentation none for training images), "
+        "compute it once per image and train the rest from the cached output; off: never",
+        choices=("auto", "off"),
+        resumable=True,
+        label="Feature cache",
+    )
+    feature_cache_budget: int | None = setting(
+        None,
+        help="Memory for cached features; what does not fit goes to a memory-mapped file in "
+        "the user cache folder",
+        minimum=0,
+        maximum=16_777_216,
+        none="up to a quarter of the free memory",
+        none_word="auto",
+        unit="MB",
+        resumable=True,
+        label="Feature cache memory",
+    )
     max_steps: int | None = setting(
         None,
         help="Stop after this many optimizer steps in all (for quick trials; the learning-rate "

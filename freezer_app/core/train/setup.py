@@ -39,6 +39,7 @@ from freezer_app.core.project import Project, absolute_model
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenVerifier, LayerIndex, TelemetryProbe
 from freezer_app.core.torchvision_compat import set_transform_input
+from freezer_app.core.train.feature_cache import FeatureCache
 from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import USER, CodeTrust
 
@@ -79,6 +80,7 @@ class RunParts:
     layers: LayerIndex
     probe: TelemetryProbe
     verifier: FrozenVerifier
+    features: FeatureCache
     saved: dict[str, Any] | None  # the checkpoint being resumed
 
 
@@ -226,6 +228,21 @@ def prepare(
         optimizer, lambda s: lr_factor(s, schedule_steps, warmup, t.schedule)
     )
     layers = LayerIndex(model, tree)
+    features = FeatureCache(
+        model,
+        tree,
+        t.feature_cache,
+        t.feature_cache_budget,
+        architecture=str(loaded.spec),
+        transform=repr(eval_tf),
+        image_size=size,
+        train_images=[path for path, _ in report.train],
+        val_images=[path for path, _ in report.val],
+        augmented=project.data.augmentation != "none",
+        device=device,
+        autocast_dtype=precision.autocast_dtype,
+        channels_last=channels_last,
+    )
     return RunParts(
         device=device,
         precision=precision,
@@ -247,5 +264,6 @@ def prepare(
         layers=layers,
         probe=TelemetryProbe(layers, device, t.telemetry_every),
         verifier=FrozenVerifier(model),
+        features=features,
         saved=saved,
     )

@@ -19,7 +19,6 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from freezer_app.core import timeline
 from freezer_app.core.catalog import META_LABELS, META_MODEL, META_NUM_CLASSES, TORCHVISION
-from freezer_app.core.data import DataReport
+from freezer_app.core.data import Batch, DataReport
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.events import (
     EpochEvent,
@@ -150,6 +149,9 @@ class Trainer:
         self._entry_key: tuple[str, int] | None = None
         self._trainable: list[nn.Parameter] = []  # what the optimizer steps (per plan)
         self._forward: Any = None  # the model, or its torch.compile wrapper
+        self._rest_forward: Any = None  # the part after the feature cache's cut, likewise
+        # Events of setup (the feature cache's), sent once RunStarted is out.
+        self._held_events: list[Any] | None = []
         self._compile_failed = False
         self._cache_announced = False
         self._checkpoint_written = threading.Event()
@@ -191,6 +193,7 @@ class Trainer:
                 )
             )
         self.model, self.tree, self.report = parts.model, parts.tree, parts.report
+        parts.features.emit = self._emit_after_start
         self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
         if parts.saved is not None:
             self._restore(parts.saved)
@@ -254,6 +257,7 @@ class Trainer:
         applied = apply_mask(parts.model, parts.tree, mask, plan.bn_policy)
         restrict_to_trainable(parts.optimizer, parts.groups)
         self._trainable = [p for g in parts.optimizer.param_groups for p in g["params"]]
+        parts.features.follow_plan(step)
         self._set_forward()
         parts.verifier.sync(self.step, parts.tree.frozen_norm_paths(), plan.bn_policy)
         self.current_plan = plan
@@ -279,23 +283,29 @@ class Trainer:
         return True
 
     def _set_forward(self) -> None:
-        """The model's forward for training and validation: with `compile`, a torch.compile
-        wrapper made anew for each plan (requires_grad and the frozen norms' mode changed)."""
-        model = self.parts.model
+        """The forward for training and validation (the model's, and the part after the
+        feature cache's cut): with `compile`, torch.compile wrappers made anew for each plan
+        (requires_grad, the frozen norms' mode and the cut changed)."""
+        rest = self.parts.features.rest
+        self._forward = self._compiled(self.parts.model)
+        self._rest_forward = self._compiled(rest) if rest is not None else None
+
+    def _compiled(self, module: nn.Module) -> Any:
         if not self.project.train.compile or self._compile_failed:
-            self._forward = model
-            return
-        compiled = torch.compile(model)
+            return module
+        compiled = torch.compile(module)
 
         def forward(x: torch.Tensor) -> Any:
+            if self._compile_failed:
+                return module(x)
             try:
                 return compiled(x)
             except Exception as e:
-                if is_oom(e) or self._compile_failed:
+                if is_oom(e):
                     raise
                 # No C++ compiler, an unsupported operation...: eager still trains.
                 self._compile_failed = True
-                self._forward = model
+                self._set_forward()
                 first = str(e).splitlines()[0] if str(e) else ""
                 self.emit(
                     LogEvent(
@@ -304,9 +314,9 @@ class Trainer:
                         "warning",
                     )
                 )
-                return model(x)
+                return module(x)
 
-        self._forward = forward
+        return forward
 
     def _plan_record(self, event: PlanApplied) -> dict[str, Any]:
         return {
@@ -316,6 +326,7 @@ class Trainer:
             "plan": event.plan.to_dict(),
             "trainable_params": event.trainable_params,
             "total_params": event.total_params,
+            "feature_cache": self.parts.features.record(),
         }
 
     def _follow_timeline(self) -> None:
@@ -514,6 +525,9 @@ class Trainer:
             )
         )
         self.emit(self._plan_event)
+        held, self._held_events = self._held_events or [], None
+        for event in held:
+            self.emit(event)
         reason, kind, message, hint, details = "completed", "", "", "", ""
         try:
             try:
@@ -605,6 +619,7 @@ class Trainer:
             peak_device_memory=torch.cuda.max_memory_allocated(parts.device)
             if parts.device.type == "cuda"
             else None,
+            feature_cache=parts.features.record(),
         )
         self._release()
         self.emit(result)
@@ -634,6 +649,7 @@ class Trainer:
         parts = self.parts
         if parts is None:
             return
+        parts.features.close()
         parts.loaders.close()
         parts.probe.release()
         parts.optimizer.state.clear()
@@ -667,22 +683,45 @@ class Trainer:
         self._follow_timeline()
         self._take_edit()
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from self.parts.loaders.train_batches(self.epoch, self.batch_in_epoch)
+    def _emit_after_start(self, event: Any) -> None:
+        if self._held_events is not None:
+            self._held_events.append(event)
+        else:
+            self.emit(event)
 
-    def _to_device(
-        self, x: torch.Tensor, y: torch.Tensor, finish: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch on the device, normalised there when the loader handed over uint8 images."""
+    def _set_mode(self, training: bool) -> None:
+        """The model's mode, and that of the part after the feature cache's cut (its own
+        graphs for training and eval)."""
+        self.parts.model.train(training)
+        rest = self.parts.features.rest
+        if rest is not None:
+            rest.train(training)
+
+    def _scores(self, split: str, batch: Batch, finish: Any) -> torch.Tensor:
+        """The class scores of a batch: the model's forward, or, where the feature cache
+        serves this split, the rest of it from the cached (or just computed) features."""
+        features = self.parts.features
+        if features.serves(split):
+            f = features.features(split, batch.indices, lambda: self._images(split, batch, finish))
+            with self._autocast():
+                return logits_of(self._rest_forward(f))
+        x = self._images(split, batch, finish)
+        with self._autocast():
+            return logits_of(self._forward(x))
+
+    def _images(self, split: str, batch: Batch, finish: Any) -> torch.Tensor:
+        """A batch's images on the device, normalised there when the loader handed over uint8
+        images (loaded now when the batch came without: the cut moved mid-epoch)."""
         parts = self.parts
-        non_blocking = parts.device.type == "cuda"
-        x = x.to(parts.device, non_blocking=non_blocking)
-        y = y.to(parts.device, non_blocking=non_blocking)
+        x = batch.x
+        if x is None:
+            x = parts.loaders.load(split, batch.indices, self.epoch)[0]
+        x = x.to(parts.device, non_blocking=parts.device.type == "cuda")
         if finish is not None:
             x = finish(x)
         if parts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return x
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = self.parts.precision.autocast_dtype
@@ -694,25 +733,30 @@ class Trainer:
         t = self.project.train
         parts = self.parts
         assert parts is not None
-        model, optimizer = parts.model, parts.optimizer
+        optimizer = parts.optimizer
         # Steps that report (losses, and telemetry every telemetry_every steps): every step on
         # the CPU; on an accelerator every 10th at most, each with one device-to-host copy,
         # and no synchronisation at all on the steps between.
         every = 1 if parts.device.type == "cpu" else min(10, parts.probe.every)
+        features = parts.features
         while self.epoch < t.epochs:
             if self.batch_in_epoch == 0:
                 self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
-            model.train()
+            self._set_mode(True)
             epoch_start = time.monotonic()
             self.paused_seconds = 0.0
             images = 0
-            batches = self._batches()
-            for x, y in batches:
+            # Batches whose features are cached come without images (nothing decoded).
+            batches = parts.loaders.train_batches(
+                self.epoch, self.batch_in_epoch, lambda b: features.holds("train", b)
+            )
+            for batch in batches:
                 self._boundary()
-                x, y = self._to_device(x, y, parts.loaders.train_finish)
+                y = batch.y.to(parts.device, non_blocking=parts.device.type == "cuda")
                 optimizer.zero_grad(set_to_none=True)
+                scores = self._scores("train", batch, parts.loaders.train_finish)
                 with self._autocast():
-                    loss = parts.criterion(logits_of(self._forward(x)), y)
+                    loss = parts.criterion(scores, y)
                 if parts.scaler:
                     parts.scaler.scale(loss).backward()
                     parts.scaler.unscale_(optimizer)
@@ -788,22 +832,21 @@ class Trainer:
         parts = self.parts
         if parts.loaders.val is None:
             return None, None
-        model = parts.model
-        model.eval()
+        features = parts.features
+        self._set_mode(False)
         total_loss = torch.zeros((), device=parts.device)
         correct = torch.zeros((), device=parts.device, dtype=torch.long)
         count = 0
-        for x, y in parts.loaders.val_batches():
+        for batch in parts.loaders.val_batches(lambda b: features.holds("val", b)):
             if self.control.stop_requested:
                 # All batches are done, so a resumed run goes straight to this validation.
                 raise _StopRequested
-            x, y = self._to_device(x, y, parts.loaders.val_finish)
-            with self._autocast():
-                logits = logits_of(self._forward(x))
+            y = batch.y.to(parts.device, non_blocking=parts.device.type == "cuda")
+            logits = self._scores("val", batch, parts.loaders.val_finish)
             total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             count += y.shape[0]
-        model.train()
+        self._set_mode(True)
         if count == 0:
             return None, None
         return float(total_loss) / count, float(correct) / count
@@ -811,6 +854,7 @@ class Trainer:
     def _end_epoch(self, images_per_s: float, seconds: float) -> bool:
         t = self.project.train
         val_loss, val_acc = self._validate()
+        self.parts.features.epoch_done(self.step)
         self.epoch += 1
         self.batch_in_epoch = 0
         self.last_val_acc = val_acc
