@@ -59,6 +59,17 @@ def factory_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def feature_cache_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test's own feature cache folder: nothing is written under the home folder, and no
+    test starts from another's cached features."""
+    folder = tmp_path_factory.mktemp("feature-cache")
+    monkeypatch.setenv("FREEZER_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small learnable image folder with train/ and val/ (3 classes)."""

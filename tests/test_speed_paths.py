@@ -216,7 +216,10 @@ def test_compile_wraps_the_model_anew_for_each_plan(
     plan = FreezePlan(preset="head-only", schedule=[Phase(1, "train-all")])
     project = make_project(demo_data, epochs=2, compile=True, plan=plan)
     assert Trainer(project, tmp_path / "run").run().reason == "completed"
-    assert len(compiled) == 2  # the start, and the phase of epoch 2
+    # The start (the part after the feature cache's cut: head-only), and the phase of epoch 2
+    # (the whole model: nothing is frozen, so nothing is cached).
+    assert len(compiled) == 2 and compiled[1] is not compiled[0]
+    assert type(compiled[0]).__name__ == "TrainedRest"
 
 
 def test_a_compile_failure_falls_back_to_eager_with_a_warning(

@@ -144,11 +144,16 @@ class ForwardGraph:
         return _Node(node.name, frozen, steady, why)
 
     def cuts(self, trainable: np.ndarray) -> tuple[list[Cut], str]:
-        """Every valid cut for this trainable mask, deepest first, and, when there is none,
-        why (one line)."""
+        """Every valid cut for this trainable mask, deepest first, and what stops a deeper
+        one (the first operation that trains or is random, '' when none does)."""
         nodes = list(self.train_graph.nodes)
         position = {n: i for i, n in enumerate(nodes)}
         last_use = [max((position[u] for u in n.users), default=i) for i, n in enumerate(nodes)]
+        # Whether only the classifier's parameters are used after each node.
+        head = set(self.tree.layout.head)
+        head_after = [True] * len(nodes)
+        for i in range(len(nodes) - 2, -1, -1):
+            head_after[i] = head_after[i + 1] and set(self._params_of(nodes[i + 1])) <= head
         eval_nodes = {n.name: n for n in self.eval_graph.nodes}
         eval_valid = _single_tensor_points(list(self.eval_graph.nodes))
         out: list[Cut] = []
@@ -171,13 +176,11 @@ class ForwardGraph:
                 and node.name in eval_valid
                 and not any(u.op == "output" for u in node.users)
             ):
-                out.append(Cut(node.name, i, self._label(node)))
-        if out:
-            return out[::-1], ""
-        return [], f"nothing before the first layer that trains can be cached ({stop or 'no cut'})"
-
-    def _label(self, node: fx.Node) -> str:
-        return f"after {self._paths.get(node.name, node.name)}"
+                label = f"after {self._paths.get(node.name, node.name)}"
+                if head_after[i]:
+                    label += " (the classifier's input)"
+                out.append(Cut(node.name, i, label))
+        return out[::-1], stop
 
     # ------------------------------------------------------------------ building the parts
     def prefix(self, cut: Cut) -> fx.GraphModule:
@@ -271,22 +274,28 @@ def weights_digest(module: nn.Module) -> str:
 @torch.no_grad()
 def check_cut(
     model: nn.Module, prefix: nn.Module, rest: nn.Module, size: int, device: torch.device
-) -> str:
-    """'' when rest(prefix(x)) equals model(x) on a probe batch (eval mode), else why not."""
+) -> tuple[str, float]:
+    """('' or why the cut is wrong, the share of the forward's floating-point work done
+    before it): rest(prefix(x)) must equal model(x) on a probe batch (eval mode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from freezer_app.core.train.trainer import logits_of
 
     generator = torch.Generator().manual_seed(0)  # the run's random numbers stay untouched
     x = torch.randn(2, 3, size, size, generator=generator).to(device)
     with _mode(model, False), _mode(rest, False):
         try:
-            expected = logits_of(model(x)).float()
-            features = prefix(x)
+            with FlopCounterMode(display=False) as whole:
+                expected = logits_of(model(x)).float()
+            with FlopCounterMode(display=False) as before:
+                features = prefix(x)
             got = logits_of(rest(features)).float()
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else ""
-            return f"the cut forward failed ({type(e).__name__}: {first[:160]})"
+            return f"the cut forward failed ({type(e).__name__}: {first[:160]})", 0.0
     if not isinstance(features, torch.Tensor):
-        return "the value at the cut is not a tensor"
+        return "the value at the cut is not a tensor", 0.0
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-        return "the cut forward does not reproduce the model's output"
-    return ""
+        return "the cut forward does not reproduce the model's output", 0.0
+    total = whole.get_total_flops()
+    return "", before.get_total_flops() / total if total else 1.0

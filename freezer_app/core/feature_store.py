@@ -15,6 +15,7 @@ On disk (one folder per key, `cache_root()/<hash>/`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -91,6 +92,7 @@ class FeatureStore:
         dtype: torch.dtype,
         ram_bytes: int,
         root: Path | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         if dtype not in _STORAGE:
             dtype = torch.float32
@@ -103,18 +105,19 @@ class FeatureStore:
         self.n = n
         self.row_bytes = math.prod(self.shape) * torch.empty((), dtype=dtype).element_size()
         self.ram_rows = max(0, min(n, ram_bytes // max(1, self.row_bytes)))
-        self.ram = torch.empty((self.ram_rows, *self.shape), dtype=dtype)
+        # In the accelerator's memory when given one: batches are gathered there, no copies.
+        self.ram = torch.empty((self.ram_rows, *self.shape), dtype=dtype, device=device)
         self.held = np.zeros(n, dtype=bool)
         # Rows beyond RAM: in this run's own file (row i = image i) or an earlier run's.
         self._own: np.memmap | None = None
         self._own_path: Path | None = None  # where it is now (a temporary name until persisted)
         self._final_path: Path | None = None
-        self._own_listed = np.zeros(n, dtype=bool)  # rows an index on disk lists
         self._in_own = np.zeros(n, dtype=bool)
         self._source: np.memmap | None = None
         self._source_file: str | None = None
         self._source_row = np.full(n, -1, dtype=np.int64)
         self.reused = 0  # rows found on disk when opened
+        self.spill_error: OSError | None = None  # why rows beyond RAM could not be kept
         self._dirty = False
         self._open_earlier()
 
@@ -152,13 +155,13 @@ class FeatureStore:
         if ram:
             at = torch.as_tensor([i for i, _ in ram])
             rows_in_ram = np.asarray(source[[r for _, r in ram]])
-            self.ram[at] = self._tensor(rows_in_ram)
+            self.ram[at.to(self.ram.device)] = self._tensor(rows_in_ram).to(self.ram.device)
         with contextlib.suppress(OSError):
             os.utime(self.folder / INDEX)  # the last use, for `cache list`
 
     # ------------------------------------------------------------------ rows
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        t = torch.from_numpy(np.array(array, copy=True))  # off the (read-only) mapping
         return t.view(self.dtype) if self.dtype == torch.bfloat16 else t
 
     def _numpy(self, t: torch.Tensor) -> np.ndarray:
@@ -180,11 +183,11 @@ class FeatureStore:
         """The rows of `items` (all held), as one CPU tensor."""
         index = np.asarray(items)
         if index.size and index.max() < self.ram_rows:
-            return self.ram[torch.as_tensor(index)]
+            return self.ram[torch.as_tensor(index, device=self.ram.device)]
         out = torch.empty((len(items), *self.shape), dtype=self.dtype)
         for k, i in enumerate(items):
             if i < self.ram_rows:
-                out[k] = self.ram[i]
+                out[k] = self.ram[i].cpu()
             elif self._in_own[i]:
                 out[k] = self._tensor(self._own[i])
             else:
@@ -195,20 +198,33 @@ class FeatureStore:
         """Keep the rows computed for `items` (a batch's prefix output)."""
         if tuple(rows.shape[1:]) != self.shape:
             return
-        rows = rows.detach().to("cpu", self.dtype)
+        rows = rows.detach().to(dtype=self.dtype)
         index = np.asarray(items)
         new = ~self.held[index]
         if not new.any():
             return
         in_ram = new & (index < self.ram_rows)
         if in_ram.any():
-            self.ram[torch.as_tensor(index[in_ram])] = rows[torch.as_tensor(np.nonzero(in_ram)[0])]
+            device = self.ram.device
+            at = torch.as_tensor(index[in_ram], device=device)
+            self.ram[at] = rows[torch.as_tensor(np.nonzero(in_ram)[0], device=rows.device)].to(
+                device
+            )
         spill = new & (index >= self.ram_rows)
         if spill.any():
-            own = self._own_file()
-            at = index[spill]
-            own[at] = self._numpy(rows[torch.as_tensor(np.nonzero(spill)[0])])
-            self._in_own[at] = True
+            try:
+                own = self._own_file()
+            except OSError as e:
+                # No room on disk for what RAM cannot hold: those rows are computed each epoch.
+                self.spill_error = self.spill_error or e
+                new &= ~spill
+                spill[:] = False
+            else:
+                at = index[spill]
+                own[at] = self._numpy(
+                    rows[torch.as_tensor(np.nonzero(spill)[0], device=rows.device)]
+                )
+                self._in_own[at] = True
         self.held[index[new]] = True
         self._dirty = True
 
@@ -218,10 +234,21 @@ class FeatureStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             final = self.folder / f"features-{secrets.token_hex(6)}.npy"
             tmp = temp_name(final)
-            # Sparse: pages are only taken where rows are written.
-            self._own = np.lib.format.open_memmap(
+            own = np.lib.format.open_memmap(
                 tmp, mode="w+", dtype=_STORAGE[self.dtype], shape=(self.n, *self.shape)
             )
+            if hasattr(os, "posix_fallocate"):
+                # The disk space now: a full disk is an error here, not a crash (SIGBUS)
+                # when a page of the mapping is first written.
+                try:
+                    with open(tmp, "rb+") as f:
+                        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # not "unsupported"
+                        del own
+                        tmp.unlink(missing_ok=True)
+                        raise
+            self._own = own
             self._own_path = tmp
             self._final_path = final
         return self._own
@@ -241,13 +268,12 @@ class FeatureStore:
             return
         own = self._own_file()
         todo = self.held & ~self._in_own
-        if self._own_path == self._final_path:
-            todo &= ~self._own_listed
-        for i in np.nonzero(todo)[0]:
-            if i < self.ram_rows:
-                own[i] = self._numpy(self.ram[int(i)])
-            else:
-                own[i] = self._source[self._source_row[i]]
+        from_ram = np.nonzero(todo[: self.ram_rows])[0]
+        if from_ram.size:  # one copy (from the accelerator, where they are there)
+            own[from_ram] = self._numpy(self.ram[torch.as_tensor(from_ram, device=self.ram.device)])
+        from_source = np.nonzero(todo & (np.arange(self.n) >= self.ram_rows))[0]
+        if from_source.size:
+            own[from_source] = self._source[self._source_row[from_source]]
         self._in_own |= todo
         own.flush()
         with open(self._own_path, "rb+") as f:
@@ -270,7 +296,6 @@ class FeatureStore:
                 "rows": [[*self.identities[i], int(i)] for i in listed],
             },
         )
-        self._own_listed[listed] = True
         self._dirty = False
         # The earlier run's file: no index names it now (a reader that has it open keeps it).
         if self._source_file and self._source_file != self._final_path.name:
@@ -280,7 +305,7 @@ class FeatureStore:
 
     def close(self) -> None:
         """Free RAM and the mappings; an unpersisted temporary file is removed."""
-        self.ram = torch.empty((0, *self.shape), dtype=self.dtype)
+        self.ram = self.ram[:0]
         own_path, final = self._own_path, self._final_path
         self._own = self._source = None
         if own_path is not None and own_path != final:

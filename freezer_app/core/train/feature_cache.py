@@ -24,6 +24,9 @@ from freezer_app.core.feature_cut import Cut, CutError, ForwardGraph, check_cut,
 from freezer_app.core.feature_store import FeatureStore
 from freezer_app.core.image_cache import cache_budget
 
+# A cut whose prefix does less of the forward's work than this is not worth its memory.
+MIN_WORK_SHARE = 0.25
+
 
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -85,6 +88,7 @@ class FeatureCache:
         self._fill_seconds: float | None = None
         self._reported_full = False
         self._persist_failed = False
+        self._spill_reported = False
         self.last_event: FeatureCacheEvent | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -108,15 +112,20 @@ class FeatureCache:
             if self.last_event is None:
                 self._event(step, self.unavailable)
             return
-        cuts, why = self.graph.cuts(self.tree.trainable)
+        cuts, stop = self.graph.cuts(self.tree.trainable)
         cut = cuts[0] if cuts else None
+        why = (
+            f"nothing before the first layer that changes in training can be cached ({stop})"
+            if cut is None
+            else ""
+        )
         if self.last_event is not None and (cut.node if cut else None) == (
             self.cut.node if self.cut else None
         ):
             return
         before = self.cut
         self._close_store()
-        problem = why if cut is None else self._open(cut)
+        problem = why if cut is None else self._open(cut, stop)
         self.reason = problem
         if problem:
             self._event(step, self._moved(before, None, problem))
@@ -131,12 +140,17 @@ class FeatureCache:
         deeper = "a deeper" if after.index > before.index else "a shallower"
         return f"the plan moved the cut to {deeper} one ({after.label}); it fills again"
 
-    def _open(self, cut: Cut) -> str:
+    def _open(self, cut: Cut, stop: str) -> str:
         prefix = self.graph.prefix(cut)
         rest = self.graph.rest(cut)
-        problem = check_cut(self.model, prefix, rest, self.image_size, self.device)
+        problem, share = check_cut(self.model, prefix, rest, self.image_size, self.device)
         if problem:
             return problem
+        if share < MIN_WORK_SHARE:
+            return (
+                f"only {share:.0%} of the forward's work comes before the first layer that "
+                f"changes in training ({stop}); caching pays off from {MIN_WORK_SHARE:.0%}"
+            )
         with torch.no_grad(), self.autocast():
             probe = prefix(self._probe_input())
         if not isinstance(probe, torch.Tensor):
@@ -154,8 +168,14 @@ class FeatureCache:
             "torch": torch.__version__,
             "timm": timm.__version__,
         }
+        budget, device = self.budget, torch.device("cpu")
+        if self.device.type == "cuda":
+            # Rows kept in GPU memory (a quarter of what is free at most): cached epochs then
+            # copy nothing between host and device. What does not fit goes to the file.
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget, device = min(budget, free // 4), self.device
         self.store = FeatureStore(
-            key, self.images, tuple(probe.shape[1:]), probe.dtype, self.budget
+            key, self.images, tuple(probe.shape[1:]), probe.dtype, budget, device=device
         )
         self.cut, self.prefix, self.rest = cut, prefix, rest
         self._fill_started = None
@@ -195,15 +215,25 @@ class FeatureCache:
         items = self.row_items(split, indices)
         if store.holds(items):
             rows = store.get(items)
+            if rows.device == self.device:
+                return rows
             cuda = self.device.type == "cuda"
-            if cuda:
-                rows = rows.pin_memory()
-            return rows.to(self.device, non_blocking=cuda)
+            return (rows.pin_memory() if cuda else rows).to(self.device, non_blocking=cuda)
         if self._fill_started is None:
             self._fill_started = time.monotonic()
         with torch.no_grad(), self.autocast():
             out = self.prefix(images())
         store.put(items, out)
+        if store.spill_error is not None and not self._spill_reported:
+            self._spill_reported = True
+            self.emit(
+                LogEvent(
+                    f"feature cache: cannot write to {store.folder} "
+                    f"({store.spill_error.strerror or store.spill_error}); images beyond its "
+                    "memory budget go through the frozen layers every epoch",
+                    "warning",
+                )
+            )
         return out.to(store.dtype)
 
     # ------------------------------------------------------------------ epochs

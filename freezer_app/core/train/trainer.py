@@ -286,8 +286,11 @@ class Trainer:
         """The forward for training and validation (the model's, and the part after the
         feature cache's cut): with `compile`, torch.compile wrappers made anew for each plan
         (requires_grad, the frozen norms' mode and the cut changed)."""
-        rest = self.parts.features.rest
-        self._forward = self._compiled(self.parts.model)
+        features = self.parts.features
+        rest = features.rest
+        # The whole model's forward is not called while the cache serves both splits.
+        whole = not (features.serves("train") and features.serves("val"))
+        self._forward = self._compiled(self.parts.model) if whole else self.parts.model
         self._rest_forward = self._compiled(rest) if rest is not None else None
 
     def _compiled(self, module: nn.Module) -> Any:

@@ -1,0 +1,294 @@
+"""The feature cache: the frozen prefix computed once per image, the rest trained from it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import Recorder, make_project
+
+from freezer_app.core.events import FeatureCacheEvent
+from freezer_app.core.feature_cut import ForwardGraph, check_cut
+from freezer_app.core.feature_store import FeatureStore, list_caches
+from freezer_app.core.freeze import Edit, FreezePlan, Phase, apply_plan
+from freezer_app.core.train.trainer import Trainer
+from freezer_app.core.tree import ModelTree
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _cut(model: torch.nn.Module, preset: str, bn_policy: str = "frozen", size: int = 32):
+    tree = ModelTree(model)
+    apply_plan(model, FreezePlan(preset=preset, bn_policy=bn_policy), tree)
+    graph = ForwardGraph(model, tree)
+    cuts, stop = graph.cuts(tree.trainable)
+    if not cuts:
+        return None, stop
+    cut = cuts[0]
+    prefix, rest = graph.prefix(cut), graph.rest(cut)
+    problem, share = check_cut(model, prefix, rest, size, torch.device("cpu"))
+    assert problem == "" and 0 < share <= 1
+    return cut, prefix(torch.zeros(1, 3, size, size)).shape
+
+
+# ---------------------------------------------------------------------- where the cut is
+def test_timm_cnn_cuts_at_the_pooled_features_and_at_stage_boundaries() -> None:
+    model = timm.create_model("test_resnet", num_classes=3)
+    cut, shape = _cut(model, "head-only")
+    assert "global_pool" in cut.label and "classifier's input" in cut.label
+    assert tuple(shape) == (1, model.num_features)  # pooled: one vector per image
+    cut, shape = _cut(model, "freeze-stages:2")
+    assert cut.label.startswith("after layer2.")  # the end of the second stage
+    assert len(shape) == 4
+
+
+def test_vit_cuts_at_the_pre_logits_token_and_after_a_block() -> None:
+    model = timm.create_model("test_vit", num_classes=3)
+    size = model.default_cfg["input_size"][-1]
+    cut, shape = _cut(model, "head-only", size=size)
+    assert "classifier's input" in cut.label and tuple(shape) == (1, model.num_features)
+    cut, shape = _cut(model, "freeze-stages:2", size=size)
+    assert len(shape) == 3  # tokens after the last frozen block
+
+
+def test_torchvision_models_cut_before_their_classifier() -> None:
+    model = torchvision.models.resnet18(num_classes=3)
+    cut, shape = _cut(model, "head-only", size=64)
+    assert cut.label == "after flatten (the classifier's input)" and tuple(shape) == (1, 512)
+    cut, _ = _cut(model, "freeze-stages:2", size=64)
+    assert cut.label.startswith("after layer2.")
+    # EfficientNet: the dropout in `classifier` stays after the cut (it is random in training).
+    model = torchvision.models.efficientnet_b0(num_classes=3)
+    cut, shape = _cut(model, "head-only", size=64)
+    assert cut.label.startswith("after flatten") and tuple(shape) == (1, 1280)
+
+
+def test_no_cut_when_nothing_frozen_comes_first_or_batch_statistics_are_used(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    model = timm.create_model("test_resnet", num_classes=3)
+    cut, why = _cut(model, "train-all")
+    assert cut is None and "trains" in why
+    # bn_policy update: the frozen BatchNorm layers use the batch's statistics in training,
+    # so only the first convolution could be cached: not worth it, and the run says why.
+    plan = FreezePlan(preset="head-only", bn_policy="update")
+    events = Recorder()
+    project = make_project(demo_data, epochs=1, plan=plan)
+    assert Trainer(project, tmp_path / "run", on_event=events).run().reason == "completed"
+    (event,) = _cache_events(events)
+    assert not event.used and "batch statistics" in event.reason and "work" in event.reason
+
+
+def test_stochastic_depth_stays_after_the_cut() -> None:
+    model = timm.create_model("test_vit", num_classes=3, drop_path_rate=0.5)
+    size = model.default_cfg["input_size"][-1]
+    cut, _ = _cut(model, "head-only", size=size)
+    # Block 0 has a rate of 0; the next blocks' DropPath is random in training.
+    assert cut is not None and cut.label.startswith(("after blocks.0.", "after patch", "after pos"))
+
+
+# ---------------------------------------------------------------------- training with it
+def _epochs(run: Path) -> list[dict]:
+    return [r for r in read_jsonl(run / "metrics.jsonl") if r.get("type") == "epoch"]
+
+
+def _assert_same_losses(a: Path, b: Path) -> None:
+    ea, eb = _epochs(a), _epochs(b)
+    assert len(ea) == len(eb)
+    for x, y in zip(ea, eb):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5), (key, x, y)
+
+
+def _cache_events(recorder: Recorder) -> list[FeatureCacheEvent]:
+    return [e for e in recorder.events if isinstance(e, FeatureCacheEvent)]
+
+
+@pytest.mark.parametrize("preset", ["head-only", "freeze-stages:1"])
+def test_cached_training_gives_the_uncached_losses(
+    demo_data: Path, tmp_path: Path, preset: str
+) -> None:
+    project = make_project(demo_data, epochs=3, plan=FreezePlan(preset=preset))
+    off = copy.deepcopy(project)
+    off.train.feature_cache = "off"
+    events = Recorder()
+    result = Trainer(project, tmp_path / "cached", on_event=events).run()
+    assert result.reason == "completed" and result.frozen_check_passed
+    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
+    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    cache = _cache_events(events)
+    assert cache[0].used and cache[-1].images == cache[-1].total == 150
+    assert cache[-1].fill_seconds is not None and cache[-1].fill_seconds > 0
+    assert result.feature_cache["used"] and result.feature_cache["cut"] == cache[0].cut
+    plans = read_jsonl(tmp_path / "cached" / "plans.jsonl")
+    assert plans[0]["feature_cache"]["used"] is True
+    off_plans = read_jsonl(tmp_path / "plain" / "plans.jsonl")
+    assert off_plans[0]["feature_cache"] == {**off_plans[0]["feature_cache"], "used": False}
+
+
+def test_later_epochs_load_no_images(demo_data: Path, tmp_path: Path, monkeypatch) -> None:
+    from freezer_app.core import data
+
+    loaded: list[int] = []
+    real = data.ImageItems.__getitem__
+
+    def counting(self, key):
+        loaded.append(1)
+        return real(self, key)
+
+    monkeypatch.setattr(data.ImageItems, "__getitem__", counting)
+    project = make_project(demo_data, epochs=3, plan=FreezePlan(preset="head-only"))
+    project.data.image_cache = 0  # so only the feature cache can spare the decoding
+    assert Trainer(project, tmp_path / "run").run().reason == "completed"
+    assert len(loaded) == 150  # every image once, in the filling epoch
+
+
+def test_a_mid_run_unfreeze_falls_back_and_keeps_the_losses(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    # Head-only for epoch 1, then a phase that trains layer4 too (a shallower cut), then an
+    # edit in the middle of epoch 3 that trains everything (no cut: uncached).
+    plan = FreezePlan(
+        preset="head-only",
+        schedule=[Phase(epoch=1, preset="train-last:1")],
+        edits=[Edit(step=2 * 8 + 3, preset="train-all")],
+    )
+    project = make_project(demo_data, epochs=3, batch_size=16, plan=plan)
+    off = copy.deepcopy(project)
+    off.train.feature_cache = "off"
+    events = Recorder()
+    assert Trainer(project, tmp_path / "cached", on_event=events).run().reason == "completed"
+    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
+    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    cache = _cache_events(events)
+    used = [(e.step, e.used) for e in cache]
+    assert used[0] == (1, True)
+    assert any(step > 1 and u for step, u in used[1:])  # the shallower cut
+    assert used[-1] == (19, False)
+    assert "uncached" in cache[-1].message
+    plans = read_jsonl(tmp_path / "cached" / "plans.jsonl")
+    assert [p["feature_cache"]["used"] for p in plans] == [True, True, False]
+    assert plans[1]["feature_cache"]["cut"] != plans[0]["feature_cache"]["cut"]
+
+
+def test_a_second_run_starts_from_the_first_runs_cache(demo_data: Path, tmp_path: Path) -> None:
+    project = make_project(demo_data, epochs=2, plan=FreezePlan(preset="head-only"))
+    assert Trainer(copy.deepcopy(project), tmp_path / "first").run().reason == "completed"
+    events = Recorder()
+    assert Trainer(project, tmp_path / "second", on_event=events).run().reason == "completed"
+    first = _cache_events(events)[0]
+    assert first.used and first.images == first.total and first.fill_seconds is None
+    assert "earlier run" in first.message
+    _assert_same_losses(tmp_path / "first", tmp_path / "second")
+    assert len(list_caches()) == 1
+
+
+# ---------------------------------------------------------------------- the store
+def _images(tmp_path: Path, n: int) -> list[str]:
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(b"x" * (10 + i))
+        paths.append(str(p))
+    return paths
+
+
+KEY = {"architecture": "timm:test", "cut": "x", "weights": "w"}
+
+
+def test_a_changed_image_is_computed_again(tmp_path: Path) -> None:
+    images = _images(tmp_path, 5)
+    rows = torch.randn(5, 4)
+    store = FeatureStore(KEY, images, (4,), torch.float32, 2**20)
+    store.put([0, 1, 2, 3, 4], rows)
+    store.persist()
+    store.close()
+    Path(images[2]).write_bytes(b"changed content")
+    again = FeatureStore(KEY, images, (4,), torch.float32, 2**20)
+    assert again.reused == 4 and not again.holds([2]) and again.holds([0, 1, 3, 4])
+    assert torch.equal(again.get([0, 1, 3, 4]), rows[[0, 1, 3, 4]])
+    # Another key (other weights) shares nothing.
+    other = FeatureStore({**KEY, "weights": "v"}, images, (4,), torch.float32, 2**20)
+    assert other.reused == 0
+
+
+def test_rows_beyond_the_budget_spill_to_a_memory_mapped_file(tmp_path: Path) -> None:
+    images = _images(tmp_path, 6)
+    rows = torch.randn(6, 3, 2)
+    store = FeatureStore(KEY, images, (3, 2), torch.float32, ram_bytes=2 * 6 * 4)
+    assert store.ram_rows == 2
+    store.put([5, 0, 3], rows[[5, 0, 3]])
+    store.put([1, 2, 4], rows[[1, 2, 4]])
+    assert torch.equal(store.get(list(range(6))), rows)
+    assert store.ram_bytes == 2 * 24 and store.disk_bytes == 4 * 24
+    spill = [p for p in store.folder.iterdir() if p.name.startswith(".features")]
+    assert len(spill) == 1  # a temporary name until the index names it
+    store.persist()
+    names = sorted(p.name for p in store.folder.iterdir())
+    assert len(names) == 2 and names[1] == "index.json" and names[0].endswith(".npy")
+    store.close()
+    again = FeatureStore(KEY, images, (3, 2), torch.float32, ram_bytes=0)
+    assert again.reused == 6 and torch.equal(again.get(list(range(6))), rows)
+
+
+def test_a_partly_filled_store_lists_only_complete_rows(tmp_path: Path) -> None:
+    images = _images(tmp_path, 4)
+    store = FeatureStore(KEY, images, (2,), torch.bfloat16, 2**20)
+    store.put([1, 3], torch.randn(2, 2))
+    store.persist()
+    index = json.loads((store.folder / "index.json").read_text())
+    assert sorted(r[3] for r in index["rows"]) == [1, 3]
+    assert index["dtype"] == "torch.bfloat16"
+    store.close()
+    again = FeatureStore(KEY, images, (2,), torch.bfloat16, 2**20)
+    assert again.reused == 2 and again.get([1, 3]).dtype == torch.bfloat16
+
+
+def test_an_unwritable_cache_folder_keeps_the_run_going(
+    demo_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("FREEZER_CACHE_DIR", str(blocked))
+    project = make_project(demo_data, epochs=2, plan=FreezePlan(preset="head-only"))
+    project.train.feature_cache_budget = 0  # every row must go to the (impossible) file
+    events = Recorder()
+    result = Trainer(project, tmp_path / "run", on_event=events).run()
+    assert result.reason == "completed", result.message
+    warnings = [e.message for e in events.events if getattr(e, "level", "") == "warning"]
+    assert any("feature cache" in w for w in warnings)
+
+
+def test_augmented_training_caches_the_validation_images_only(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    project = make_project(demo_data, epochs=2, plan=FreezePlan(preset="head-only"))
+    project.data.augmentation = "light"
+    off = copy.deepcopy(project)
+    off.train.feature_cache = "off"
+    events = Recorder()
+    assert Trainer(project, tmp_path / "cached", on_event=events).run().reason == "completed"
+    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
+    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    last = _cache_events(events)[-1]
+    assert last.used and not last.training_cached and last.total == 30 and last.images == 30
+
+
+def test_budget_setting_spills_a_run_to_disk(demo_data: Path, tmp_path: Path) -> None:
+    project = make_project(demo_data, epochs=2, plan=FreezePlan(preset="head-only"))
+    project.train.feature_cache_budget = 0
+    events = Recorder()
+    assert Trainer(project, tmp_path / "run", on_event=events).run().reason == "completed"
+    last = _cache_events(events)[-1]
+    assert last.ram_bytes == 0 and last.disk_bytes > 0
+    assert os.path.isdir(last.folder)
+    assert np.load(next(Path(last.folder).glob("features-*.npy")), mmap_mode="r").shape[0] == 150
