@@ -46,6 +46,13 @@ def test_timm_cnn_cuts_at_the_pooled_features_and_at_stage_boundaries() -> None:
     cut, shape = _cut(model, "head-only")
     assert "global_pool" in cut.label and "classifier's input" in cut.label
     assert tuple(shape) == (1, model.num_features)  # pooled: one vector per image
+    # The features timm's own API gives for the classifier (forward_head(pre_logits=True)).
+    tree = ModelTree(model)
+    graph = ForwardGraph(model, tree)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    expected = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert torch.allclose(graph.prefix(cut)(x), expected)
     cut, shape = _cut(model, "freeze-stages:2")
     assert cut.label.startswith("after layer2.")  # the end of the second stage
     assert len(shape) == 4
@@ -131,6 +138,9 @@ def test_cached_training_gives_the_uncached_losses(
     assert result.feature_cache["used"] and result.feature_cache["cut"] == cache[0].cut
     plans = read_jsonl(tmp_path / "cached" / "plans.jsonl")
     assert plans[0]["feature_cache"]["used"] is True
+    logged = [e["feature_cache"] for e in _epochs(tmp_path / "cached")]
+    assert [e["added"] for e in logged] == [150, 0, 0] and logged[0]["fill_seconds"] > 0
+    assert all(e["images"] == 150 and e["ram_bytes"] > 0 for e in logged)
     off_plans = read_jsonl(tmp_path / "plain" / "plans.jsonl")
     assert off_plans[0]["feature_cache"] == {**off_plans[0]["feature_cache"], "used": False}
 
@@ -188,6 +198,7 @@ def test_a_second_run_starts_from_the_first_runs_cache(demo_data: Path, tmp_path
     first = _cache_events(events)[0]
     assert first.used and first.images == first.total and first.fill_seconds is None
     assert "earlier run" in first.message
+    assert _epochs(tmp_path / "second")[0]["feature_cache"]["added"] == 0
     _assert_same_losses(tmp_path / "first", tmp_path / "second")
     assert len(list_caches()) == 1
 

@@ -258,16 +258,15 @@ def _after(source: fx.Graph, cut: str) -> fx.Graph:
     return graph
 
 
-def weights_digest(module: nn.Module) -> str:
-    """A hash of a module's parameters and buffers (what the cached features depend on)."""
+def weights_digest(module: nn.Module, known: dict[str, str] | None = None) -> str:
+    """A hash of a module's parameters and buffers (what the cached features depend on).
+    `known`: digests (telemetry.tensor_digest) already taken of some of them, by name."""
+    from freezer_app.core.telemetry import tensor_digest
+
+    known = known or {}
     h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict(keep_vars=False).items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        data = t.detach()
-        if data.device.type != "cpu":
-            data = data.cpu()
-        h.update(data.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{known.get(name) or tensor_digest(t)};".encode())
     return h.hexdigest()
 
 

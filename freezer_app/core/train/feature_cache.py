@@ -23,6 +23,7 @@ from freezer_app.core.events import FeatureCacheEvent, LogEvent
 from freezer_app.core.feature_cut import Cut, CutError, ForwardGraph, check_cut, weights_digest
 from freezer_app.core.feature_store import FeatureStore
 from freezer_app.core.image_cache import cache_budget
+from freezer_app.core.telemetry import FrozenVerifier
 
 # A cut whose prefix does less of the forward's work than this is not worth its memory.
 MIN_WORK_SHARE = 0.25
@@ -55,6 +56,7 @@ class FeatureCache:
         device: torch.device,
         autocast_dtype: torch.dtype | None,
         channels_last: bool,
+        verifier: FrozenVerifier | None = None,
     ) -> None:
         self.model = model
         self.tree = tree
@@ -69,6 +71,7 @@ class FeatureCache:
         # Set by the trainer: where the cache's events (LogEvent, FeatureCacheEvent) go.
         self.emit: Callable[[Any], None] = lambda event: None
         self.channels_last = channels_last
+        self.verifier = verifier
         self.budget = cache_budget(budget_mb)
         self.graph: ForwardGraph | None = None
         self.unavailable = ""
@@ -89,6 +92,7 @@ class FeatureCache:
         self._reported_full = False
         self._persist_failed = False
         self._spill_reported = False
+        self._counted = 0  # rows held at the last epoch_record
         self.last_event: FeatureCacheEvent | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -159,7 +163,7 @@ class FeatureCache:
             "architecture": self.architecture,
             "cut": cut.node,
             "code": hashlib.sha256(prefix.code.encode()).hexdigest()[:16],
-            "weights": weights_digest(prefix),
+            "weights": weights_digest(prefix, self.known_digests()),
             "transform": self.transform,
             "image_size": self.image_size,
             "dtype": str(probe.dtype),
@@ -181,7 +185,14 @@ class FeatureCache:
         self._fill_started = None
         self._fill_seconds = None
         self._reported_full = self.store.complete
+        self._counted = self.store.count  # rows found on disk were not added by this run
         return ""
+
+    def known_digests(self) -> dict[str, str]:
+        """Digests the frozen check took of the frozen tensors (current: they are frozen)."""
+        if self.verifier is None:
+            return {}
+        return {name: entry[0] for name, entry in self.verifier.tracked.items()}
 
     def _probe_input(self) -> torch.Tensor:
         x = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
@@ -256,6 +267,25 @@ class FeatureCache:
         if held >= wanted and not self._reported_full:
             self._reported_full = True
             self._event(step + 1, "")
+
+    def epoch_record(self) -> dict[str, Any] | None:
+        """For the epoch's line in metrics.jsonl: what the cache held, and what this epoch
+        added to it (a filling epoch)."""
+        store = self.store
+        if store is None:
+            self._counted = 0
+            return None
+        held, wanted = self._counts()
+        added, self._counted = max(0, store.count - self._counted), store.count
+        return {
+            "cut": self.cut.label if self.cut else "",
+            "images": held,
+            "of": wanted,
+            "added": added,
+            "ram_bytes": store.ram_bytes,
+            "disk_bytes": store.disk_bytes,
+            "fill_seconds": self._fill_seconds,
+        }
 
     def _persist(self) -> None:
         store = self.store

@@ -228,6 +228,7 @@ def prepare(
         optimizer, lambda s: lr_factor(s, schedule_steps, warmup, t.schedule)
     )
     layers = LayerIndex(model, tree)
+    verifier = FrozenVerifier(model)
     features = FeatureCache(
         model,
         tree,
@@ -242,6 +243,7 @@ def prepare(
         device=device,
         autocast_dtype=precision.autocast_dtype,
         channels_last=channels_last,
+        verifier=verifier,
     )
     return RunParts(
         device=device,
@@ -263,7 +265,7 @@ def prepare(
         criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
         layers=layers,
         probe=TelemetryProbe(layers, device, t.telemetry_every),
-        verifier=FrozenVerifier(model),
+        verifier=verifier,
         features=features,
         saved=saved,
     )

@@ -257,9 +257,9 @@ class Trainer:
         applied = apply_mask(parts.model, parts.tree, mask, plan.bn_policy)
         restrict_to_trainable(parts.optimizer, parts.groups)
         self._trainable = [p for g in parts.optimizer.param_groups for p in g["params"]]
-        parts.features.follow_plan(step)
-        self._set_forward()
         parts.verifier.sync(self.step, parts.tree.frozen_norm_paths(), plan.bn_policy)
+        parts.features.follow_plan(step)  # the cache key reuses the frozen check's digests
+        self._set_forward()
         self.current_plan = plan
         event = PlanApplied(
             step,
@@ -889,6 +889,11 @@ class Trainer:
                 "val_acc": val_acc,
                 "images_per_s": images_per_s,
                 "seconds": seconds,
+                **(
+                    {"feature_cache": cache}
+                    if (cache := self.parts.features.epoch_record())
+                    else {}
+                ),
             }
         )
         self.emit(
