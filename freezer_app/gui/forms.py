@@ -8,6 +8,7 @@ typed as text (1e-5 and 0.00001 both work) and shown with repr, so nothing is ro
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +41,10 @@ INVALID_STYLE = "border: 1px solid #c62828; background: #ffebee;"
 
 
 def tooltip(s: Setting) -> str:
-    lines = [s.spec.help + "."]
+    lines = [textwrap.fill(s.spec.help + ".", 80)]  # plain-text tooltips do not wrap
     allowed = schema.range_text(s)
     if allowed:
-        lines.append(f"Allowed: {allowed}.")
+        lines.append(f"Allowed: {allowed}{f' {s.spec.unit}' if s.spec.unit else ''}.")
     if s.nullable and s.spec.none:
         lines.append(f"Empty or '{s.spec.none_word}': {s.spec.none}.")
     if s.spec.zero:
@@ -96,6 +97,10 @@ class IntEditor(Editor):
         high = int(spec.maximum if spec.maximum is not None else 2**31 - 1)
         self.null_value = low - 1 if setting.nullable else None
         spin.setRange(self.null_value if self.null_value is not None else low, high)
+        # "512 MB", "224 px" (a special value below shows alone); a count's word ("epochs")
+        # would read "1 epochs": the tooltip names it instead.
+        if spec.unit and not (spec.unit.isalpha() and spec.unit.islower() and len(spec.unit) > 2):
+            spin.setSuffix(f" {spec.unit}")
         if setting.nullable:
             spin.setSpecialValueText(spec.none_word)
         elif spec.zero and low == 0:

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTabWidget,
     QToolBar,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -51,7 +52,7 @@ from freezer_app.gui.panels import DataPanel, ModelPanel, TrainingPanel
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
 from freezer_app.gui.project_controller import ProjectController, touches
 from freezer_app.gui.run_controller import RunController, RunViews
-from freezer_app.gui.run_views import FrozenCheckView, RunLog
+from freezer_app.gui.run_views import FeatureCacheView, FrozenCheckView, RunLog
 from freezer_app.gui.tree_model import FreezeTreeModel, human
 from freezer_app.gui.tree_view import TreePanel
 from freezer_app.gui.trust_dialog import ask_to_run
@@ -125,8 +126,17 @@ class MainWindow(QMainWindow):
         self.right.addTab(self.frozen_view, "Frozen check")
         self.right.addTab(self.evaluate_view, "Evaluate")
         self.right.addTab(self.log, "Log")
+        # The run's area: its tabs, and under them (beside the plan's summary line) whether
+        # the run caches the frozen layers' output, whichever tab is open.
+        self.cache_view = FeatureCacheView()
+        run_area = QWidget()
+        run_layout = QVBoxLayout(run_area)
+        run_layout.setContentsMargins(0, 0, 0, 0)
+        run_layout.setSpacing(2)
+        run_layout.addWidget(self.right, 1)
+        run_layout.addWidget(self.cache_view)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        for w in (self.left, self.tree_panel, self.right):
+        for w in (self.left, self.tree_panel, run_area):
             self.splitter.addWidget(w)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 5)
@@ -143,6 +153,7 @@ class MainWindow(QMainWindow):
                 gradients=self.grad_plot,
                 updates=self.heatmap,
                 frozen=self.frozen_view,
+                cache=self.cache_view,
                 log=self.log,
                 tree=self.tree_model,
                 status=self.statusBar(),

@@ -3,7 +3,8 @@
 One run at a time, on a worker thread (gui/worker.py). The run gets a copy of the project;
 freeze edits made in the tree during the run travel to it as commands, and the run reports
 the plan in effect back (PlanApplied), which is what the tree, the summary line, the status
-bar and the live columns then show.
+bar and the live columns then show; and whether it caches the frozen layers' output
+(FeatureCacheEvent), which the line under the plots shows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.project import Project
 from freezer_app.gui.freeze_controller import FreezeController
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
-from freezer_app.gui.run_views import FrozenCheckView, RunLog
+from freezer_app.gui.run_views import FeatureCacheView, FrozenCheckView, RunLog
 from freezer_app.gui.tree_model import FreezeTreeModel
 from freezer_app.gui.worker import TrainingSession
 
@@ -32,6 +33,7 @@ class RunViews:
     gradients: GradientFlowPlot
     updates: UpdateHeatmap
     frozen: FrozenCheckView
+    cache: FeatureCacheView
     log: RunLog
     tree: FreezeTreeModel
     status: QStatusBar
@@ -116,6 +118,7 @@ class RunController(QObject):
         v = self.views
         v.loss.clear()
         v.frozen.clear()
+        v.cache.clear()
         v.tree.clear_telemetry()
         v.gradients.clear_values()
 
@@ -153,6 +156,11 @@ class RunController(QObject):
                 self._flush_telemetry(last_telemetry)
                 last_telemetry = None
                 self._plan_applied(event)
+            elif isinstance(event, ev.FeatureCacheEvent):
+                # Its message is also a LogEvent (the log shows it); a plan change that moves
+                # or drops the cut mid-run is worth the status bar too.
+                if v.cache.add(event):
+                    v.status.showMessage(event.message, 8000)
             elif isinstance(event, ev.PausedEvent):
                 self.paused = event.paused
             elif isinstance(event, ev.ErrorEvent):

@@ -34,6 +34,7 @@ _URGENT = (
     ev.EpochEvent,
     ev.FrozenCheckEvent,
     ev.PlanApplied,
+    ev.FeatureCacheEvent,
     ev.PausedEvent,
     ev.LogEvent,
 )

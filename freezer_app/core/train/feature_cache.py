@@ -76,7 +76,7 @@ class FeatureCache:
         self.graph: ForwardGraph | None = None
         self.unavailable = ""
         if setting == "off":
-            self.unavailable = "off (train.feature_cache)"
+            self.unavailable = "turned off (train.feature_cache: off)"
         else:
             try:
                 self.graph = ForwardGraph(model, tree)
@@ -101,14 +101,6 @@ class FeatureCache:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # ------------------------------------------------------------------ the plan
-    @property
-    def active(self) -> bool:
-        return self.store is not None
-
-    @property
-    def serves_training(self) -> bool:
-        return self.store is not None and not self.augmented
-
     def follow_plan(self, step: int) -> None:
         """After a plan is applied (requires_grad and the frozen norms set): choose the cut for
         it, and say so when anything changed."""
