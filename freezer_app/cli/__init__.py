@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from freezer_app import __version__
-from freezer_app.cli import demo_data, evaluate, export, gui, inspect, models, schema, train
+from freezer_app.cli import cache, demo_data, evaluate, export, gui, inspect, models, schema, train
 from freezer_app.cli.common import EXIT_OK, EXIT_USAGE, err
 from freezer_app.core.errors import FreezerError
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     evaluate.add_parsers(sub)
     models.add_parser(sub)
+    cache.add_parser(sub)
     gui.add_parser(sub)
     schema.add_parser(sub)
     return parser

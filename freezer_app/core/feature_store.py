@@ -337,11 +337,15 @@ class CacheEntry:
 
 def _disk_bytes(folder: Path) -> int:
     total = 0
-    for f in folder.iterdir():
+    try:
+        files = list(folder.iterdir())
+    except OSError:  # unreadable: counted as empty, still listed (and removable)
+        return 0
+    for f in files:
         with contextlib.suppress(OSError):
             st = f.stat()
-            # Blocks in use: the rows file is sparse until every row is written.
-            total += min(st.st_size, getattr(st, "st_blocks", 0) * 512) or st.st_size
+            blocks = getattr(st, "st_blocks", None)  # what the file takes (POSIX)
+            total += blocks * 512 if blocks is not None else st.st_size
     return total
 
 
@@ -359,11 +363,16 @@ def list_caches(root: Path | None = None) -> list[CacheEntry]:
             used = (folder / INDEX).stat().st_mtime if index else folder.stat().st_mtime
         except OSError:
             used = 0.0
+        key = index.get("key") if index else None
+        try:
+            images = int(index.get("images", 0)) if index else 0
+        except (TypeError, ValueError):
+            images = 0
         out.append(
             CacheEntry(
                 folder,
-                dict(index.get("key", {})) if index else {},
-                int(index.get("images", 0)) if index else 0,
+                dict(key) if isinstance(key, dict) else {},
+                images,
                 _disk_bytes(folder),
                 used,
             )
@@ -373,15 +382,20 @@ def list_caches(root: Path | None = None) -> list[CacheEntry]:
 
 def clear_caches(ids: list[str] | None = None, root: Path | None = None) -> list[CacheEntry]:
     """Remove the caches with these ids (folder names, or unique prefixes of them), or all;
-    returns what was removed. An unknown id raises KeyError."""
+    returns what was removed. An unknown or ambiguous id raises KeyError, before anything is
+    removed; an id given twice (or two prefixes of one cache) removes it once."""
     entries = list_caches(root)
     if ids:
-        chosen = []
+        chosen: list[CacheEntry] = []
         for wanted in ids:
-            match = [e for e in entries if e.folder.name.startswith(wanted)]
+            # A whole folder name is that folder even where it is a prefix of another one.
+            match = [e for e in entries if e.folder.name == wanted] or [
+                e for e in entries if wanted and e.folder.name.startswith(wanted)
+            ]
             if len(match) != 1:
                 raise KeyError(wanted)
-            chosen += match
+            if match[0] not in chosen:
+                chosen += match
         entries = chosen
     for e in entries:
         shutil.rmtree(e.folder, ignore_errors=True)
