@@ -70,7 +70,7 @@ def test_vit_cuts_at_the_pre_logits_token_and_after_a_block() -> None:
 def test_torchvision_models_cut_before_their_classifier() -> None:
     model = torchvision.models.resnet18(num_classes=3)
     cut, shape = _cut(model, "head-only", size=64)
-    assert cut.label == "after flatten (the classifier's input)" and tuple(shape) == (1, 512)
+    assert cut.label == "after flatten, the classifier's input" and tuple(shape) == (1, 512)
     cut, _ = _cut(model, "freeze-stages:2", size=64)
     assert cut.label.startswith("after layer2.")
     # EfficientNet: the dropout in `classifier` stays after the cut (it is random in training).

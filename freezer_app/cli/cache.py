@@ -55,21 +55,12 @@ def _help(p: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
-def _size(n: float) -> str:
-    """Bytes as the training messages write them (1024-based KB, MB, GB)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds > 0 else "-"
 
 
 def _row(entry: Any) -> list[str]:
-    from freezer_app.core.text import printable
+    from freezer_app.core.text import byte_size, printable
 
     key = entry.key
     size = key.get("image_size")
@@ -79,7 +70,7 @@ def _row(entry: Any) -> list[str]:
         printable(key.get("cut") or "-"),
         f"{size} px" if size else "-",
         f"{entry.images:,}",
-        _size(entry.bytes),
+        byte_size(entry.bytes),
         _when(entry.used),
     ]
 
@@ -103,7 +94,7 @@ def _count(n: int) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     from freezer_app.core.feature_store import cache_root, list_caches
-    from freezer_app.core.text import printable
+    from freezer_app.core.text import byte_size, printable
 
     root = cache_root()
     entries = list_caches(root)
@@ -126,14 +117,14 @@ def run_list(args: argparse.Namespace) -> int:
     for line in _table([_row(e) for e in entries]):
         print(line)
     images = sum(e.images for e in entries)
-    print(f"total: {_count(len(entries))}, {images:,} images, {_size(total)}")
+    print(f"total: {_count(len(entries))}, {images:,} images, {byte_size(total)}")
     print(f"folder: {printable(root)}")
     return EXIT_OK
 
 
 def run_clear(args: argparse.Namespace) -> int:
     from freezer_app.core.feature_store import cache_root, clear_caches, list_caches
-    from freezer_app.core.text import printable
+    from freezer_app.core.text import byte_size, printable
 
     root = cache_root()
     try:
@@ -176,7 +167,7 @@ def run_clear(args: argparse.Namespace) -> int:
     else:
         for line in _table([_row(e) for e in gone])[1:] if gone else []:
             print(f"removed {line}")
-        print(f"removed {_count(len(gone))}, freed {_size(freed)} in {printable(root)}")
+        print(f"removed {_count(len(gone))}, freed {byte_size(freed)} in {printable(root)}")
     for e in left:
         err(f"error: could not remove all of {printable(e.folder)} (in use, or no permission)")
     return EXIT_FAILED if left else EXIT_OK

@@ -178,7 +178,7 @@ class ForwardGraph:
             ):
                 label = f"after {self._paths.get(node.name, node.name)}"
                 if head_after[i]:
-                    label += " (the classifier's input)"
+                    label += ", the classifier's input"
                 out.append(Cut(node.name, i, label))
         return out[::-1], stop
 

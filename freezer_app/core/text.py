@@ -36,3 +36,12 @@ def printable(text: object) -> str:
                 else f"\\U{code:08x}"
             )
     return "".join(out)
+
+
+def byte_size(n: float) -> str:
+    """Bytes in 1024-based units, as every message and view writes them: 512 B, 56.2 KB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TB"

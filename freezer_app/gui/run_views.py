@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 
 from freezer_app.core.events import FeatureCacheEvent
 from freezer_app.core.telemetry import FrozenCheck
+from freezer_app.core.text import byte_size
 from freezer_app.gui.tree_model import PARTIAL_COLOUR, TRAINABLE_COLOUR
 
 FAIL_COLOUR = "#b00020"
@@ -85,31 +86,21 @@ class FrozenCheckView(QWidget):
             self.list.insertItem(1, child)
 
 
-def _size(n: float) -> str:
-    """Bytes as the core's messages write them (1024-based KB, MB, GB), so the line and its
-    tooltip agree."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def describe_feature_cache(event: FeatureCacheEvent) -> str:
     """The cache's state in one short line; the core's full sentence (`message`) says the rest."""
     if not event.used:
         when = f" from step {event.step}" if event.step > 1 else ""
         return f"Feature cache: not used{when} — {event.reason}"
     which = "images" if event.training_cached else "validation images"
-    # "after global_pool.flatten (the classifier's input)": the layer is enough here.
-    cut = event.cut.split(" (")[0]
+    # "after global_pool.flatten, the classifier's input": the layer is enough here.
+    cut = event.cut.split(", ")[0]
     parts = [cut + (f" from step {event.step}" if event.reason and event.step > 1 else "")]
     if event.images < event.total:
         parts.append(f"filling: {event.images:,} of {event.total:,} {which}")
     else:
-        memory = f"{_size(event.ram_bytes)} RAM"
+        memory = f"{byte_size(event.ram_bytes)} RAM"
         if event.disk_bytes:
-            memory += f" + {_size(event.disk_bytes)} on disk"
+            memory += f" + {byte_size(event.disk_bytes)} on disk"
         parts += [f"{event.images:,} {which}", memory]
         parts.append(
             f"filled in {event.fill_seconds:.1f} s"

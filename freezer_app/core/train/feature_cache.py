@@ -24,17 +24,10 @@ from freezer_app.core.feature_cut import Cut, CutError, ForwardGraph, check_cut,
 from freezer_app.core.feature_store import FeatureStore
 from freezer_app.core.image_cache import cache_budget
 from freezer_app.core.telemetry import FrozenVerifier
+from freezer_app.core.text import byte_size
 
 # A cut whose prefix does less of the forward's work than this is not worth its memory.
 MIN_WORK_SHARE = 0.25
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 class FeatureCache:
@@ -323,24 +316,24 @@ class FeatureCache:
                 else "training and validation images"
             )
             held, wanted = self._counts()
-            where = f"{_size(store.ram_bytes)} in memory"
+            where = f"{byte_size(store.ram_bytes)} in memory"
             if store.disk_bytes:
-                where += f", {_size(store.disk_bytes)} in {store.folder}"
+                where += f", {byte_size(store.disk_bytes)} in {store.folder}"
             if held >= wanted and self._fill_seconds is not None:
                 message = (
-                    f"feature cache: {held:,} {what} cached {cut.label} ({shape} per image; "
+                    f"feature cache: {held:,} {what} cached {cut.label} ({shape} values per image; "
                     f"{where}); filling took {self._fill_seconds:.1f} s, later epochs skip the "
                     "frozen layers"
                 )
             elif held >= wanted:
                 message = (
-                    f"feature cache: {held:,} {what} {cut.label} ({shape} per image) read from "
+                    f"feature cache: {held:,} {what} {cut.label} ({shape} values per image) read from "
                     f"an earlier run ({store.folder}; {where}): no filling epoch"
                 )
             else:
                 reused = f"; {store.reused:,} found from an earlier run" if store.reused else ""
                 message = (
-                    f"feature cache: on for {what}, {cut.label} ({shape} per image){reused}; "
+                    f"feature cache: on for {what}, {cut.label} ({shape} values per image){reused}; "
                     "the first epoch fills it"
                 )
             if reason:
