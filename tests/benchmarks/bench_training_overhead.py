@@ -17,7 +17,7 @@ import _common
 import torch
 from torch import nn
 
-from freezer_app.core.data import write_demo_data
+from freezer_app.core.data import Batch, write_demo_data
 from freezer_app.core.freeze import FreezePlan, apply_plan
 from freezer_app.core.project import DataSettings, Project, TrainSettings
 from freezer_app.core.train import Trainer
@@ -63,7 +63,10 @@ def freezer_loop(project: Project, batches: list, steps: int) -> list[float]:
 
     def setup_with_cached_batches() -> None:
         setup()
-        trainer._batches = lambda: iter(batches)  # the same tensors the bare loop uses
+        # The same tensors the bare loop uses.
+        trainer.parts.loaders.train_batches = lambda epoch, start=0, skip=None: iter(
+            Batch(list(range(len(y))), x, y) for x, y in batches
+        )
 
     def on_event(event: object) -> None:
         from freezer_app.core.events import StepEvent
@@ -104,6 +107,9 @@ def main() -> None:
         telemetry_every=args.telemetry_every,
         schedule="constant",
         warmup_epochs=0,
+        # The per-step overhead of the full forward, as the bare loop does it (the feature
+        # cache would skip the frozen stages: bench_feature_cache.py measures that).
+        feature_cache="off",
     )
     project = Project(
         model=args.model,
