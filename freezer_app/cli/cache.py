@@ -67,7 +67,7 @@ def _row(entry: Any) -> list[str]:
     return [
         printable(entry.folder.name[:ID_CHARS]),
         printable(key.get("architecture") or ("-" if key else "(incomplete)")),
-        printable(key.get("cut") or "-"),
+        printable(key.get("where") or key.get("cut") or "-"),
         f"{size} px" if size else "-",
         f"{entry.images:,}",
         byte_size(entry.bytes),

@@ -327,7 +327,7 @@ class CacheEntry:
             "id": self.folder.name,
             "folder": str(self.folder),
             "architecture": self.key.get("architecture"),
-            "cut": self.key.get("cut"),
+            "cut": self.key.get("where") or self.key.get("cut"),
             "image_size": self.key.get("image_size"),
             "images": self.images,
             "bytes": self.bytes,

@@ -147,6 +147,7 @@ class FeatureCache:
         key = {
             "architecture": self.architecture,
             "cut": cut.node,
+            "where": cut.label,  # for `cache list`
             "code": hashlib.sha256(prefix.code.encode()).hexdigest()[:16],
             "weights": weights_digest(prefix, self.known_digests()),
             "transform": self.transform,
