@@ -26,8 +26,9 @@ from freezer_app.core.image_cache import cache_budget
 from freezer_app.core.telemetry import FrozenVerifier
 from freezer_app.core.text import byte_size
 
-# A cut whose prefix does less of the forward's work than this is not worth its memory.
-MIN_WORK_SHARE = 0.25
+# A cut whose prefix does less of the forward's work than this is not worth its memory
+# (e.g. only the stem before a BatchNorm that uses batch statistics).
+MIN_WORK_SHARE = 0.1
 
 
 class FeatureCache:
@@ -326,6 +327,8 @@ class FeatureCache:
                     f"{where}); filling took {self._fill_seconds:.1f} s, later epochs skip the "
                     "frozen layers"
                 )
+                if not self._persist_failed:
+                    message += f"; saved in {store.folder} for later runs"
             elif held >= wanted:
                 message = (
                     f"feature cache: {held:,} {what} {cut.label} ({shape} values per image) read from "
