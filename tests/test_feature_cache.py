@@ -279,6 +279,24 @@ def test_an_unwritable_cache_folder_keeps_the_run_going(
     assert any("feature cache" in w for w in warnings)
 
 
+def test_a_failed_index_write_keeps_the_run_going(
+    demo_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from freezer_app.core import feature_store
+    from freezer_app.core.files import WriteError
+
+    def full_disk(path, data):
+        raise WriteError("Disk full while writing index.json.", "Free some space.")
+
+    monkeypatch.setattr(feature_store, "write_json", full_disk)
+    project = make_project(demo_data, epochs=2, plan=FreezePlan(preset="head-only"))
+    events = Recorder()
+    result = Trainer(project, tmp_path / "run", on_event=events).run()
+    assert result.reason == "completed", result.message
+    warnings = [e.message for e in events.events if getattr(e, "level", "") == "warning"]
+    assert any("Disk full" in w and "this run only" in w for w in warnings)
+
+
 def test_augmented_training_caches_the_validation_images_only(
     demo_data: Path, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from freezer_app.core.events import FeatureCacheEvent, LogEvent
 from freezer_app.core.feature_cut import Cut, CutError, ForwardGraph, check_cut, weights_digest
 from freezer_app.core.feature_store import FeatureStore
+from freezer_app.core.files import WriteError
 from freezer_app.core.image_cache import cache_budget
 from freezer_app.core.telemetry import FrozenVerifier
 from freezer_app.core.text import byte_size
@@ -280,12 +281,13 @@ class FeatureCache:
             return
         try:
             store.persist()
-        except OSError as e:
+        except (OSError, WriteError) as e:
             # The cache is only a speed-up: the run goes on with the rows in memory.
             self._persist_failed = True
+            why = e.message if isinstance(e, WriteError) else e.strerror or str(e)
             self.emit(
                 LogEvent(
-                    f"feature cache: cannot write to {store.folder} ({e.strerror or e}); the "
+                    f"feature cache: cannot write to {store.folder} ({why}); the "
                     "cached features stay in memory for this run only",
                     "warning",
                 )
