@@ -123,3 +123,18 @@ def make_project(data: Path, **train: object):
         data=DataSettings(path=str(data), image_size=32, workers=0, augmentation="none"),
         train=TrainSettings(**settings),  # type: ignore[arg-type]
     )
+
+
+def close_windows(qtbot, windows: list) -> None:
+    """End a GUI test's windows: stop their runs, drop unsaved edits (no prompt), close."""
+    from PySide6.QtCore import QThreadPool
+
+    for w in windows:
+        if w.session is not None:
+            w.stop_training()
+            qtbot.waitUntil(lambda w=w: w.session is None, timeout=60_000)
+        w.project_ctl.undo_stack.setClean()
+        w.close()
+    QThreadPool.globalInstance().waitForDone(60_000)
+    for w in windows:
+        w.deleteLater()

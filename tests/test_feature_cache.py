@@ -14,7 +14,7 @@ import torch
 import torchvision
 from conftest import Recorder, make_project
 
-from freezer_app.core.events import FeatureCacheEvent
+from freezer_app.core.events import FeatureCacheEvent, Finished
 from freezer_app.core.feature_cut import ForwardGraph, check_cut
 from freezer_app.core.feature_store import FeatureStore, list_caches
 from freezer_app.core.freeze import Edit, FreezePlan, Phase, apply_plan
@@ -120,18 +120,26 @@ def _cache_events(recorder: Recorder) -> list[FeatureCacheEvent]:
     return [e for e in recorder.events if isinstance(e, FeatureCacheEvent)]
 
 
+def _cached_and_plain(project, tmp_path: Path) -> tuple[Finished, Recorder]:
+    """The project trained with the feature cache (into tmp_path/cached) and without it (into
+    tmp_path/plain); every epoch's losses and accuracy must agree."""
+    off = copy.deepcopy(project)
+    off.train.feature_cache = "off"
+    events = Recorder()
+    result = Trainer(project, tmp_path / "cached", on_event=events).run()
+    assert result.reason == "completed", result.message
+    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
+    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    return result, events
+
+
 @pytest.mark.parametrize("preset", ["head-only", "freeze-stages:1"])
 def test_cached_training_gives_the_uncached_losses(
     demo_data: Path, tmp_path: Path, preset: str
 ) -> None:
     project = make_project(demo_data, epochs=3, plan=FreezePlan(preset=preset))
-    off = copy.deepcopy(project)
-    off.train.feature_cache = "off"
-    events = Recorder()
-    result = Trainer(project, tmp_path / "cached", on_event=events).run()
-    assert result.reason == "completed" and result.frozen_check_passed
-    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
-    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    result, events = _cached_and_plain(project, tmp_path)
+    assert result.frozen_check_passed
     cache = _cache_events(events)
     assert cache[0].used and cache[-1].images == cache[-1].total == 150
     assert cache[-1].fill_seconds is not None and cache[-1].fill_seconds > 0
@@ -173,12 +181,7 @@ def test_a_mid_run_unfreeze_falls_back_and_keeps_the_losses(
         edits=[Edit(step=2 * 8 + 3, preset="train-all")],
     )
     project = make_project(demo_data, epochs=3, batch_size=16, plan=plan)
-    off = copy.deepcopy(project)
-    off.train.feature_cache = "off"
-    events = Recorder()
-    assert Trainer(project, tmp_path / "cached", on_event=events).run().reason == "completed"
-    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
-    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    _, events = _cached_and_plain(project, tmp_path)
     cache = _cache_events(events)
     used = [(e.step, e.used) for e in cache]
     assert used[0] == (1, True)
@@ -302,12 +305,7 @@ def test_augmented_training_caches_the_validation_images_only(
 ) -> None:
     project = make_project(demo_data, epochs=2, plan=FreezePlan(preset="head-only"))
     project.data.augmentation = "light"
-    off = copy.deepcopy(project)
-    off.train.feature_cache = "off"
-    events = Recorder()
-    assert Trainer(project, tmp_path / "cached", on_event=events).run().reason == "completed"
-    assert Trainer(off, tmp_path / "plain").run().reason == "completed"
-    _assert_same_losses(tmp_path / "cached", tmp_path / "plain")
+    _, events = _cached_and_plain(project, tmp_path)
     last = _cache_events(events)[-1]
     assert last.used and not last.training_cached and last.total == 30 and last.images == 30
 

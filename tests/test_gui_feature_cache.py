@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_project
-from PySide6.QtCore import QSettings, QThreadPool
+from conftest import close_windows, make_project
+from PySide6.QtCore import QSettings
 from PySide6.QtGui import QTextDocument
 from PySide6.QtWidgets import QComboBox, QMessageBox, QSpinBox
 
@@ -35,15 +35,7 @@ def make_window(qtbot, tmp_path: Path, monkeypatch):
         return w
 
     yield make
-    for w in windows:
-        if w.session is not None:
-            w.stop_training()
-            qtbot.waitUntil(lambda w=w: w.session is None, timeout=60_000)
-        w.project_ctl.undo_stack.setClean()
-        w.close()
-    QThreadPool.globalInstance().waitForDone(60_000)
-    for w in windows:
-        w.deleteLater()
+    close_windows(qtbot, windows)
 
 
 class Seen:

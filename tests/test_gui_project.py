@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_project
-from PySide6.QtCore import QSettings, Qt, QThreadPool
+from conftest import close_windows, make_project
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QMessageBox, QSpinBox
 from test_gui import type_setting
 
@@ -51,15 +51,7 @@ def make_window(qtbot, tmp_path: Path, monkeypatch):
         return w
 
     yield make
-    for w in windows:
-        if w.session is not None:
-            w.stop_training()
-            qtbot.waitUntil(lambda w=w: w.session is None, timeout=60_000)
-        w.project_ctl.undo_stack.setClean()
-        w.close()
-    QThreadPool.globalInstance().waitForDone(60_000)
-    for w in windows:
-        w.deleteLater()
+    close_windows(qtbot, windows)
 
 
 def click_box(qtbot, w: MainWindow, path: str) -> None:
