@@ -34,8 +34,8 @@ def _cut(model: torch.nn.Module, preset: str, bn_policy: str = "frozen", size: i
     if not cuts:
         return None, stop
     cut = cuts[0]
-    prefix, rest = graph.prefix(cut), graph.rest(cut)
-    problem, share = check_cut(model, prefix, rest, size, torch.device("cpu"))
+    prefix = graph.prefix(cut)
+    problem, share = check_cut(graph, cut, size, torch.device("cpu"))
     assert problem == "" and 0 < share <= 1
     return cut, prefix(torch.zeros(1, 3, size, size)).shape
 
@@ -319,3 +319,91 @@ def test_budget_setting_spills_a_run_to_disk(demo_data: Path, tmp_path: Path) ->
     assert last.ram_bytes == 0 and last.disk_bytes > 0
     assert os.path.isdir(last.folder)
     assert np.load(next(Path(last.folder).glob("features-*.npy")), mmap_mode="r").shape[0] == 150
+
+
+# ---------------------------------------------------------------------- what review found
+def test_attention_dropout_before_the_cut_is_found_by_the_training_probe() -> None:
+    model = timm.create_model("test_vit", num_classes=3, attn_drop_rate=0.3)
+    size = model.default_cfg["input_size"][-1]
+    tree = ModelTree(model)
+    apply_plan(model, FreezePlan(preset="head-only"), tree)
+    graph = ForwardGraph(model, tree)
+    cut = graph.cuts(tree.trainable)[0][0]
+    problem, _ = check_cut(graph, cut, size, torch.device("cpu"))
+    assert "differently in training" in problem
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, slope: float, num_classes: int = 3) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.LeakyReLU(slope),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def _feature_cache(model: torch.nn.Module, tmp_path: Path, items: list[tuple[str, int]]):
+    from freezer_app.core.train.feature_cache import FeatureCache
+
+    tree = ModelTree(model)
+    torch.manual_seed(0)
+    apply_plan(model, FreezePlan(preset="head-only"), tree)
+    cache = FeatureCache(
+        model, tree, "auto", 16, "net.py:build", "t", 16, items, [], False,
+        torch.device("cpu"), None, False,
+    )  # fmt: skip
+    cache.follow_plan(1)
+    return cache
+
+
+def test_a_layer_setting_is_part_of_the_key(tmp_path: Path) -> None:
+    items = [(p, 0) for p in _images(tmp_path, 2)]
+    torch.manual_seed(0)
+    a = _feature_cache(_Net(0.1), tmp_path, items)
+    torch.manual_seed(0)
+    b = _feature_cache(_Net(0.9), tmp_path, items)
+    assert a.store is not None and b.store is not None
+    assert a.store.key["weights"] == b.store.key["weights"]
+    assert a.store.key["code"] != b.store.key["code"]
+
+
+def test_a_substituted_image_is_not_cached_under_the_wrong_label(tmp_path: Path) -> None:
+    items = [(p, i % 2) for i, p in enumerate(_images(tmp_path, 4))]
+    cache = _feature_cache(_Net(0.1), tmp_path, items)
+    x = torch.randn(4, 3, 16, 16)
+    # Image 2 could not be decoded: the loader gave image 3 in its place, with label 1.
+    cache.features("train", [0, 1, 2, 3], lambda: x, torch.tensor([0, 1, 1, 1]))
+    assert cache.store.holds([0, 1, 3]) and not cache.store.holds([2])
+
+
+def test_a_damaged_index_is_ignored(tmp_path: Path) -> None:
+    images = _images(tmp_path, 3)
+    store = FeatureStore(KEY, images, (2,), torch.float32, 2**20)
+    store.put([0, 1, 2], torch.randn(3, 2))
+    store.persist()
+    store.close()
+    index = store.folder / "index.json"
+    data = json.loads(index.read_text())
+    for damage in ({"rows": [[None, "x", 1, 0]]}, {"shape": "2"}, {"file": 3}, {"rows": 5}):
+        index.write_text(json.dumps({**data, **damage}))
+        again = FeatureStore(KEY, images, (2,), torch.float32, 2**20)
+        assert again.reused == 0
+    index.write_text(json.dumps(data))
+    assert FeatureStore(KEY, images, (2,), torch.float32, 2**20).reused == 3
+    # Rows of another shape under the same name (a damaged file) are not read either.
+    assert FeatureStore(KEY, images, (3,), torch.float32, 2**20).reused == 0
+
+
+def test_frozen_check_digests_channels_last_weights() -> None:
+    from freezer_app.core.telemetry import tensor_digest
+
+    weight = torch.randn(8, 4, 1, 1)
+    assert tensor_digest(weight.to(memory_format=torch.channels_last)) == tensor_digest(weight)

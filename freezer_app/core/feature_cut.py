@@ -183,12 +183,13 @@ class ForwardGraph:
         return out[::-1], stop
 
     # ------------------------------------------------------------------ building the parts
-    def prefix(self, cut: Cut) -> fx.GraphModule:
+    def prefix(self, cut: Cut, training: bool = False) -> fx.GraphModule:
         """The frozen part: image batch in, the cut's tensor out (eval graph: the same output
-        as in training, by the cut's conditions)."""
+        as in training, by the cut's conditions, which check_cut verifies with the training
+        graph's prefix)."""
         graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
-        for node in self.eval_graph.nodes:
+        for node in (self.train_graph if training else self.eval_graph).nodes:
             env[node] = graph.node_copy(node, lambda n: env[n])
             if node.name == cut.node:
                 graph.output(env[node])
@@ -271,29 +272,56 @@ def weights_digest(module: nn.Module, known: dict[str, str] | None = None) -> st
 
 
 @torch.no_grad()
-def check_cut(
-    model: nn.Module, prefix: nn.Module, rest: nn.Module, size: int, device: torch.device
-) -> tuple[str, float]:
+def check_cut(graph: ForwardGraph, cut: Cut, size: int, device: torch.device) -> tuple[str, float]:
     """('' or why the cut is wrong, the share of the forward's floating-point work done
-    before it): rest(prefix(x)) must equal model(x) on a probe batch (eval mode)."""
+    before it), from a probe batch:
+
+    - the prefix gives the same output in training (twice, with other random numbers) as in
+      eval mode: nothing before the cut depends on the mode or on chance (attention dropout,
+      an `if self.training` branch, a random activation), whatever its name;
+    - rest(prefix(x)) equals model(x) in eval mode.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     from freezer_app.core.train.trainer import logits_of
 
+    model = graph.model
+    prefix, rest, trained = graph.prefix(cut), graph.rest(cut), graph.prefix(cut, training=True)
     generator = torch.Generator().manual_seed(0)  # the run's random numbers stay untouched
     x = torch.randn(2, 3, size, size, generator=generator).to(device)
-    with _mode(model, False), _mode(rest, False):
-        try:
+    # Training mode may update buffers (running statistics): put them back afterwards.
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with _mode(model, False), _mode(rest, False):
             with FlopCounterMode(display=False) as whole:
                 expected = logits_of(model(x)).float()
             with FlopCounterMode(display=False) as before:
                 features = prefix(x)
             got = logits_of(rest(features)).float()
-        except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else ""
-            return f"the cut forward failed ({type(e).__name__}: {first[:160]})", 0.0
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with _mode(model, True), torch.random.fork_rng(devices=cuda):
+            runs = []
+            for seed in (1, 2):
+                torch.manual_seed(seed)
+                runs.append(trained(x))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        return f"the cut forward failed ({type(e).__name__}: {first[:160]})", 0.0
+    finally:
+        for b, saved in buffers:
+            b.copy_(saved)
     if not isinstance(features, torch.Tensor):
         return "the value at the cut is not a tensor", 0.0
+    if not all(
+        isinstance(r, torch.Tensor)
+        and r.shape == features.shape
+        and torch.allclose(r, features, rtol=1e-5, atol=1e-6)
+        for r in runs
+    ):
+        return (
+            "the layers before the cut behave differently in training (random or mode-dependent)",
+            0.0,
+        )
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
         return "the cut forward does not reproduce the model's output", 0.0
     total = whole.get_total_flops()

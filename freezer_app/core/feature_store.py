@@ -101,6 +101,7 @@ class FeatureStore:
         self.dtype = dtype
         self.folder = (root or cache_root()) / key_hash(key)
         self.identities = [image_identity(p) for p in images]
+        self._readable = np.array([ident[1] >= 0 for ident in self.identities], dtype=bool)
         n = len(images)
         self.n = n
         self.row_bytes = math.prod(self.shape) * torch.empty((), dtype=dtype).element_size()
@@ -125,6 +126,17 @@ class FeatureStore:
     def _open_earlier(self) -> None:
         with contextlib.suppress(OSError):
             remove_stale_temp_files(self.folder)
+        try:
+            self._read_earlier()
+        except Exception:
+            # A damaged index or rows file (edited, truncated...) is as good as none: the rows
+            # are computed again and the next save replaces it.
+            self.held[:] = False
+            self._source, self._source_file = None, None
+            self._source_row[:] = -1
+            self.reused = 0
+
+    def _read_earlier(self) -> None:
         index = _read_index(self.folder)
         if (
             index is None
@@ -133,16 +145,19 @@ class FeatureStore:
             or index.get("dtype") != str(self.dtype)
         ):
             return
-        try:
-            source = np.load(self.folder / str(index["file"]), mmap_mode="r")
-        except (OSError, ValueError, KeyError):
+        source = np.load(self.folder / str(index["file"]), mmap_mode="r")
+        if tuple(source.shape[1:]) != self.shape or source.dtype != np.dtype(_STORAGE[self.dtype]):
             return
         rows = {
             (str(r[0]), int(r[1]), int(r[2])): int(r[3])
             for r in index.get("rows", [])
             if isinstance(r, list) and len(r) == 4
         }
-        found = [(i, rows[ident]) for i, ident in enumerate(self.identities) if ident in rows]
+        found = [
+            (i, rows[ident])
+            for i, ident in enumerate(self.identities)
+            if ident in rows and ident[1] >= 0
+        ]
         found = [(i, r) for i, r in found if 0 <= r < source.shape[0]]
         if not found:
             return
@@ -200,7 +215,8 @@ class FeatureStore:
             return
         rows = rows.detach().to(dtype=self.dtype)
         index = np.asarray(items)
-        new = ~self.held[index]
+        # An image gone since the scan has no identity to find it by again: not kept.
+        new = ~self.held[index] & self._readable[index]
         if not new.any():
             return
         in_ram = new & (index < self.ram_rows)
@@ -305,7 +321,7 @@ class FeatureStore:
 
     def close(self) -> None:
         """Free RAM and the mappings; an unpersisted temporary file is removed."""
-        self.ram = self.ram[:0]
+        self.ram = torch.empty((0, *self.shape), dtype=self.dtype, device=self.ram.device)
         own_path, final = self._own_path, self._final_path
         self._own = self._source = None
         if own_path is not None and own_path != final:

@@ -213,9 +213,9 @@ class TelemetryProbe:
 def tensor_digest(t: torch.Tensor) -> str:
     """A digest of the tensor's exact bytes: equal digests mean bit-identical tensors."""
     data = t.detach().to("cpu").contiguous()
-    raw = (
-        data.view(torch.uint8) if data.numel() and data.dim() else data.reshape(1).view(torch.uint8)
-    )
+    # reshape(-1): a channels_last 1×1 convolution weight is "contiguous" with a last stride
+    # other than 1, which view(uint8) refuses; the flat view has stride 1.
+    raw = data.reshape(-1).view(torch.uint8)
     h = hashlib.blake2b(digest_size=20)
     h.update(str(tuple(t.shape)).encode())
     h.update(raw.numpy().tobytes() if raw.numel() else b"")

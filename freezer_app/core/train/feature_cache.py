@@ -35,8 +35,9 @@ MIN_WORK_SHARE = 0.25
 
 
 class FeatureCache:
-    """Owned by the trainer for one run. `train_images`/`val_images`: the split's image paths
-    (rows are training images, then validation images)."""
+    """Owned by the trainer for one run. `train_items`/`val_items`: the splits' (path, label);
+    the store's rows are the training images then the validation images, or (augmented
+    training) the validation images only."""
 
     def __init__(
         self,
@@ -47,8 +48,8 @@ class FeatureCache:
         architecture: str,
         transform: str,
         image_size: int,
-        train_images: list[str],
-        val_images: list[str],
+        train_items: list[tuple[str, int]],
+        val_items: list[tuple[str, int]],
         augmented: bool,
         device: torch.device,
         autocast_dtype: torch.dtype | None,
@@ -60,8 +61,10 @@ class FeatureCache:
         self.architecture = architecture
         self.transform = transform
         self.image_size = image_size
-        self.images = list(train_images) + list(val_images)
-        self.n_train = len(train_images)
+        rows = list(val_items) if augmented else list(train_items) + list(val_items)
+        self.images = [path for path, _ in rows]
+        self.labels = torch.as_tensor([label for _, label in rows], dtype=torch.long)
+        self.val_offset = 0 if augmented else len(train_items)
         self.augmented = augmented
         self.device = device
         self.autocast_dtype = autocast_dtype
@@ -90,6 +93,7 @@ class FeatureCache:
         self._persist_failed = False
         self._spill_reported = False
         self._counted = 0  # rows held at the last epoch_record
+        self._node: str | None = None  # the cut chosen for the plan in effect, used or not
         self.last_event: FeatureCacheEvent | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -112,10 +116,10 @@ class FeatureCache:
             if cut is None
             else ""
         )
-        if self.last_event is not None and (cut.node if cut else None) == (
-            self.cut.node if self.cut else None
-        ):
-            return
+        node = cut.node if cut else None
+        if self.last_event is not None and node == self._node:
+            return  # the same cut (used, or found not worth it), or still none
+        self._node = node
         before = self.cut
         self._close_store()
         problem = why if cut is None else self._open(cut, stop)
@@ -134,9 +138,7 @@ class FeatureCache:
         return f"the plan moved the cut to {deeper} one ({after.label}); it fills again"
 
     def _open(self, cut: Cut, stop: str) -> str:
-        prefix = self.graph.prefix(cut)
-        rest = self.graph.rest(cut)
-        problem, share = check_cut(self.model, prefix, rest, self.image_size, self.device)
+        problem, share = check_cut(self.graph, cut, self.image_size, self.device)
         if problem:
             return problem
         if share < MIN_WORK_SHARE:
@@ -144,6 +146,7 @@ class FeatureCache:
                 f"only {share:.0%} of the forward's work comes before the first layer that "
                 f"changes in training ({stop}); caching pays off from {MIN_WORK_SHARE:.0%}"
             )
+        prefix, rest = self.graph.prefix(cut), self.graph.rest(cut)
         with torch.no_grad(), self.autocast():
             probe = prefix(self._probe_input())
         if not isinstance(probe, torch.Tensor):
@@ -152,7 +155,8 @@ class FeatureCache:
             "architecture": self.architecture,
             "cut": cut.node,
             "where": cut.label,  # for `cache list`
-            "code": hashlib.sha256(prefix.code.encode()).hexdigest()[:16],
+            # Its generated code and its modules' settings (LeakyReLU(0.1)...).
+            "code": hashlib.sha256((prefix.code + repr(prefix)).encode()).hexdigest()[:16],
             "weights": weights_digest(prefix, self.known_digests()),
             "transform": self.transform,
             "image_size": self.image_size,
@@ -195,7 +199,7 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ batches
     def row_items(self, split: str, indices: list[int]) -> list[int]:
-        return list(indices) if split == "train" else [self.n_train + i for i in indices]
+        return list(indices) if split == "train" else [self.val_offset + i for i in indices]
 
     def holds(self, split: str, indices: list[int]) -> bool:
         store = self.store
@@ -207,16 +211,20 @@ class FeatureCache:
         return self.store is not None and (split == "val" or not self.augmented)
 
     def features(
-        self, split: str, indices: list[int], images: Callable[[], torch.Tensor]
+        self,
+        split: str,
+        indices: list[int],
+        images: Callable[[], torch.Tensor],
+        labels: torch.Tensor,
     ) -> torch.Tensor:
         """The prefix's output for a batch on the device: from the store, or computed from
-        `images()` (a batch on the device) and kept."""
+        `images()` (a batch on the device) and kept. `labels`: the batch's, as loaded."""
         store = self.store
         assert store is not None and self.prefix is not None
         items = self.row_items(split, indices)
         if store.holds(items):
             rows = store.get(items)
-            if rows.device == self.device:
+            if rows.device.type == self.device.type:  # kept on the GPU
                 return rows
             cuda = self.device.type == "cuda"
             return (rows.pin_memory() if cuda else rows).to(self.device, non_blocking=cuda)
@@ -224,7 +232,13 @@ class FeatureCache:
             self._fill_started = time.monotonic()
         with torch.no_grad(), self.autocast():
             out = self.prefix(images())
-        store.put(items, out)
+        # An image that could not be decoded is replaced by the next one, with its label: keep
+        # only rows whose image carries its own label, so a cached epoch labels rows rightly.
+        own = (labels.cpu() == self.labels[items]).nonzero().flatten()
+        if len(own) == len(items):
+            store.put(items, out)
+        elif len(own):
+            store.put([items[k] for k in own.tolist()], out[own.to(out.device)])
         if store.spill_error is not None and not self._spill_reported:
             self._spill_reported = True
             self.emit(
@@ -239,11 +253,10 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ epochs
     def _counts(self) -> tuple[int, int]:
-        """(rows held, rows wanted): with augmentation, the validation images only."""
+        """(rows held, rows wanted)."""
         store = self.store
         assert store is not None
-        first = self.n_train if self.augmented else 0
-        return int(store.held[first:].sum()), store.n - first
+        return store.count, store.n
 
     def epoch_done(self, step: int) -> None:
         """At the end of an epoch (validation included): keep what was computed on disk, and

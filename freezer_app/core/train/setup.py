@@ -8,6 +8,7 @@ nothing in a later phase or edit fails at once.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -235,10 +236,11 @@ def prepare(
         t.feature_cache,
         t.feature_cache_budget,
         architecture=str(loaded.spec),
-        transform=repr(eval_tf),
+        # The transform as printed rounds mean and std: the data config says them exactly.
+        transform=repr(eval_tf) + json.dumps(loaded.data_config, sort_keys=True, default=str),
         image_size=size,
-        train_images=[path for path, _ in report.train],
-        val_images=[path for path, _ in report.val],
+        train_items=report.train,
+        val_items=report.val,
         augmented=project.data.augmentation != "none",
         device=device,
         autocast_dtype=precision.autocast_dtype,

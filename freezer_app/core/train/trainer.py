@@ -705,7 +705,9 @@ class Trainer:
         serves this split, the rest of it from the cached (or just computed) features."""
         features = self.parts.features
         if features.serves(split):
-            f = features.features(split, batch.indices, lambda: self._images(split, batch, finish))
+            f = features.features(
+                split, batch.indices, lambda: self._images(split, batch, finish), batch.y
+            )
             with self._autocast():
                 return logits_of(self._rest_forward(f))
         x = self._images(split, batch, finish)
