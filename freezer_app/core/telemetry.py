@@ -306,6 +306,16 @@ class FrozenVerifier:
                 digest, _, _, since, _ = self.tracked[name]
                 self.tracked[name] = (digest, kind, layer, since, allowed)
 
+    def reference(self) -> dict[str, str]:
+        """Each tracked tensor's digest from when it was frozen."""
+        return {name: entry[0] for name, entry in self.tracked.items()}
+
+    def current(self) -> dict[str, str]:
+        """Each tracked tensor's digest now (on another rank: gathered and compared with
+        `reference` by core/train/distributed.compare_digests)."""
+        tensors = self._tensors()
+        return {name: tensor_digest(tensors[name]) for name in self.tracked}
+
     def check(self, epoch: int, step: int) -> FrozenCheck:
         tensors = self._tensors()
         result = FrozenCheck(epoch, step, len(self.tracked))

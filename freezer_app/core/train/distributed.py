@@ -1,0 +1,164 @@
+"""Training in several processes with torch.distributed, as launched by torchrun.
+
+The pieces the trainer needs to run the same loop on every rank (issue 12; the trainer and
+CLI wiring is not done yet):
+- `shard`: a rank's contiguous, balanced share of a global batch, so the union of the
+  ranks' batches is the single-process batch and no image is seen twice;
+- `Distributed.commands`: stop, pause and a new freeze plan agreed by every rank at a step
+  boundary (any rank may ask to stop: a scheduler's SIGTERM reaches them all; pause and plan
+  edits come from rank 0, where the window or terminal is);
+- `Distributed.wrap`: DistributedDataParallel registers only the parameters that require
+  gradients when it is built, so a layer unfrozen under an old wrapper would never be
+  all-reduced. The wrapper is built anew for every freeze plan; the parameters (and the
+  optimizer state keyed by them) stay the same objects;
+- `compare_digests`: the frozen check's digests from every rank against the reference, naming
+  a rank whose frozen tensors drifted.
+
+Backends: torch's default for `init_process_group()`: gloo for CPU tensors, and nccl for
+CUDA tensors when CUDA is present.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
+
+# The environment torchrun (torch.distributed.run) gives each worker process.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+def shard(items: list[T], rank: int, world: int) -> list[T]:
+    """Rank `rank`'s contiguous share of `items`: shares differ in size by one at most, and
+    in rank order they are `items` again."""
+    base, extra = divmod(len(items), world)
+    start = rank * base + min(rank, extra)
+    return items[start : start + base + (1 if rank < extra else 0)]
+
+
+def merge_short_tail(batches: list[list[int]], world: int) -> list[list[int]]:
+    """A last global batch with fewer images than processes would leave a rank with nothing
+    to compute (and DistributedDataParallel needs every rank in every step): it joins the
+    batch before it."""
+    out = [list(b) for b in batches]
+    while len(out) > 1 and len(out[-1]) < world:
+        tail = out.pop()
+        out[-1] += tail
+    return out
+
+
+@dataclass
+class RankDrift:
+    rank: int
+    tensor: str
+
+
+def compare_digests(reference: dict[str, str], per_rank: list[dict[str, str]]) -> list[RankDrift]:
+    """The frozen tensors whose digest on some rank differs from the reference (the digest
+    taken when the tensor was frozen), each with the rank it drifted on."""
+    drifted = []
+    for rank, digests in enumerate(per_rank):
+        for name, digest in reference.items():
+            if digests.get(name) != digest:
+                drifted.append(RankDrift(rank, name))
+    return drifted
+
+
+class Distributed:
+    """This process's place in a torchrun job, and the collectives the trainer uses."""
+
+    def __init__(self, rank: int, world: int, local_rank: int, device: torch.device) -> None:
+        self.rank = rank
+        self.world = world
+        self.local_rank = local_rank
+        self.device = device  # where this rank computes, and where collective tensors live
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes the run folder, prints and emits events."""
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, use_cuda: bool) -> Distributed:
+        """Join the job torchrun started (its environment says where and who)."""
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if use_cuda:
+            if not torch.cuda.is_available():
+                raise RuntimeError("CUDA was requested but no CUDA GPU is available")
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(device_id=device if device.type == "cuda" else None)
+        return cls(rank, world, local_rank, device)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---------------------------------------------------------------- collectives
+    def commands(self, stop: bool, paused: bool, plan: Any | None) -> tuple[bool, bool, Any]:
+        """What every rank does at this step boundary: stop if any rank was asked to (a
+        signal may reach one of them first); pause and a new plan as rank 0 says."""
+        flags = torch.tensor(
+            [int(stop), int(paused and self.main), int(plan is not None and self.main)],
+            device=self.device,
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop_all, paused_all, has_plan = (bool(v) for v in flags.tolist())
+        new_plan = None
+        if has_plan:
+            box = [plan if self.main else None]
+            dist.broadcast_object_list(box, src=0, device=self.device)
+            new_plan = box[0]
+        return stop_all, paused_all, new_plan
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's `value` on every rank (the project, the data report, a checkpoint)."""
+        box = [value if self.main else None]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank."""
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def mean_loss(self, loss: torch.Tensor, local_images: int, global_images: int) -> torch.Tensor:
+        """The global batch's mean loss from each rank's mean over its share (shares may differ
+        by one image): the same number a single process would log. No host synchronisation."""
+        total = loss.detach().float() * local_images
+        dist.all_reduce(total)
+        return total / global_images
+
+    def wrap(self, model: nn.Module) -> nn.parallel.DistributedDataParallel:
+        """A DistributedDataParallel wrapper for the parameters that train now. Build a new one
+        whenever that set changes (every plan applied): all ranks must call this together,
+        and rank 0's weights and buffers are copied to the others here."""
+        return nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+        )
+
+
+__all__ = [
+    "Distributed",
+    "RankDrift",
+    "compare_digests",
+    "launched_by_torchrun",
+    "merge_short_tail",
+    "shard",
+]

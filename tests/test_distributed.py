@@ -1,0 +1,96 @@
+"""torch.distributed pieces (core/train/distributed.py), with 2 gloo processes on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freezer_app.core.data import EpochBatchSampler
+from freezer_app.core.train.distributed import compare_digests, merge_short_tail, shard
+
+WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 8, 9, 17])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_rank_shares_are_the_batch_again(n: int, world: int) -> None:
+    items = list(range(n))
+    shares = [shard(items, r, world) for r in range(world)]
+    assert [i for s in shares for i in s] == items
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_every_epoch_image_is_in_exactly_one_rank_share() -> None:
+    sampler = EpochBatchSampler(23, 8, seed=3)  # a global batch of 8 for 2 ranks
+    batches = merge_short_tail(sampler.batches(), world=2)
+    seen = [i for b in batches for r in range(2) for i in shard(b, r, 2)]
+    assert sorted(seen) == list(range(23))
+    assert all(len(shard(b, r, 2)) >= 1 for b in batches for r in range(2))
+
+
+def test_a_tail_shorter_than_the_ranks_joins_the_batch_before() -> None:
+    assert merge_short_tail([[0, 1, 2, 3], [4, 5]], world=4) == [[0, 1, 2, 3, 4, 5]]
+    assert merge_short_tail([[0, 1], [2, 3]], world=2) == [[0, 1], [2, 3]]
+
+
+def test_the_drifting_rank_is_named() -> None:
+    reference = {"body.weight": "a", "body.bias": "b"}
+    ranks = [dict(reference), {"body.weight": "a", "body.bias": "changed"}]
+    drift = compare_digests(reference, ranks)
+    assert [(d.rank, d.tensor) for d in drift] == [(1, "body.bias")]
+    assert compare_digests(reference, [dict(reference)] * 3) == []
+
+
+def _torchrun(tmp_path: Path, mode: str) -> list[dict]:
+    out = tmp_path / mode
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*cmd, str(WORKER), str(out), mode], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def test_a_layer_unfrozen_mid_run_gets_all_reduced_gradients(tmp_path: Path) -> None:
+    ranks = _torchrun(tmp_path, "rebuild")
+    for r in ranks:
+        assert r["body_frozen_until_unfreeze"] and r["body_moved"]
+        # Stop from rank 1 and rank 0's pause and plan reach every rank.
+        assert r["commands"] == [True, True, {"preset": "head-only"}]
+        assert r["broadcast"] == {"from": 0}
+    # The wrapper built for the new plan all-reduces the unfrozen body: equal on both ranks.
+    assert ranks[0]["digests"] == ranks[1]["digests"]
+    assert ranks[0]["digests"][0] == ranks[0]["digests"][1]
+    assert ranks[0]["mean_loss"] == ranks[1]["mean_loss"]
+
+
+def test_keeping_the_first_wrapper_lets_the_ranks_drift(tmp_path: Path) -> None:
+    """Why the wrapper is rebuilt: under the first one, the unfrozen body trains on each rank's
+    own gradients and the ranks' copies of the model part ways."""
+    ranks = _torchrun(tmp_path, "keep")
+    body = [r["digests"][r_index]["body"] for r_index, r in enumerate(ranks)]
+    assert body[0] != body[1]
+
+
+def test_the_verifier_gives_what_the_ranks_compare() -> None:
+    import torch
+    from torch import nn
+
+    from freezer_app.core.telemetry import FrozenVerifier
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    verifier = FrozenVerifier(model)
+    verifier.sync(0, [], "eval")
+    assert set(verifier.reference()) == {"0.weight", "0.bias"}
+    assert compare_digests(verifier.reference(), [verifier.current()]) == []
+    with torch.no_grad():
+        model[0].bias.add_(1e-7)
+    other_rank = verifier.current()
+    drift = compare_digests(verifier.reference(), [verifier.reference(), other_rank])
+    assert [(d.rank, d.tensor) for d in drift] == [(1, "0.bias")]
