@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from freezer_app.core.data import EpochBatchSampler
 from freezer_app.core.train.distributed import compare_digests, merge_short_tail, shard
@@ -78,7 +80,6 @@ def test_keeping_the_first_wrapper_lets_the_ranks_drift(tmp_path: Path) -> None:
 
 
 def test_the_verifier_gives_what_the_ranks_compare() -> None:
-    import torch
     from torch import nn
 
     from freezer_app.core.telemetry import FrozenVerifier
@@ -94,3 +95,30 @@ def test_the_verifier_gives_what_the_ranks_compare() -> None:
     other_rank = verifier.current()
     drift = compare_digests(verifier.reference(), [verifier.reference(), other_rank])
     assert [(d.rank, d.tensor) for d in drift] == [(1, "0.bias")]
+
+
+def test_the_ranks_loaders_share_every_epoch_and_validation_exactly(demo_data: Path) -> None:
+    """Two processes with 4 images each: their training batches together are the single
+    process's batches of 8, and their validation images are the validation set, once."""
+    from freezer_app.core.data import build_transforms, make_loaders, scan_folder
+
+    report = scan_folder(demo_data)
+    train_tf, eval_tf = build_transforms({"input_size": (3, 32, 32)}, 32, "none")
+
+    def loaders(rank: int, world: int) -> Any:
+        return make_loaders(
+            report, train_tf, eval_tf, 8, 0, 0, image_size=32, rank=rank, world=world
+        )
+
+    single, ranks = loaders(0, 1), [loaders(r, 2) for r in range(2)]
+    for epoch in (0, 1):
+        alone = [(b.indices, b.y.tolist(), b.x) for b in single.train_batches(epoch)]
+        shared = [list(r.train_batches(epoch)) for r in ranks]
+        assert len(shared[0]) == len(shared[1]) == len(alone)
+        for (indices, labels, x), b0, b1 in zip(alone, *shared):
+            assert b0.indices + b1.indices == indices
+            assert b0.y.tolist() + b1.y.tolist() == labels
+            assert b0.total == b1.total == len(indices)
+            assert torch.equal(torch.cat([b0.x, b1.x]), x)
+    val = [i for r in ranks for b in r.val_batches() for i in b.indices]
+    assert sorted(val) == list(range(len(report.val)))

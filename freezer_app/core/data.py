@@ -28,6 +28,7 @@ from torchvision.transforms import Compose, Normalize, PILToTensor
 
 from freezer_app.core.errors import DataError
 from freezer_app.core.image_cache import DecodedImages, PreparedImages, can_share_with_workers
+from freezer_app.core.shards import merge_short_tail, shard
 from freezer_app.core.text import printable
 
 AUGMENTATIONS = ("none", "light", "strong")
@@ -540,11 +541,15 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     skips the batches already trained, so a resumed run sees exactly the remaining batches.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, shuffle: bool = True, world: int = 1
+    ) -> None:
         self.n = n
         self.batch_size = max(1, min(batch_size, n))
         self.seed = seed
         self.shuffle = shuffle
+        # Processes sharing each batch (torch.distributed): every one needs an image of it.
+        self.world = max(1, world)
         self.epoch = 0
         self.start_batch = 0
 
@@ -573,7 +578,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             tail = out.pop(-2) + out.pop()  # size + 1 images
             half = (len(tail) + 1) // 2
             out += [tail[:half], tail[half:]] if size >= 3 else [tail]
-        return out
+        return merge_short_tail(out, self.world) if self.world > 1 else out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self.batches()[self.start_batch :]:
@@ -589,6 +594,8 @@ class Batch(NamedTuple):
     indices: list[int]
     x: torch.Tensor | None
     y: torch.Tensor
+    # Images in the whole batch of all processes (torch.distributed); 0: this batch alone.
+    total: int = 0
 
 
 Skip = Callable[[list[int]], bool]
@@ -615,6 +622,8 @@ class Loaders:
         val_finish: DeviceNormalize | None = None,
         pin_memory: bool = False,
         val_batch_size: int = 1,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.train = train
         self.val = val
@@ -632,10 +641,13 @@ class Loaders:
             for split, loader in (("train", train), ("val", val))
             if loader is not None
         }
+        # With several processes each trains on its share of every global batch and
+        # validates its own share of the validation images (core/train/distributed.py).
+        self.rank, self.world = rank, world
         if val is not None:
-            n = len(val.dataset)  # type: ignore[arg-type]
-            size = max(1, min(val_batch_size, n))
-            self._val_batches = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+            mine = shard(list(range(len(val.dataset))), rank, world)  # type: ignore[arg-type]
+            size = max(1, min(val_batch_size, len(mine)))
+            self._val_batches = [mine[i : i + size] for i in range(0, len(mine), size)]
 
     def train_batches(
         self, epoch: int, start_batch: int = 0, skip: Skip | None = None
@@ -643,9 +655,11 @@ class Loaders:
         """This epoch's batches from `start_batch` on (raw: apply `train_finish` on the device).
         Batches `skip` accepts come without images (x None): their features are cached."""
         self.train_sampler.set_epoch(epoch, start_batch)
-        batches = self.train_sampler.batches()[start_batch:]
+        whole = self.train_sampler.batches()[start_batch:]
+        batches = [shard(b, self.rank, self.world) for b in whole]
+        totals = [len(b) for b in whole]
         return self._serve(
-            "train", self.train, self._train_order, self.train_cache, batches, epoch, skip
+            "train", self.train, self._train_order, self.train_cache, batches, epoch, skip, totals
         )
 
     def val_batches(self, skip: Skip | None = None) -> Iterator[Batch]:
@@ -676,28 +690,30 @@ class Loaders:
         batches: list[list[int]],
         epoch: int,
         skip: Skip | None,
+        totals: list[int] | None = None,
     ) -> Iterator[Batch]:
         labels = self._labels[split]
+        totals = totals or [len(b) for b in batches]
         skipped = [skip is not None and skip(b) for b in batches]
         missing = [
             b for b, s in zip(batches, skipped) if not s and (cache is None or not cache.holds(b))
         ]
         order.set([[(i, epoch) for i in b] for b in missing])
         loaded = iter(loader) if missing else iter(())
-        for batch, skipped_batch in zip(batches, skipped):
+        for batch, skipped_batch, total in zip(batches, skipped, totals):
             if skipped_batch:
-                yield Batch(batch, None, labels[torch.as_tensor(batch)])
+                yield Batch(batch, None, labels[torch.as_tensor(batch)], total)
                 continue
             if cache is not None and cache.holds(batch):
                 x, y = cache.get(batch)
-                yield Batch(
-                    batch, *((x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y))
-                )
+                if self.pin_memory:
+                    x, y = x.pin_memory(), y.pin_memory()
+                yield Batch(batch, x, y, total)
                 continue
             x, y = next(loaded)
             if cache is not None:
                 cache.put(batch, x, y)
-            yield Batch(batch, x, y)
+            yield Batch(batch, x, y, total)
 
     def cached_images(self) -> tuple[int, int]:
         """(images held, bytes) in the RAM caches."""
@@ -791,6 +807,8 @@ def make_loaders(
     random_train: bool = True,
     cache_bytes: int = 0,
     image_size: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Loaders:
     """Train and validation loaders; pinned memory and persistent workers where they help.
 
@@ -817,7 +835,8 @@ def make_loaders(
     train_ds = ImageItems(
         report.train, train_split[0] if train_split else train_tf, seed, random_train, decoded
     )
-    sampler = EpochBatchSampler(len(train_ds), batch_size, seed)
+    # batch_size is the global batch: with `world` processes each takes its share of it.
+    sampler = EpochBatchSampler(len(train_ds), batch_size, seed, world=world)
     extra: dict[str, Any] = {}
     if workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": 2}
@@ -856,7 +875,9 @@ def make_loaders(
         train_split[1] if train_split else None,
         val_split[1] if val_split else None,
         pin_memory,
-        batch_size * 2,
+        max(1, batch_size // world) * 2,
+        rank,
+        world,
     )
 
 

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from freezer_app.core.shards import merge_short_tail, shard
+
 T = TypeVar("T")
 
 # The environment torchrun (torch.distributed.run) gives each worker process.
@@ -36,25 +38,6 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 
 def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
-
-
-def shard(items: list[T], rank: int, world: int) -> list[T]:
-    """Rank `rank`'s contiguous share of `items`: shares differ in size by one at most, and
-    in rank order they are `items` again."""
-    base, extra = divmod(len(items), world)
-    start = rank * base + min(rank, extra)
-    return items[start : start + base + (1 if rank < extra else 0)]
-
-
-def merge_short_tail(batches: list[list[int]], world: int) -> list[list[int]]:
-    """A last global batch with fewer images than processes would leave a rank with nothing
-    to compute (and DistributedDataParallel needs every rank in every step): it joins the
-    batch before it."""
-    out = [list(b) for b in batches]
-    while len(out) > 1 and len(out[-1]) < world:
-        tail = out.pop()
-        out[-1] += tail
-    return out
 
 
 @dataclass
