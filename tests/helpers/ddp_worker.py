@@ -56,4 +56,5 @@ result = {
     "broadcast": d.broadcast({"from": d.rank}),
 }
 (out / f"rank-{d.rank}.json").write_text(json.dumps(result))
+del wrapped  # its reducer holds the process group: gone before the group is
 d.close()

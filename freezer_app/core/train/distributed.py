@@ -88,7 +88,10 @@ class Distributed:
         return cls(rank, world, local_rank, device)
 
     def close(self) -> None:
+        """Leave the job together: a rank that tears its connections down while another still
+        uses them can abort in gloo ("terminate called without an active exception")."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     # ---------------------------------------------------------------- collectives
