@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from freezer_app.core.data import EpochBatchSampler
-from freezer_app.core.train.distributed import compare_digests, merge_short_tail, shard
+from freezer_app.core.train.distributed import merge_short_tail, shard
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
 
@@ -37,14 +37,6 @@ def test_every_epoch_image_is_in_exactly_one_rank_share() -> None:
 def test_a_tail_shorter_than_the_ranks_joins_the_batch_before() -> None:
     assert merge_short_tail([[0, 1, 2, 3], [4, 5]], world=4) == [[0, 1, 2, 3, 4, 5]]
     assert merge_short_tail([[0, 1], [2, 3]], world=2) == [[0, 1], [2, 3]]
-
-
-def test_the_drifting_rank_is_named() -> None:
-    reference = {"body.weight": "a", "body.bias": "b"}
-    ranks = [dict(reference), {"body.weight": "a", "body.bias": "changed"}]
-    drift = compare_digests(reference, ranks)
-    assert [(d.rank, d.tensor) for d in drift] == [(1, "body.bias")]
-    assert compare_digests(reference, [dict(reference)] * 3) == []
 
 
 def _torchrun(tmp_path: Path, mode: str) -> list[dict]:
@@ -79,7 +71,7 @@ def test_keeping_the_first_wrapper_lets_the_ranks_drift(tmp_path: Path) -> None:
     assert body[0] != body[1]
 
 
-def test_the_verifier_gives_what_the_ranks_compare() -> None:
+def test_the_frozen_check_over_ranks_names_the_drifting_rank() -> None:
     from torch import nn
 
     from freezer_app.core.telemetry import FrozenVerifier
@@ -89,12 +81,15 @@ def test_the_verifier_gives_what_the_ranks_compare() -> None:
     verifier = FrozenVerifier(model)
     verifier.sync(0, [], "eval")
     assert set(verifier.reference()) == {"0.weight", "0.bias"}
-    assert compare_digests(verifier.reference(), [verifier.current()]) == []
+    same = verifier.check_ranks(1, 5, [verifier.current(), verifier.current()])
+    assert same.passed and same.checked == 2
     with torch.no_grad():
-        model[0].bias.add_(1e-7)
-    other_rank = verifier.current()
-    drift = compare_digests(verifier.reference(), [verifier.reference(), other_rank])
-    assert [(d.rank, d.tensor) for d in drift] == [(1, "0.bias")]
+        model[0].bias.add_(1e-7)  # as if only rank 1's copy moved
+    check = verifier.check_ranks(1, 5, [verifier.reference(), verifier.current()])
+    assert [(d.rank, d.tensor) for d in check.drifted] == [(1, "0.bias")]
+    assert not check.passed
+    assert check.summary() == "FAILED: 1 frozen tensor(s) changed in 0 on rank 1"
+    assert check.to_json()["drifted"][0]["rank"] == 1
 
 
 def test_the_ranks_loaders_share_every_epoch_and_validation_exactly(demo_data: Path) -> None:

@@ -228,6 +228,7 @@ class Drift:
     tensor: str
     kind: str  # "parameter" or "buffer"
     expected: bool = False  # a buffer the user let update (bn_policy "update")
+    rank: int | None = None  # the process it drifted in (torch.distributed); None: this one
 
 
 @dataclass
@@ -254,7 +255,9 @@ class FrozenCheck:
                 )
             return f"PASSED: {self.checked} frozen tensors bit-identical to when they were frozen{note}"
         layers = sorted({d.layer for d in bad})
-        return f"FAILED: {len(bad)} frozen tensor(s) changed in {', '.join(layers[:10])}"
+        ranks = sorted({d.rank for d in bad if d.rank is not None})
+        where = f" on rank {', '.join(map(str, ranks))}" if ranks else ""
+        return f"FAILED: {len(bad)} frozen tensor(s) changed in {', '.join(layers[:10])}{where}"
 
     def to_json(self) -> dict:
         return {
@@ -312,9 +315,19 @@ class FrozenVerifier:
 
     def current(self) -> dict[str, str]:
         """Each tracked tensor's digest now (on another rank: gathered and compared with
-        `reference` by core/train/distributed.compare_digests)."""
+        `reference` by `check_ranks`)."""
         tensors = self._tensors()
         return {name: tensor_digest(tensors[name]) for name in self.tracked}
+
+    def check_ranks(self, epoch: int, step: int, per_rank: list[dict[str, str]]) -> FrozenCheck:
+        """The check over every process of a torch.distributed run: `per_rank` holds each
+        rank's `current()` digests (gathered); a drift names its rank."""
+        result = FrozenCheck(epoch, step, len(self.tracked))
+        for rank, digests in enumerate(per_rank):
+            for name, (digest, kind, layer, _since, allowed) in self.tracked.items():
+                if digests.get(name) != digest:
+                    result.drifted.append(Drift(layer, name, kind, allowed, rank))
+        return result
 
     def check(self, epoch: int, step: int) -> FrozenCheck:
         tensors = self._tensors()

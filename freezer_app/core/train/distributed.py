@@ -11,8 +11,9 @@ CLI wiring is not done yet):
   gradients when it is built, so a layer unfrozen under an old wrapper would never be
   all-reduced. The wrapper is built anew for every freeze plan; the parameters (and the
   optimizer state keyed by them) stay the same objects;
-- `compare_digests`: the frozen check's digests from every rank against the reference, naming
-  a rank whose frozen tensors drifted.
+- the frozen check on every rank: each rank's `FrozenVerifier.current()` digests, gathered
+  with `Distributed.gather`, checked by `FrozenVerifier.check_ranks`, which names a rank whose
+  frozen tensors drifted.
 
 Backends: torch's default for `init_process_group()`: gloo for CPU tensors, and nccl for
 CUDA tensors when CUDA is present.
@@ -21,7 +22,6 @@ CUDA tensors when CUDA is present.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -38,23 +38,6 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 
 def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
-
-
-@dataclass
-class RankDrift:
-    rank: int
-    tensor: str
-
-
-def compare_digests(reference: dict[str, str], per_rank: list[dict[str, str]]) -> list[RankDrift]:
-    """The frozen tensors whose digest on some rank differs from the reference (the digest
-    taken when the tensor was frozen), each with the rank it drifted on."""
-    drifted = []
-    for rank, digests in enumerate(per_rank):
-        for name, digest in reference.items():
-            if digests.get(name) != digest:
-                drifted.append(RankDrift(rank, name))
-    return drifted
 
 
 class Distributed:
@@ -142,8 +125,6 @@ class Distributed:
 
 __all__ = [
     "Distributed",
-    "RankDrift",
-    "compare_digests",
     "launched_by_torchrun",
     "merge_short_tail",
     "shard",
