@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["gui"]
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # `train --nproc-per-node` hands the same command to its processes
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

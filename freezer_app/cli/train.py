@@ -7,6 +7,7 @@ schema's help, default and range, and lands in the project under its key.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 from freezer_app.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     add_plan_options,
     add_trust_option,
     code_trust,
@@ -65,6 +67,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder to create (default runs/NAME-TIME)")
     p.add_argument(
         "--resume", metavar="DIR", help=f"continue a stopped run in its folder (with {resumable})"
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine through torchrun, one per GPU (on the CPU: "
+        "N gloo processes); --batch-size is per process. --device cuda:all picks one per GPU",
     )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -173,6 +182,11 @@ class Progress:
                 f"{event.trainable_params:,} of {event.total_params:,} parameters train, "
                 f"{len(event.classes)} classes, {event.steps_per_epoch} steps per epoch"
             )
+            if event.processes > 1:
+                err(
+                    f"{event.processes} processes; global batch {event.global_batch} "
+                    f"({event.global_batch / event.processes:g} images per process per step)"
+                )
             err(f"run folder: {event.run_dir}")
         elif isinstance(event, ev.StepEvent) and not self.quiet:
             if self.bar is None:
@@ -214,30 +228,133 @@ class Progress:
             self.bar = None
 
 
-def run(args: argparse.Namespace) -> int:
-    from freezer_app.core.catalog import check_code
-    from freezer_app.core.data import scan_folder
-    from freezer_app.core.events import RunControl
+def _project(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The project to train, and the settings a --resume changes."""
     from freezer_app.core.project import Project
-    from freezer_app.core.run_folder import new_run_dir
-    from freezer_app.core.train import Trainer
 
-    changes: dict[str, Any] = {}
     if args.resume:
         changes = _resume_changes(args)
-        out = Path(args.resume)
-        project = Project.load(out / "project.json")
-    else:
-        project = project_from_args(args)
-        project.validate()
-    trust = _code_trust(args)
+        return Project.load(Path(args.resume) / "project.json"), changes
+    project = project_from_args(args)
+    project.validate()
+    return project, {}
+
+
+def _checked_data(args: argparse.Namespace, project: Any, trust: Any, say: bool = True) -> Any:
+    from freezer_app.core.catalog import check_code
+    from freezer_app.core.data import scan_folder
+
     check_code(project.model, trust)  # before the data check: a refusal is instant
     report = scan_folder(project.data.path, project.data.val_split, project.train.seed)
-    err(report.summary())
-    if not args.resume:
-        # Claimed only now that the data is known to be usable (the run removes it again if
-        # it cannot start).
-        out = Path(args.out) if args.out else new_run_dir("runs", project.name, project.model)
+    if say:
+        err(report.summary())
+    return report
+
+
+def _claim_out(args: argparse.Namespace, project: Any) -> Path:
+    from freezer_app.core.run_folder import new_run_dir
+
+    if args.resume:
+        return Path(args.resume)
+    # Claimed only now that the data is known to be usable (the run removes it again if it
+    # cannot start).
+    return Path(args.out) if args.out else new_run_dir("runs", project.name, project.model)
+
+
+def run(args: argparse.Namespace) -> int:
+    from freezer_app.cli import launch
+    from freezer_app.core.train.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return _run_rank(args)
+    project, changes = _project(args)
+    trust = _code_trust(args)
+    report = _checked_data(args, project, trust)
+    processes = launch.processes_wanted(args.nproc_per_node, project.train.device)
+    out = _claim_out(args, project)
+    if processes > 1:
+        try:
+            return launch.run_torchrun(args.argv, processes, out, bool(args.resume))
+        finally:
+            if not args.resume:
+                # A run that never started leaves no empty folder behind.
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+    return _train(args, project, changes, trust, report, out)[0]
+
+
+def _run_rank(args: argparse.Namespace) -> int:
+    """One rank of a torchrun job (`torchrun ... -m freezer_app train ...`, or started by
+    `--nproc-per-node`): rank 0 checks the data, picks the run folder and tells the others;
+    rank 0 alone prints. A failure before training is printed once, by rank 0 (or by the
+    rank it happened on)."""
+    from freezer_app.cli import launch
+
+    rank = int(os.environ["RANK"])
+    launched = launch.EXIT_FILE_ENV in os.environ
+    dist = None
+    try:
+        project, changes = _project(args)
+        trust = _code_trust(args)
+        dist = _start_distributed(project.train.device)
+        error, report, out = None, None, None
+        if dist.main:
+            try:
+                # Already checked and printed by the command that launched this job.
+                report = _checked_data(args, project, trust, say=not launched)
+                out = _claim_out(args, project)
+            except FreezerError as e:
+                error = e
+        dist.agree(error)
+        report, out = dist.broadcast((report, out))
+        code, together = _train(args, project, changes, trust, report, out, dist)
+    except FreezerError:
+        if dist is not None:
+            dist.close(together=False)
+        if rank != 0:
+            return EXIT_USAGE  # rank 0 says what went wrong
+        raise
+    dist.close(together=together)
+    if launched and dist.main:
+        Path(os.environ[launch.EXIT_FILE_ENV]).write_text(str(code))
+    # A stop (130/143) is no failure to torchrun: it would report every rank as failed.
+    return code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE) else EXIT_OK
+
+
+def _start_distributed(device: str) -> Any:
+    import torch
+
+    from freezer_app.core.train.distributed import Distributed
+
+    device = (device or "auto").strip().lower()
+    if device == "mps":
+        raise FreezerError(
+            "Several processes need CUDA GPUs or the CPU; Apple MPS takes one process.",
+            "Use --device cpu or cuda.",
+        )
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    try:
+        return Distributed.start(use_cuda)
+    except RuntimeError as e:
+        raise FreezerError(
+            f"Cannot join the torchrun job: {e}", "Use --device cpu, or check the GPUs."
+        ) from None
+
+
+def _train(
+    args: argparse.Namespace,
+    project: Any,
+    changes: dict[str, Any],
+    trust: Any,
+    report: Any,
+    out: Path,
+    dist: Any = None,
+) -> tuple[int, bool]:
+    """Train in this process; the exit status, and whether every rank ended together."""
+    from freezer_app.core.events import RunControl
+    from freezer_app.core.train import Trainer
+
+    main = dist is None or dist.main
     control = RunControl()
     progress = Progress(quiet=args.quiet)
     received: list[int] = []
@@ -257,7 +374,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError:
             progress.bar = None
         name = signal.Signals(signum).name
-        err(f"{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        if main:
+            err(f"{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
         control.stop()
 
     handled = [signal.SIGINT, signal.SIGTERM] + (
@@ -265,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     )
     previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
-        result = Trainer(
+        trainer = Trainer(
             project,
             out,
             on_event=progress,
@@ -274,11 +392,20 @@ def run(args: argparse.Namespace) -> int:
             report=report,
             resume_changes=changes,
             trust=trust,
-        ).run()
+            dist=dist,
+        )
+        result = trainer.run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         progress.close()
+    return _report(args, result, received, main), trainer.together
+
+
+def _report(args: argparse.Namespace, result: Any, received: list[int], main: bool) -> int:
+    """Print the summary (rank 0 only under torch.distributed); the exit status."""
+    if not main:
+        return EXIT_FAILED if result.reason == "error" else EXIT_OK
     if args.json:
         print(json.dumps(result.__dict__, indent=2))
     else:

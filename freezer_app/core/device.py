@@ -24,6 +24,10 @@ def available_devices() -> list[str]:
 def select_device(name: str) -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then the CPU; explicit names are checked."""
     name = (name or "auto").strip().lower()
+    if name == "cuda:all":
+        # Every GPU needs a process of its own: the CLI and the window start them (torchrun);
+        # one process given this trains on the first.
+        name = "cuda"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -34,7 +38,7 @@ def select_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ProjectError(
-            f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N or mps."
+            f"Unknown device {name!r}.", "Use auto, cpu, cuda, cuda:N, cuda:all or mps."
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -33,6 +33,8 @@ class RunStarted:
     start_step: int  # > 0 when resuming
     total_steps: int = 0
     data_report: dict[str, Any] = field(default_factory=dict)
+    processes: int = 1  # > 1 under torch.distributed (torchrun)
+    global_batch: int = 0  # images per step over every process
 
 
 @dataclass

@@ -194,7 +194,8 @@ class TrainSettings:
     )
     device: str = setting(
         "auto",
-        help="Where to train; auto picks CUDA, then Apple MPS, then the CPU",
+        help="Where to train; auto picks CUDA, then Apple MPS, then the CPU; cuda:all trains on "
+        "every GPU of this machine, one process each (torchrun)",
         choices=("auto", "cpu", "cuda", "mps"),
         open_choices=True,
         metavar="D",
@@ -239,6 +240,12 @@ class TrainSettings:
         help="Compile the model with torch.compile (slower start, often faster steps on a "
         "GPU; recompiled when the freeze plan changes)",
         label="torch.compile",
+    )
+    sync_bn: bool = setting(
+        False,
+        help="With several GPUs: turn BatchNorm layers into SyncBatchNorm, so trainable ones "
+        "normalise over the global batch (frozen ones stay in eval); CUDA only",
+        label="Sync BatchNorm",
     )
     feature_cache: str = setting(
         "auto",

@@ -1,7 +1,7 @@
 """Training in several processes with torch.distributed, as launched by torchrun.
 
-The pieces the trainer needs to run the same loop on every rank (issue 12; the trainer and
-CLI wiring is not done yet):
+The pieces the trainer (`Trainer(..., dist=Distributed.start(...))`) needs to run the same
+loop on every rank:
 - `shard`: a rank's contiguous, balanced share of a global batch, so the union of the
   ranks' batches is the single-process batch and no image is seen twice;
 - `Distributed.commands`: stop, pause and a new freeze plan agreed by every rank at a step
@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from freezer_app.core.errors import FreezerError
 from freezer_app.core.shards import merge_short_tail, shard
 
 T = TypeVar("T")
@@ -70,12 +71,63 @@ class Distributed:
             dist.init_process_group(device_id=device if device.type == "cuda" else None)
         return cls(rank, world, local_rank, device)
 
-    def close(self) -> None:
-        """Leave the job together: a rank that tears its connections down while another still
-        uses them can abort in gloo ("terminate called without an active exception")."""
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+    def close(self, together: bool = True) -> None:
+        """Leave the job. together: every rank ends here (a barrier first, since a rank that
+        tears its connections down while another still uses them can abort in gloo:
+        "terminate called without an active exception"); False after a failure, when another
+        rank may be gone or stuck in another collective."""
+        if not dist.is_initialized():
+            return
+        if together:
+            try:
+                dist.barrier()
+            except Exception:  # a rank lost at the very end: leave all the same
+                together = False
+        dist.destroy_process_group()
+
+    # ---------------------------------------------------------------- failures
+    _FAILED = "freezer/failed/"
+
+    def report_failure(self, message: str) -> None:
+        """Leave this rank's failure where the others look when their collective breaks
+        (torchrun's rendezvous store), so rank 0's summary names the rank and the cause."""
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"{self._FAILED}{self.rank}", message)
+        except Exception:  # no store, or it is gone too: the terminal has the rank's own error
+            pass
+
+    def failures(self) -> dict[int, str]:
+        """Failures other ranks reported with `report_failure`."""
+        found: dict[int, str] = {}
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            for rank in range(self.world):
+                key = f"{self._FAILED}{rank}"
+                if rank != self.rank and store.check([key]):
+                    found[rank] = store.get(key).decode("utf-8", "replace")
+        except Exception:
+            pass
+        return found
+
+    def agree(self, error: BaseException | None) -> None:
+        """Every rank reaches this point in setup: raise on all of them when one failed, so no
+        rank goes on to a collective the failed one never joins. The failing rank re-raises
+        its own error; the others a FreezerError with its message."""
+        mine = None
+        if error is not None:
+            mine = (
+                (error.message, error.hint)
+                if isinstance(error, FreezerError)
+                else (f"{type(error).__name__}: {error}", "")
+            )
+        reports = self.gather(mine)
+        if error is not None:
+            raise error
+        for rank, report in enumerate(reports):
+            if report is not None:
+                message, hint = report
+                raise FreezerError(f"{message} (on rank {rank})", hint)
 
     # ---------------------------------------------------------------- collectives
     def commands(self, stop: bool, paused: bool, plan: Any | None) -> tuple[bool, bool, Any]:
@@ -121,6 +173,12 @@ class Distributed:
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
         )
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over every rank (validation's loss, correct and count)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
 
 
 __all__ = [

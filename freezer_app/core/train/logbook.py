@@ -127,3 +127,15 @@ def _write_error(path: Path, e: OSError) -> WriteError:
         f"Could not write {path}: {reason}.",
         "Free some space on that disk, then continue with `freezer-app train --resume RUN_DIR`.",
     )
+
+
+class NullLogbook:
+    """The logbook of a process that writes nothing: ranks other than 0 of a
+    torch.distributed run (rank 0 writes the run folder)."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from freezer_app.core.torchvision_compat import set_transform_input
 from freezer_app.core.train.feature_cache import FeatureCache
 from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import USER, CodeTrust
+
+if TYPE_CHECKING:
+    from freezer_app.core.train.distributed import Distributed
 
 
 def seed_everything(seed: int) -> None:
@@ -83,6 +86,10 @@ class RunParts:
     verifier: FrozenVerifier
     features: FeatureCache
     saved: dict[str, Any] | None  # the checkpoint being resumed
+    # Images per step over every process (each process trains its share): batch_size × the
+    # number of processes, or, on resume, the run's own (the step grid stays the same).
+    global_batch: int = 0
+    world: int = 1
 
 
 @torch.no_grad()
@@ -130,19 +137,30 @@ def prepare(
     report: DataReport | None,
     trust: CodeTrust | None = None,
     saved: dict[str, Any] | None = None,
+    dist: Distributed | None = None,
 ) -> RunParts:
     """Everything for a new run, or (with `saved`, the checkpoint) for resuming one.
 
     trust: whether a factory .py named by project.model may run (core/trust.py). One named
-    by the checkpoint of a resumed run counts as named by a file."""
+    by the checkpoint of a resumed run counts as named by a file.
+    dist: this process's rank in a torch.distributed run: its device, and its share of each
+    global batch (`train.batch_size` is per process, as in timm's train.py)."""
     t = project.train
     resume = saved is not None
+    world = dist.world if dist else 1
     project.validate()
-    if not resume:
-        folder.check_new()
+    if not resume and (dist is None or dist.main):
+        folder.check_new()  # rank 0 may have created it already
     seed_everything(t.seed)
-    device = select_device(t.device)
+    device = dist.device if dist else select_device(t.device)
     precision = select_precision(device, t.amp)
+    # A resumed run keeps its global batch under any number of processes: the same steps.
+    global_batch = int(saved.get("global_batch") or t.batch_size) if saved else t.batch_size * world
+    if global_batch < world:
+        raise ProjectError(
+            f"A global batch of {global_batch} images cannot be shared by {world} processes.",
+            "Resume with fewer processes, or start a new run.",
+        )
 
     if report is None:
         report = scan_folder(project.data.path, project.data.val_split, t.seed)
@@ -178,6 +196,12 @@ def prepare(
             weights=project.weights,
             trust=trust,
         )
+    # On the CPU (gloo) DDP refuses SyncBatchNorm: the trainer says it is not used there.
+    if t.sync_bn and world > 1 and device.type == "cuda":
+        # timm's conversion keeps its BatchNormAct layers' activations (torch's does not).
+        from timm.layers import convert_sync_batchnorm
+
+        loaded.module = convert_sync_batchnorm(loaded.module)
     model = loaded.module
     tree = ModelTree(model, project.model)
     timeline.check(project.plan, tree)
@@ -208,13 +232,15 @@ def prepare(
         report,
         train_tf,
         eval_tf,
-        t.batch_size,
+        global_batch,
         workers,
         t.seed,
         pin_memory=device.type == "cuda",
         random_train=project.data.augmentation != "none",
         cache_bytes=cache_budget(project.data.image_cache),
         image_size=size,
+        rank=dist.rank if dist else 0,
+        world=world,
     )
     steps_per_epoch = len(loaders.train_sampler)
     total = total_steps(project, steps_per_epoch)
@@ -233,7 +259,9 @@ def prepare(
     features = FeatureCache(
         model,
         tree,
-        t.feature_cache,
+        # Off under torch.distributed: each rank would cache its own share, and the split
+        # forward does not go through DistributedDataParallel.
+        t.feature_cache if world == 1 else "off",
         t.feature_cache_budget,
         architecture=str(loaded.spec),
         # The transform as printed rounds mean and std: the data config says them exactly.
@@ -270,4 +298,6 @@ def prepare(
         verifier=verifier,
         features=features,
         saved=saved,
+        global_batch=global_batch,
+        world=world,
     )

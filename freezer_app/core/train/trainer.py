@@ -56,7 +56,8 @@ from freezer_app.core.run_folder import RunFolder, RunLock
 from freezer_app.core.telemetry import FrozenCheck, PendingRecord
 from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train import checkpoint
-from freezer_app.core.train.logbook import Logbook
+from freezer_app.core.train.distributed import Distributed
+from freezer_app.core.train.logbook import Logbook, NullLogbook
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
 from freezer_app.core.train.writer import BackgroundWriter
 from freezer_app.core.trust import CodeTrust
@@ -102,6 +103,11 @@ class Trainer:
     trust: whether a factory .py the project's model names may run (core/trust.py; by default
     one the model string names itself does, one named by a file, or by the checkpoint being
     resumed, does not).
+    dist: this process's rank of a torch.distributed run (distributed.py). Every rank runs
+    this same loop on its share of each global batch; rank 0 alone writes the run folder and
+    emits events, and commands given to rank 0's `control` (a stop to any rank's) reach every
+    rank at the same step boundary. A resume reads the checkpoint on every rank, so the run
+    folder must be visible to all of them (a shared filesystem across machines).
     """
 
     def __init__(
@@ -114,14 +120,17 @@ class Trainer:
         report: DataReport | None = None,
         resume_changes: dict[str, Any] | None = None,
         trust: CodeTrust | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.project = project
         self.trust = trust
+        self.dist = dist
+        self.main = dist is None or dist.main  # the process that writes and reports
         self.folder = RunFolder(run_dir)
         self.lock = RunLock(self.folder.path)
         self.writer = BackgroundWriter()
-        self.log = Logbook(self.folder, self.writer)
-        self.emit: EventSink = on_event or (lambda event: None)
+        self.log = Logbook(self.folder, self.writer) if self.main else NullLogbook()
+        self.emit: EventSink = (on_event if self.main else None) or (lambda event: None)
         self.control = control or RunControl()
         self.resume = resume
         self.resume_changes = dict(resume_changes or {})
@@ -148,7 +157,8 @@ class Trainer:
         self.current_plan = FreezePlan()
         self._entry_key: tuple[str, int] | None = None
         self._trainable: list[nn.Parameter] = []  # what the optimizer steps (per plan)
-        self._forward: Any = None  # the model, or its torch.compile wrapper
+        self._forward: Any = None  # the model, or its torch.compile (and DDP) wrapper
+        self._eval_forward: Any = None  # for validation: never DDP's (no collectives)
         self._rest_forward: Any = None  # the part after the feature cache's cut, likewise
         # Events of setup (the feature cache's), sent once RunStarted is out.
         self._held_events: list[Any] | None = []
@@ -156,21 +166,68 @@ class Trainer:
         self._cache_announced = False
         self._checkpoint_written = threading.Event()
         self._checkpoint_written.set()
+        # Whether every rank reached the end of the run with this one (the caller then closes
+        # the process group with a barrier); False when a rank failed on its own or was lost.
+        self.together = True
 
     # ================================================================== setup
     def _setup(self) -> None:
+        if self.dist is None:
+            self._setup_parts()
+            self._setup_run()
+            return
+        # Each rank sets up on its own; all of them must be ready before the first collective
+        # (DDP's wrapper), and all learn of one that is not, so none waits for it.
+        error = None
+        try:
+            self._setup_parts()
+        except Exception as e:
+            error = e
+        self.dist.agree(error)
+        try:
+            self._setup_run()
+        except Exception as e:
+            error = e
+        self.dist.agree(error)
+        self._say_distributed()
+
+    def _say_distributed(self) -> None:
+        parts = self.parts
+        dist = self.dist
+        assert parts is not None and dist is not None
+        per = parts.global_batch / dist.world
+        share = f"{per:g}" if per == int(per) else f"{int(per)}-{int(per) + 1}"
+        self._emit_after_start(
+            LogEvent(
+                f"{dist.world} processes ({parts.device.type}, "
+                f"{'nccl' if parts.device.type == 'cuda' else 'gloo'}): global batch "
+                f"{parts.global_batch} ({share} images per process); the feature cache is off"
+            )
+        )
+        if self.project.train.sync_bn and parts.device.type != "cuda":
+            self._emit_after_start(
+                LogEvent(
+                    "Sync BatchNorm needs CUDA GPUs: on the CPU each process keeps its own "
+                    "BatchNorm statistics",
+                    "warning",
+                )
+            )
+
+    def _setup_parts(self) -> None:
         changes: list[str] = []
         saved = None
         if self.resume:
-            # Before anything is read: a second trainer of this folder is refused here.
-            self.folder.check_resumable()
-            self.lock.acquire()
-            # Half-written files of a killed run (its temporary names) go now.
-            for folder in (self.folder.path, self.folder.checkpoints):
-                remove_stale_temp_files(folder)
+            if self.main:
+                # Before anything is read: a second trainer of this folder is refused here.
+                self.folder.check_resumable()
+                self.lock.acquire()
+                # Half-written files of a killed run (its temporary names) go now.
+                for folder in (self.folder.path, self.folder.checkpoints):
+                    remove_stale_temp_files(folder)
             saved = checkpoint.load(self.folder.last_checkpoint)
-            # A weights file of a checkpoint the run was killed while writing goes too.
-            checkpoint.remove_unused_weights(self.folder.checkpoints, saved.get("weights"))
+            if self.main:
+                # A weights file of a checkpoint the run was killed while writing goes too.
+                checkpoint.remove_unused_weights(self.folder.checkpoints, saved.get("weights"))
             if saved.get("weights"):
                 self._checkpoint_weights = (
                     int(saved["step"]),
@@ -181,8 +238,9 @@ class Trainer:
             )
         else:
             self.project.resumes = []  # a new run of a run's project.json has no resumes yet
-        parts = prepare(self.project, self.folder, self.report, self.trust, saved)
+        parts = prepare(self.project, self.folder, self.report, self.trust, saved, self.dist)
         self.parts = parts
+        self._changes = changes
         if parts.loaded.dropped_head_keys and not self.resume:
             self.emit(
                 LogEvent(
@@ -195,15 +253,21 @@ class Trainer:
         self.model, self.tree, self.report = parts.model, parts.tree, parts.report
         parts.features.emit = self._emit_after_start
         self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
+
+    def _setup_run(self) -> None:
+        parts = self.parts
+        assert parts is not None
         if parts.saved is not None:
             self._restore(parts.saved)
             parts.saved = None  # its tensors are in the model and optimizer now
-            self.project.resumes.append(ResumeRecord(self.step, changes))
+            self.project.resumes.append(ResumeRecord(self.step, self._changes))
             self._write_project()
         else:
             entry = timeline.entry_at(self.timeline, 1)
             self._entry_key = entry.key
             self._apply_plan(entry.plan, "start", announce=False)
+            if not self.main:
+                return
             self.folder.create()
             self.lock.acquire()  # another process's folder: refused, and nothing removed
             try:
@@ -220,6 +284,8 @@ class Trainer:
                 raise
 
     def _write_project(self) -> None:
+        if not self.main:
+            return
         self.folder.write_json(self.folder.project, self.project.to_dict())
 
     # ================================================================== the freeze plan
@@ -291,7 +357,15 @@ class Trainer:
         # The whole model's forward is not called while the cache serves both splits.
         whole = not (features.serves("train") and features.serves("val"))
         self._forward = self._compiled(self.parts.model) if whole else self.parts.model
+        self._eval_forward = self._forward
         self._rest_forward = self._compiled(rest) if rest is not None else None
+        if self.dist is not None:
+            # A new wrapper for every plan: DDP registers only the parameters that train when
+            # it is built, so one kept from the last plan would never all-reduce a layer
+            # unfrozen since. Validation uses the model itself: DDP's forward joins
+            # collectives, and the ranks' validation shares may have unequal batch counts.
+            self._forward = None  # the old wrapper (and its reducer) goes first
+            self._forward = self._compiled(self.dist.wrap(self.parts.model))
 
     def _compiled(self, module: nn.Module) -> Any:
         if not self.project.train.compile or self._compile_failed:
@@ -308,7 +382,8 @@ class Trainer:
                     raise
                 # No C++ compiler, an unsupported operation...: eager still trains.
                 self._compile_failed = True
-                self._set_forward()
+                if self.dist is None:  # under DDP the ranks must rebuild together: keep it
+                    self._set_forward()
                 first = str(e).splitlines()[0] if str(e) else ""
                 self.emit(
                     LogEvent(
@@ -345,10 +420,9 @@ class Trainer:
                 self._apply_plan(e.plan, e.kind)
         self._entry_key = entry.key
 
-    def _take_edit(self) -> None:
+    def _take_edit(self, plan: FreezePlan | None) -> None:
         """A plan sent from outside (the window's tree): applied now and recorded as an edit
         of the run's timeline, in project.json and plans.jsonl."""
-        plan = self.control.take_plan()
         if plan is None or plan.same_selection(self.current_plan):
             return
         if not self._apply_plan(plan, "edit"):
@@ -373,6 +447,8 @@ class Trainer:
         thing to change and a kill at any moment leaves logs that a resume can continue."""
         parts = self.parts
         assert parts is not None
+        if not self.main:
+            return
         # One checkpoint in flight at most: a slow disk must not stack up copies of the model.
         while not self._checkpoint_written.wait(0.1):
             self.writer.raise_error()  # a failed writer skips the job that would set it
@@ -404,6 +480,9 @@ class Trainer:
             "best": dict(self.best),
             "stale_epochs": self.stale_epochs,
             "classes": list(parts.report.classes),
+            # A resume under another number of processes keeps the same global batches.
+            "global_batch": parts.global_batch,
+            "world_size": parts.world,
         }
         step, epoch, whole_epoch = self.step, self.epoch, self.batch_in_epoch == 0
         path = self.folder.last_checkpoint
@@ -485,6 +564,8 @@ class Trainer:
         written on the writer thread."""
         parts = self.parts
         assert parts is not None
+        if not self.main:
+            return
         if self._checkpoint_weights is not None and self._checkpoint_weights[0] == self.step:
             source = self._checkpoint_weights[1]
             self.writer.submit(lambda: link_or_copy(source, path))
@@ -500,7 +581,7 @@ class Trainer:
             self._setup()
         except FreezerError:
             self._release()
-            if not self.resume:
+            if not self.resume and self.main:
                 # An empty folder claimed for this run (new_run_dir) is not worth keeping.
                 with contextlib.suppress(OSError):
                     self.folder.path.rmdir()
@@ -525,6 +606,8 @@ class Trainer:
                 start_step=self.step,
                 data_report=parts.report.to_dict(),
                 total_steps=parts.total_steps,
+                processes=parts.world,
+                global_batch=parts.global_batch,
             )
         )
         self.emit(self._plan_event)
@@ -545,7 +628,7 @@ class Trainer:
                     reason, kind, message, hint = self._non_finite(e)
                 else:
                     reason = stop.reason
-                    self._write_frozen_check(parts.verifier.check(self.epoch, self.step))
+                    self._write_frozen_check(self._frozen_check())
                     self._save_checkpoint()
                     self._save_weights(self.folder.weights)
                     self.writer.wait()
@@ -580,7 +663,14 @@ class Trainer:
         except Exception as e:
             reason = "error"
             self._recover_after_failure()
-            if is_oom(e):
+            if self.dist is not None:
+                self.together = False
+            if self.dist is not None and isinstance(e, torch.distributed.DistError):
+                # A collective broke: another rank failed (its reason is in the store) or its
+                # process is gone. Every rank ends here; checkpoints on disk stay usable.
+                kind = "rank-lost"
+                message, hint = self._lost_rank(e)
+            elif is_oom(e):
                 kind = "out-of-memory"
                 bs = self.project.train.batch_size
                 message = f"Out of GPU memory at step {self.step + 1} (batch size {bs}, {parts.precision.name})."
@@ -599,6 +689,8 @@ class Trainer:
                     "score per class. Checkpoints written so far are kept."
                 )
                 details = traceback.format_exc()
+            if self.dist is not None and kind != "rank-lost":
+                self.dist.report_failure(message)
         finally:
             with contextlib.suppress(WriteError):  # a failed write is reported above
                 self.log.flush(wait=True)
@@ -643,6 +735,33 @@ class Trainer:
         )
         return "error", "non-finite-loss", message, hint
 
+    def _lost_rank(self, e: Exception) -> tuple[str, str]:
+        dist = self.dist
+        assert dist is not None
+        step = self.step + 1
+        failed = dist.failures()
+        if failed:
+            rank, why = min(failed.items())
+            message = (
+                f"Process {rank} of {dist.world} failed: {why} The run stopped on every process."
+            )
+        else:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            message = (
+                f"Another process of this {dist.world}-process run ended or stopped answering "
+                f"near step {step} ({first[:200]}); the run stopped on every process."
+            )
+        with contextlib.suppress(WriteError):
+            self.writer.wait()  # what it had been given: last_checkpoint_step is current
+        if self.last_checkpoint_step:
+            hint = (
+                f"The last checkpoint (step {self.last_checkpoint_step}) is kept; continue "
+                f"with: freezer-app train --resume {self.folder.path}"
+            )
+        else:
+            hint = "No checkpoint had been written yet; start the run again."
+        return message, hint
+
     def _release(self) -> None:
         """End the data-loader workers and free the accelerator: the process stays usable for
         the next run, and no worker process outlives its run."""
@@ -667,24 +786,39 @@ class Trainer:
         if self.parts.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _commands(self) -> tuple[bool, bool, FreezePlan | None]:
+        """Stop, pause and a new plan for this boundary; under torch.distributed the same on
+        every rank (one all_reduce): a stop from any rank, pause and plans from rank 0."""
+        control = self.control
+        if self.dist is None:
+            return control.stop_requested, control.paused, None
+        # A plan sent while paused is taken once the run goes on, as in one process.
+        plan = control.take_plan() if self.main and not control.paused else None
+        return self.dist.commands(control.stop_requested, control.paused, plan)
+
     def _boundary(self) -> None:
         """Between steps: honour stop and pause, then the timeline and edits for the next step."""
         control = self.control
-        if control.stop_requested:
+        stop, paused, plan = self._commands()
+        if stop:
             raise _StopRequested
-        if control.paused:
+        if paused:
             self._flush_losses()
             self.log.flush(wait=True)  # the files are complete while the run is paused
             self.emit(PausedEvent(True, self.step))
             paused_at = time.monotonic()
-            while control.paused and not control.stop_requested:
-                control.wait_while_paused(0.1)
+            while paused and not stop:
+                # Under torch.distributed the other ranks wait in the next exchange: rank 0
+                # calls it at least every half second, far inside the collectives' timeout.
+                if self.main:
+                    control.wait_while_paused(0.5 if self.dist else 0.1)
+                stop, paused, plan = self._commands()
             self.paused_seconds += time.monotonic() - paused_at
-            if control.stop_requested:
+            if stop:
                 raise _StopRequested
             self.emit(PausedEvent(False, self.step))
         self._follow_timeline()
-        self._take_edit()
+        self._take_edit(plan if self.dist is not None else control.take_plan())
 
     def _emit_after_start(self, event: Any) -> None:
         if self._held_events is not None:
@@ -711,8 +845,9 @@ class Trainer:
             with self._autocast():
                 return logits_of(self._rest_forward(f))
         x = self._images(split, batch, finish)
+        forward = self._forward if split == "train" else self._eval_forward
         with self._autocast():
-            return logits_of(self._forward(x))
+            return logits_of(forward(x))
 
     def _images(self, split: str, batch: Batch, finish: Any) -> torch.Tensor:
         """A batch's images on the device, normalised there when the loader handed over uint8
@@ -762,11 +897,16 @@ class Trainer:
                 scores = self._scores("train", batch, parts.loaders.train_finish)
                 with self._autocast():
                     loss = parts.criterion(scores, y)
+                local, total = y.shape[0], batch.total or y.shape[0]
+                # DDP averages the ranks' gradients; weighting each rank's mean by its share
+                # makes that the global batch's mean, as one process computes it (shares
+                # may differ by an image).
+                backward = loss * (local * self.dist.world / total) if self.dist else loss
                 if parts.scaler:
-                    parts.scaler.scale(loss).backward()
+                    parts.scaler.scale(backward).backward()
                     parts.scaler.unscale_(optimizer)
                 else:
-                    loss.backward()
+                    backward.backward()
                 self.step += 1
                 parts.probe.begin(self.step, self.epoch + 1)
                 if t.grad_clip:
@@ -778,9 +918,11 @@ class Trainer:
                     optimizer.step()
                 parts.scheduler.step()
                 self.batch_in_epoch += 1
-                images += y.shape[0]
+                images += total
                 telemetry = parts.probe.end()
-                self._pending_losses.append(loss.detach())
+                self._pending_losses.append(
+                    self.dist.mean_loss(loss, local, total) if self.dist else loss.detach()
+                )
                 self._pending_lrs.append(t.lr * self._lr_factor(self.step - 1))
                 self._pending_steps.append((self.step, self.epoch + 1))
                 if telemetry is not None or (self.step - 1) % every == 0:
@@ -843,7 +985,8 @@ class Trainer:
         correct = torch.zeros((), device=parts.device, dtype=torch.long)
         count = 0
         for batch in parts.loaders.val_batches(lambda b: features.holds("val", b)):
-            if self.control.stop_requested:
+            # Under torch.distributed a stop waits for the epoch's end (the ranks agree there).
+            if self.dist is None and self.control.stop_requested:
                 # All batches are done, so a resumed run goes straight to this validation.
                 raise _StopRequested
             y = batch.y.to(parts.device, non_blocking=parts.device.type == "cuda")
@@ -852,9 +995,22 @@ class Trainer:
             correct += (logits.argmax(1) == y).sum()
             count += y.shape[0]
         self._set_mode(True)
+        loss_sum, correct_sum = float(total_loss), float(correct)
+        if self.dist is not None:
+            # Each rank scored its own share of the validation images: sum them exactly.
+            loss_sum, correct_sum, total = self.dist.all_sum([loss_sum, correct_sum, count])
+            count = int(total)
         if count == 0:
             return None, None
-        return float(total_loss) / count, float(correct) / count
+        return loss_sum / count, correct_sum / count
+
+    def _frozen_check(self) -> FrozenCheck:
+        """The frozen check; under torch.distributed over every rank's tensors (gathered),
+        naming a rank whose frozen tensors moved."""
+        verifier = self.parts.verifier
+        if self.dist is None:
+            return verifier.check(self.epoch, self.step)
+        return verifier.check_ranks(self.epoch, self.step, self.dist.gather(verifier.current()))
 
     def _end_epoch(self, images_per_s: float, seconds: float) -> bool:
         t = self.project.train
@@ -903,7 +1059,7 @@ class Trainer:
                 self.epoch, self.step, train_loss, val_loss, val_acc, images_per_s, seconds, is_best
             )
         )
-        self._write_frozen_check(self.parts.verifier.check(self.epoch, self.step))
+        self._write_frozen_check(self._frozen_check())
         self._announce_image_cache()
         last = (
             early_stop or self.epoch >= t.epochs or bool(t.max_steps and self.step >= t.max_steps)

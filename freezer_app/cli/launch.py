@@ -1,0 +1,154 @@
+"""`train --nproc-per-node N` (or `--device cuda:all`): the same `train` command in N processes
+on this machine, started by torchrun's launcher (torch.distributed.run --standalone).
+
+This process checks the project and data first (errors come at once, printed once), claims
+the run folder, then runs torchrun and waits. Rank 0 prints the progress and the summary; the
+exit status is rank 0's (passed back through a file: a stop is no failure to torchrun).
+Ctrl-C, SIGTERM or a closed terminal reach every process once, as a SIGTERM: each finishes
+its step, and rank 0 saves a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from freezer_app.cli.common import EXIT_FAILED, err
+from freezer_app.core.errors import FreezerError
+
+# Set for the ranks this command starts: where rank 0 leaves its exit status.
+EXIT_FILE_ENV = "FREEZER_EXIT_FILE"
+
+
+def processes_wanted(nproc: int | None, device: str) -> int:
+    """How many processes: --nproc-per-node, else one per GPU for `cuda:all`, else one."""
+    device = (device or "auto").strip().lower()
+    if nproc is not None and nproc < 1:
+        raise FreezerError(f"--nproc-per-node must be 1 or more, not {nproc}.")
+    if device == "cuda:all" or (nproc and nproc > 1):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device == "cuda:all" and gpus == 0:
+            raise FreezerError(
+                "--device cuda:all trains on every CUDA GPU, and this machine has none.",
+                "Use --device cpu --nproc-per-node N for N processes on the CPU, or --device auto.",
+            )
+        if device == "mps":
+            raise FreezerError(
+                "Several processes need CUDA GPUs or the CPU; Apple MPS takes one process.",
+                "Drop --nproc-per-node, or use --device cpu.",
+            )
+        wants_cuda = device.startswith("cuda") or (device == "auto" and gpus > 0)
+        if nproc and wants_cuda and gpus and nproc > gpus:
+            raise FreezerError(
+                f"--nproc-per-node {nproc} asks for more processes than this machine's "
+                f"{gpus} GPU(s).",
+                f"Use --nproc-per-node {gpus} (one per GPU), or --device cpu.",
+            )
+        if nproc is None:
+            return gpus
+    return nproc or 1
+
+
+def worker_argv(argv: list[str], out: Path | None) -> list[str]:
+    """The command line for each rank: this one without --nproc-per-node, with the run
+    folder this process claimed (every rank must name the same)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc-per-node":
+            skip = True
+            continue
+        if arg.startswith("--nproc-per-node="):
+            continue
+        kept.append(arg)
+    if out is not None and not any(a == "--out" or a.startswith("--out=") for a in kept):
+        kept += ["--out", str(out)]
+    return kept
+
+
+def torchrun_command(argv: list[str], processes: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "freezer_app",
+        *argv,
+    ]
+
+
+def launch_env(processes: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # torchrun sets 1 thread per process (with a warning) when unset: share the cores instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    """The agent's worker processes (Linux); empty where /proc does not say."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def run_torchrun(argv: list[str], processes: int, out: Path | None, resume: bool) -> int:
+    """Run `train` in `processes` ranks through torchrun; rank 0's exit status."""
+    with tempfile.TemporaryDirectory(prefix="freezer-launch-") as tmp:
+        exit_file = Path(tmp) / "exit"
+        env = launch_env(processes)
+        env[EXIT_FILE_ENV] = str(exit_file)
+        command = torchrun_command(worker_argv(argv, None if resume else out), processes)
+        # Its own session: the terminal's Ctrl-C reaches this process only, which passes one
+        # SIGTERM on (torchrun would otherwise forward a second signal to every rank).
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        received: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if received and signum == signal.SIGINT:
+                err("aborting all processes")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                return
+            received.append(signum)
+            name = signal.Signals(signum).name
+            err(
+                f"{name}: every process stops after this step and a checkpoint is saved "
+                "(Ctrl-C again to abort)"
+            )
+            # The workers themselves: torchrun's agent would give them only 30 s to finish.
+            targets = _children(proc.pid) or [proc.pid]
+            for pid in targets:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+        handled = [signal.SIGINT, signal.SIGTERM] + (
+            [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
+        )
+        previous = {s: signal.signal(s, on_signal) for s in handled}
+        try:
+            returncode = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        try:
+            return int(exit_file.read_text().strip())
+        except (OSError, ValueError):
+            # Rank 0 never got to the end (a rank failed before the run started, or was
+            # killed): torchrun's status, and its report above.
+            return returncode if returncode > 0 else EXIT_FAILED
