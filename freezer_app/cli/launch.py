@@ -24,6 +24,23 @@ from freezer_app.core.errors import FreezerError
 
 # Set for the ranks this command starts: where rank 0 leaves its exit status.
 EXIT_FILE_ENV = "FREEZER_EXIT_FILE"
+# ...and this command's stderr (a /proc path: torchrun closes inherited descriptors): the
+# ranks print there, while torchrun's own log (its warnings, and a Python traceback for any
+# failed rank) goes to a file, shown only when rank 0 could not say what happened.
+STDERR_ENV = "FREEZER_STDERR"
+
+
+def use_launcher_stderr() -> None:
+    """In a rank: print to the terminal of the command that launched the job."""
+    path = os.environ.get(STDERR_ENV)
+    if not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return  # torchrun's stderr, then: the same terminal, with its log mixed in
+    os.dup2(fd, sys.stderr.fileno())
+    os.close(fd)
 
 
 def processes_wanted(nproc: int | None, device: str) -> int:
@@ -111,12 +128,20 @@ def run_torchrun(argv: list[str], processes: int, out: Path | None, resume: bool
     """Run `train` in `processes` ranks through torchrun; rank 0's exit status."""
     with tempfile.TemporaryDirectory(prefix="freezer-launch-") as tmp:
         exit_file = Path(tmp) / "exit"
+        agent_log = Path(tmp) / "torchrun.log"
         env = launch_env(processes)
         env[EXIT_FILE_ENV] = str(exit_file)
+        stderr_path = Path(f"/proc/{os.getpid()}/fd/{sys.stderr.fileno()}")
+        separate = stderr_path.exists()  # Linux; elsewhere torchrun's log shows as it comes
+        if separate:
+            env[STDERR_ENV] = str(stderr_path)
         command = torchrun_command(worker_argv(argv, None if resume else out), processes)
-        # Its own session: the terminal's Ctrl-C reaches this process only, which passes one
-        # SIGTERM on (torchrun would otherwise forward a second signal to every rank).
-        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        with open(agent_log, "w") as log:
+            # Its own session: the terminal's Ctrl-C reaches this process only, which passes
+            # one SIGTERM on (torchrun would otherwise forward a second signal to every rank).
+            proc = subprocess.Popen(
+                command, env=env, start_new_session=True, stderr=log if separate else None
+            )
         received: list[int] = []
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -149,6 +174,11 @@ def run_torchrun(argv: list[str], processes: int, out: Path | None, resume: bool
         try:
             return int(exit_file.read_text().strip())
         except (OSError, ValueError):
-            # Rank 0 never got to the end (a rank failed before the run started, or was
-            # killed): torchrun's status, and its report above.
-            return returncode if returncode > 0 else EXIT_FAILED
+            pass
+        # Rank 0 never got to the end (a rank failed before the run started, or rank 0 was
+        # killed): torchrun's own account of it.
+        lines = agent_log.read_text(errors="replace").splitlines()
+        if lines:
+            err("torchrun's log (the ranks' processes):")
+            err("\n".join(lines[-25:]))
+        return returncode if returncode > 0 else EXIT_FAILED

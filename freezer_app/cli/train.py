@@ -182,11 +182,6 @@ class Progress:
                 f"{event.trainable_params:,} of {event.total_params:,} parameters train, "
                 f"{len(event.classes)} classes, {event.steps_per_epoch} steps per epoch"
             )
-            if event.processes > 1:
-                err(
-                    f"{event.processes} processes; global batch {event.global_batch} "
-                    f"({event.global_batch / event.processes:g} images per process per step)"
-                )
             err(f"run folder: {event.run_dir}")
         elif isinstance(event, ev.StepEvent) and not self.quiet:
             if self.bar is None:
@@ -292,6 +287,7 @@ def _run_rank(args: argparse.Namespace) -> int:
 
     rank = int(os.environ["RANK"])
     launched = launch.EXIT_FILE_ENV in os.environ
+    launch.use_launcher_stderr()
     dist = None
     try:
         project, changes = _project(args)
@@ -314,9 +310,12 @@ def _run_rank(args: argparse.Namespace) -> int:
         if rank != 0:
             return EXIT_USAGE  # rank 0 says what went wrong
         raise
-    dist.close(together=together)
     if launched and dist.main:
         Path(os.environ[launch.EXIT_FILE_ENV]).write_text(str(code))
+    # The run is over and reported: torchrun's SIGTERM (after another rank failed) has
+    # nothing left to stop.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    dist.close(together=together)
     # A stop (130/143) is no failure to torchrun: it would report every rank as failed.
     return code if code in (EXIT_OK, EXIT_FAILED, EXIT_USAGE) else EXIT_OK
 
@@ -395,11 +394,15 @@ def _train(
             dist=dist,
         )
         result = trainer.run()
+        progress.close()
+        # Still under the handlers: torchrun's SIGTERM to the ranks left after one failed
+        # must not cut the summary short.
+        code = _report(args, result, received, main)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         progress.close()
-    return _report(args, result, received, main), trainer.together
+    return code, trainer.together
 
 
 def _report(args: argparse.Namespace, result: Any, received: list[int], main: bool) -> int:

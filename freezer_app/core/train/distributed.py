@@ -41,6 +41,17 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
 
 
+def is_collective_error(e: BaseException) -> bool:
+    """Whether `e` is a collective that broke (a rank gone or failed), not this rank's own
+    failure: gloo raises plain RuntimeErrors that name it, nccl DistBackendError."""
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        word in text for word in ("gloo", "NCCL", "nccl", "ProcessGroup", "c10d")
+    )
+
+
 class Distributed:
     """This process's place in a torchrun job, and the collectives the trainer uses."""
 
@@ -174,6 +185,16 @@ class Distributed:
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
         )
 
+    def ranks_out_of_sync(self, model: nn.Module) -> list[int]:
+        """Ranks whose parameters differ from rank 0's. DDP keeps the replicas equal only for
+        the parameters its wrapper registered: this is the proof (a per-tensor float64 sum
+        on the device, compared exactly; one small gather)."""
+        with torch.no_grad():
+            sums = [p.detach().double().sum() for p in model.parameters()]
+            mine = torch.stack(sums).cpu().tolist() if sums else []
+        every = self.gather(mine)
+        return [rank for rank, values in enumerate(every) if values != every[0]]
+
     def all_sum(self, values: list[float]) -> list[float]:
         """Element-wise sums over every rank (validation's loss, correct and count)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -183,6 +204,7 @@ class Distributed:
 
 __all__ = [
     "Distributed",
+    "is_collective_error",
     "launched_by_torchrun",
     "merge_short_tail",
     "shard",

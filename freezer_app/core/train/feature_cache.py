@@ -55,7 +55,10 @@ class FeatureCache:
         autocast_dtype: torch.dtype | None,
         channels_last: bool,
         verifier: FrozenVerifier | None = None,
+        disabled: str = "",
     ) -> None:
+        """disabled: why the cache is not used whatever the setting says (e.g. several
+        processes)."""
         self.model = model
         self.tree = tree
         self.architecture = architecture
@@ -75,7 +78,9 @@ class FeatureCache:
         self.budget = cache_budget(budget_mb)
         self.graph: ForwardGraph | None = None
         self.unavailable = ""
-        if setting == "off":
+        if disabled:
+            self.unavailable = disabled
+        elif setting == "off":
             self.unavailable = "turned off (train.feature_cache: off)"
         else:
             try:

@@ -259,9 +259,7 @@ def prepare(
     features = FeatureCache(
         model,
         tree,
-        # Off under torch.distributed: each rank would cache its own share, and the split
-        # forward does not go through DistributedDataParallel.
-        t.feature_cache if world == 1 else "off",
+        t.feature_cache,
         t.feature_cache_budget,
         architecture=str(loaded.spec),
         # The transform as printed rounds mean and std: the data config says them exactly.
@@ -274,6 +272,9 @@ def prepare(
         autocast_dtype=precision.autocast_dtype,
         channels_last=channels_last,
         verifier=verifier,
+        # Each rank would cache only its own share, and the split forward would bypass
+        # DistributedDataParallel.
+        disabled="not used with several processes" if world > 1 else "",
     )
     return RunParts(
         device=device,

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import shutil
 import threading
 import time
@@ -56,7 +57,7 @@ from freezer_app.core.run_folder import RunFolder, RunLock
 from freezer_app.core.telemetry import FrozenCheck, PendingRecord
 from freezer_app.core.torchvision_compat import transform_input_of
 from freezer_app.core.train import checkpoint
-from freezer_app.core.train.distributed import Distributed
+from freezer_app.core.train.distributed import Distributed, is_collective_error
 from freezer_app.core.train.logbook import Logbook, NullLogbook
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
 from freezer_app.core.train.writer import BackgroundWriter
@@ -201,7 +202,7 @@ class Trainer:
             LogEvent(
                 f"{dist.world} processes ({parts.device.type}, "
                 f"{'nccl' if parts.device.type == 'cuda' else 'gloo'}): global batch "
-                f"{parts.global_batch} ({share} images per process); the feature cache is off"
+                f"{parts.global_batch} ({share} images per process)"
             )
         )
         if self.project.train.sync_bn and parts.device.type != "cuda":
@@ -665,7 +666,7 @@ class Trainer:
             self._recover_after_failure()
             if self.dist is not None:
                 self.together = False
-            if self.dist is not None and isinstance(e, torch.distributed.DistError):
+            if self.dist is not None and is_collective_error(e):
                 # A collective broke: another rank failed (its reason is in the store) or its
                 # process is gone. Every rank ends here; checkpoints on disk stay usable.
                 kind = "rank-lost"
@@ -747,6 +748,8 @@ class Trainer:
             )
         else:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            # gloo's text starts with its source file and ends with advice for its developers.
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]
             message = (
                 f"Another process of this {dist.world}-process run ended or stopped answering "
                 f"near step {step} ({first[:200]}); the run stopped on every process."
@@ -1033,6 +1036,18 @@ class Trainer:
             self.stale_epochs = 0
         else:
             self.stale_epochs += 1
+        in_sync: dict[str, Any] = {}
+        if self.dist is not None:
+            apart = self.dist.ranks_out_of_sync(self.parts.model)
+            in_sync = {"replicas_in_sync": not apart}
+            if apart:
+                self.emit(
+                    LogEvent(
+                        f"after epoch {self.epoch} the weights of process(es) "
+                        f"{', '.join(map(str, apart))} differ from process 0's",
+                        "warning",
+                    )
+                )
         early_stop = bool(
             t.early_stop_patience
             and self.stale_epochs >= t.early_stop_patience
@@ -1047,6 +1062,7 @@ class Trainer:
                 "val_acc": val_acc,
                 "images_per_s": images_per_s,
                 "seconds": seconds,
+                **in_sync,
                 **(
                     {"feature_cache": cache}
                     if (cache := self.parts.features.epoch_record())
