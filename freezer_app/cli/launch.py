@@ -21,6 +21,7 @@ from typing import Any
 
 from freezer_app.cli.common import EXIT_FAILED, err
 from freezer_app.core.errors import FreezerError
+from freezer_app.core.train.launcher import launch_env, torchrun_command
 
 # Set for the ranks this command starts: where rank 0 leaves its exit status.
 EXIT_FILE_ENV = "FREEZER_EXIT_FILE"
@@ -92,27 +93,6 @@ def worker_argv(argv: list[str], out: Path | None) -> list[str]:
     if out is not None and not any(a == "--out" or a.startswith("--out=") for a in kept):
         kept += ["--out", str(out)]
     return kept
-
-
-def torchrun_command(argv: list[str], processes: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        "freezer_app",
-        *argv,
-    ]
-
-
-def launch_env(processes: int) -> dict[str, str]:
-    env = dict(os.environ)
-    # torchrun sets 1 thread per process (with a warning) when unset: share the cores instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _children(pid: int) -> list[int]:

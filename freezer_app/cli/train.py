@@ -284,10 +284,13 @@ def _run_rank(args: argparse.Namespace) -> int:
     rank 0 alone prints. A failure before training is printed once, by rank 0 (or by the
     rank it happened on)."""
     from freezer_app.cli import launch
+    from freezer_app.core.train.event_stream import EventStream, SetupFailed
 
     rank = int(os.environ["RANK"])
     launched = launch.EXIT_FILE_ENV in os.environ
     launch.use_launcher_stderr()
+    # Started by the window: rank 0 streams the run's events to it and takes its commands.
+    stream = EventStream.from_env() if rank == 0 else None
     dist = None
     try:
         project, changes = _project(args)
@@ -303,13 +306,18 @@ def _run_rank(args: argparse.Namespace) -> int:
                 error = e
         dist.agree(error)
         report, out = dist.broadcast((report, out))
-        code, together = _train(args, project, changes, trust, report, out, dist)
-    except FreezerError:
+        code, together = _train(args, project, changes, trust, report, out, dist, stream)
+    except FreezerError as e:
         if dist is not None:
             dist.close(together=False)
         if rank != 0:
             return EXIT_USAGE  # rank 0 says what went wrong
+        if stream is not None:
+            stream.send(SetupFailed(e.message, e.hint or ""))
+            stream.close()
         raise
+    if stream is not None:
+        stream.close()
     if launched and dist.main:
         Path(os.environ[launch.EXIT_FILE_ENV]).write_text(str(code))
     # The run is over and reported: torchrun's SIGTERM (after another rank failed) has
@@ -348,14 +356,24 @@ def _train(
     report: Any,
     out: Path,
     dist: Any = None,
+    stream: Any = None,
 ) -> tuple[int, bool]:
-    """Train in this process; the exit status, and whether every rank ended together."""
+    """Train in this process; the exit status, and whether every rank ended together.
+    stream: rank 0's connection to the window that started the job (event_stream.py)."""
     from freezer_app.core.events import RunControl
     from freezer_app.core.train import Trainer
 
     main = dist is None or dist.main
     control = RunControl()
     progress = Progress(quiet=args.quiet)
+    on_event: Any = progress
+    if stream is not None:
+        stream.control = control
+
+        def on_event(event: Any) -> None:
+            progress(event)
+            stream.send(event)
+
     received: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -385,7 +403,7 @@ def _train(
         trainer = Trainer(
             project,
             out,
-            on_event=progress,
+            on_event=on_event,
             control=control,
             resume=bool(args.resume),
             report=report,

@@ -12,13 +12,25 @@ from freezer_app.core.errors import ProjectError
 
 
 def available_devices() -> list[str]:
-    """auto, cpu, then every CUDA device and Apple MPS when present."""
+    """auto, cpu, then every CUDA device (and cuda:all with more than one) and Apple MPS
+    when present."""
     devices = ["auto", "cpu"]
     if torch.cuda.is_available():
-        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        count = torch.cuda.device_count()
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(count)]
+        if count > 1:
+            devices.append("cuda:all")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         devices.append("mps")
     return devices
+
+
+def device_label(name: str) -> str:
+    """How a device setting reads in the window: cuda:all as "all N GPUs"."""
+    if name == "cuda:all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return f"all {count} GPUs (cuda:all)" if count else "all GPUs (cuda:all)"
+    return name
 
 
 def select_device(name: str) -> torch.device:

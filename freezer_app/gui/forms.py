@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from freezer_app.core import settings as schema
-from freezer_app.core.device import available_devices
+from freezer_app.core.device import available_devices, device_label
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.freeze import Phase
 from freezer_app.core.settings import Setting
@@ -76,14 +76,17 @@ class ChoiceEditor(Editor):
         choices = list(setting.spec.choices)
         if setting.key == "train.device":
             choices = available_devices()
-        combo.addItems(choices)
-        combo.currentTextChanged.connect(lambda text: self.commit(text))
+        for choice in choices:
+            combo.addItem(device_label(choice) if setting.key == "train.device" else choice, choice)
+        combo.currentIndexChanged.connect(lambda i: self.commit(combo.itemData(i)))
 
     def show(self, value: Any) -> None:
         combo: QComboBox = self.widget  # type: ignore[assignment]
-        if combo.findText(str(value)) < 0:
-            combo.addItem(str(value))  # e.g. a device this machine lacks, from a project file
-        combo.setCurrentText(str(value))
+        index = combo.findData(str(value))
+        if index < 0:
+            combo.addItem(str(value), str(value))  # e.g. a device this machine lacks
+            index = combo.count() - 1
+        combo.setCurrentIndex(index)
 
 
 class IntEditor(Editor):

@@ -36,11 +36,12 @@ from freezer_app.core.catalog import (
     resolve_source,
 )
 from freezer_app.core.data import DataReport, scan_folder
-from freezer_app.core.device import select_device
+from freezer_app.core.device import device_label, select_device
 from freezer_app.core.errors import Cancelled, FreezerError
 from freezer_app.core.freeze import Phase
 from freezer_app.core.project import Project
 from freezer_app.core.run_folder import evaluation_split, is_run_folder, new_run_dir
+from freezer_app.core.train import launcher
 from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import CodeTrust
 from freezer_app.core.weights import check_fit, read_shapes
@@ -316,7 +317,9 @@ class MainWindow(QMainWindow):
     def _show_device(self) -> None:
         setting = self.project.train.device
         try:
-            self.status_device.setText(f"device: {select_device(setting)}")
+            device = select_device(setting)
+            many = launcher.processes_for(setting) > 1
+            self.status_device.setText(f"device: {device_label(setting) if many else device}")
         except FreezerError:
             self.status_device.setText(f"device: {setting} (not available)")
 

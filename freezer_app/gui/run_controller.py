@@ -206,9 +206,10 @@ class RunController(QObject):
         v.gradients.set_layers(event.layer_names)
         v.updates.set_layers(event.layer_names)
         v.tree.set_layer_names(event.layer_names)
-        v.device.setText(f"device: {event.device} ({event.precision})")
+        where = event.device if event.processes == 1 else f"{event.processes}× {event.device}"
+        v.device.setText(f"device: {where} ({event.precision})")
         v.log.add(
-            f"training {event.model} on {event.device} ({event.precision}): "
+            f"training {event.model} on {where} ({event.precision}): "
             f"{event.trainable_params:,} of {event.total_params:,} parameters train; "
             f"{event.steps_per_epoch} steps per epoch"
         )

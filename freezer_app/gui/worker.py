@@ -3,12 +3,21 @@
 The training thread hands events to the GUI as Qt signals carrying plain data, coalesced so
 that the window redraws at most ~30 times a second however fast steps come. Commands go the
 other way through the thread-safe RunControl; the GUI never touches the model.
+
+With the Device "all N GPUs" (cuda:all) the run happens in N torchrun processes
+(`freezer-app train`, core/train/launcher.py); this thread then relays rank 0's events from
+a local authenticated connection (core/train/event_stream.py) to the same signals, and
+passes Pause, Stop and plan edits back to it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -19,8 +28,9 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from freezer_app.core import events as ev
 from freezer_app.core.errors import FreezerError
 from freezer_app.core.freeze import FreezePlan
-from freezer_app.core.project import Project
-from freezer_app.core.train import Trainer
+from freezer_app.core.project import Project, absolute_model
+from freezer_app.core.train import Trainer, launcher
+from freezer_app.core.train.event_stream import EventListener, SetupFailed
 from freezer_app.core.trust import CodeTrust
 
 # The training thread cannot ask: a model's .py runs only if the window allowed it before
@@ -111,6 +121,10 @@ class TrainingWorker(QObject):
 
     @Slot()
     def run(self) -> None:
+        processes = launcher.processes_for(self.project.train.device)
+        if processes > 1:
+            self._run_processes(processes)
+            return
         _yield_to_the_window()
         # The same number of CPU threads as `freezer-app train` uses: float reductions depend
         # on it, and a run started here must repeat headless with bit-identical losses.
@@ -137,6 +151,124 @@ class TrainingWorker(QObject):
             return
         self._flush()
         self.finished.emit(result)
+
+    # ------------------------------------------------------------------ several processes
+    def _run_processes(self, processes: int) -> None:
+        """The run in `processes` torchrun ranks; rank 0's events arrive here as if the
+        trainer ran on this thread."""
+        from freezer_app.core.catalog import check_code
+
+        try:
+            # Asked here (the window's trust): the ranks get --trust-code only for a .py
+            # this window already allowed.
+            trusted = check_code(self.project.model, self.trust) is not None
+        except FreezerError as e:
+            self.failed.emit(e.message, e.hint or "", "")
+            return
+        listener = EventListener()
+        with tempfile.TemporaryDirectory(prefix="freezer-window-run-") as tmp:
+            log_path = Path(tmp) / "torchrun.log"
+            argv = self._train_argv(Path(tmp), trusted)
+            env = {**launcher.launch_env(processes), **listener.env()}
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen(
+                    launcher.torchrun_command(argv, processes),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # the window's signals are its own
+                )
+            try:
+                result, setup_failed = self._relay(listener, proc)
+            finally:
+                listener.close()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, 9)
+                    proc.wait()
+            self._flush()
+            if setup_failed is not None:
+                self.failed.emit(setup_failed.message, setup_failed.hint, "")
+            elif result is None:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+                self.failed.emit(
+                    f"The {processes} training processes ended without finishing the run "
+                    f"(exit status {proc.returncode}).",
+                    "Checkpoints written so far are kept; the details show the processes' output.",
+                    tail,
+                )
+            else:
+                self.finished.emit(result)
+
+    def _train_argv(self, folder: Path, trusted: bool) -> list[str]:
+        """`freezer-app train` for the ranks: the window's project as a file (paths made
+        absolute: the file lives elsewhere), or --resume of the run folder."""
+        extra = ["--quiet"] + (["--trust-code"] if trusted else [])
+        if self.resume:
+            return ["train", "--resume", str(self.run_dir), *extra]
+        data = self.project.to_dict()
+        data["model"] = absolute_model(self.project.model, Path.cwd())
+        if data["data"].get("path"):
+            data["data"]["path"] = str(Path(data["data"]["path"]).expanduser().resolve())
+        project_file = folder / "project.json"
+        project_file.write_text(json.dumps(data))
+        return ["train", str(project_file), "--out", str(self.run_dir), *extra]
+
+    def _relay(
+        self, listener: EventListener, proc: subprocess.Popen
+    ) -> tuple[ev.Finished | None, SetupFailed | None]:
+        conn = None
+        while conn is None and proc.poll() is None:
+            conn = listener.wait_connected(0.2)
+        if conn is None:
+            return None, None
+        result: ev.Finished | None = None
+        setup_failed: SetupFailed | None = None
+        commands = _CommandRelay(self.control, conn)
+        while True:
+            commands.send_changes()
+            try:
+                if not conn.poll(0.05):
+                    if proc.poll() is not None and not conn.poll(0):
+                        break
+                    continue
+                item = conn.recv()
+            except (EOFError, OSError):
+                break  # rank 0 is done (or gone)
+            if isinstance(item, SetupFailed):
+                setup_failed = item
+                continue
+            self._on_event(item)
+            if isinstance(item, ev.Finished):
+                result = item
+        return result, setup_failed
+
+
+class _CommandRelay:
+    """Stop, pause/resume and plan edits given to the window's RunControl, sent to rank 0."""
+
+    def __init__(self, control: ev.RunControl, conn) -> None:
+        self.control = control
+        self.conn = conn
+        self.stopped = False
+        self.paused = False
+
+    def send_changes(self) -> None:
+        control = self.control
+        try:
+            if control.stop_requested and not self.stopped:
+                self.stopped = True
+                self.conn.send(("stop",))
+            if control.paused != self.paused and not self.stopped:
+                self.paused = control.paused
+                self.conn.send(("pause",) if self.paused else ("resume",))
+            plan = control.take_plan()
+            if plan is not None:
+                self.conn.send(("plan", plan.to_dict()))
+        except (OSError, ValueError):
+            pass  # rank 0 has gone: the relay loop ends on its own
 
 
 class TrainingSession(QObject):
