@@ -62,3 +62,27 @@ def test_a_run_in_two_processes_is_watched_paused_edited_and_stopped_from_the_wi
     assert len(edits) == 1 and any("layer1" in f for f in edits[0]["freeze"])
     assert [p["reason"] for p in read_json_lines(run.plans).records] == ["start", "edit"]
     assert window.act_train.isEnabled()
+
+
+def test_the_device_setting_offers_all_gpus_when_there_are_several(qtbot, monkeypatch) -> None:
+    import torch
+
+    from freezer_app.core import settings
+    from freezer_app.core.project import Project
+    from freezer_app.gui.forms import ChoiceEditor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    committed: list = []
+    editor = ChoiceEditor(
+        settings.find(Project, "train.device"), lambda setting, value: committed.append(value)
+    )
+    combo = editor.widget
+    qtbot.addWidget(combo)
+    labels = [combo.itemText(i) for i in range(combo.count())]
+    assert "all 4 GPUs (cuda:all)" in labels and "cuda:3" in labels
+    combo.setCurrentIndex(labels.index("all 4 GPUs (cuda:all)"))
+    assert committed[-1] == "cuda:all"  # the setting's value, not the label
+    assert launcher.processes_for("cuda:all") == 4 and launcher.processes_for("cuda:0") == 1
+    editor.show("cpu")
+    assert combo.currentText() == "cpu"
