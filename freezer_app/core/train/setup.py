@@ -274,7 +274,7 @@ def prepare(
         verifier=verifier,
         # Each rank would cache only its own share, and the split forward would bypass
         # DistributedDataParallel.
-        disabled="not used with several processes" if world > 1 else "",
+        disabled="the run uses several processes" if world > 1 else "",
     )
     return RunParts(
         device=device,
