@@ -170,8 +170,13 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
         m = timm.create_model("test_resnet", num_classes=3)
         m.load_state_dict(state)
         out["pth"] = diff(m.eval())
+        with open({str(e / "model.config.json")!r}) as f:
+            out["pth_config"] = json.load(f)
 
-        out["torchscript"] = diff(torch.jit.load({str(e / "model.torchscript.pt")!r}))
+        extra = {{"config.json": ""}}
+        ts = torch.jit.load({str(e / "model.torchscript.pt")!r}, _extra_files=extra)
+        out["torchscript"] = diff(ts)
+        out["torchscript_config"] = json.loads(extra["config.json"])
 
         try:
             import onnxruntime
@@ -181,6 +186,9 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
             s = onnxruntime.InferenceSession({str(e / "model.onnx")!r})
             y = torch.from_numpy(s.run(None, {{"input": x.numpy()}})[0])
             out["onnx"] = (y - torch.load({str(ref_path)!r})).abs().max().item()
+            meta = s.get_modelmeta().custom_metadata_map
+            out["onnx_labels"] = json.loads(meta["labels"])
+            out["onnx_config"] = json.loads(meta["config"])
 
         ns = runpy.run_path({str(e / "code" / "freeze_plan.py")!r})
         out["requires_grad"] = {{n: p.requires_grad for n, p in ns["model"].named_parameters()}}
@@ -195,6 +203,17 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
             assert out[fmt] < TOL, (fmt, out[fmt])
     assert out["labels"] == ["circles", "squares", "stripes"]
     assert out["input_size"] == [3, 32, 32]
+    # Every single-file format describes itself: labels and preprocessing travel with it.
+    configs = [out["pth_config"], out["torchscript_config"]]
+    if out["onnx"] is not None:
+        assert out["onnx_labels"] == out["labels"]
+        configs.append(out["onnx_config"])
+    for config in configs:
+        assert config["label_names"] == out["labels"]
+        assert config["input_size"] == [3, 32, 32] and config["mean"] == [0.5, 0.5, 0.5]
+        assert config["interpolation"] and config["num_classes"] == 3
+        assert config["constructor"] == "timm.create_model('test_resnet', num_classes=3)"
+    assert results["pth"].validated and results["pth"].max_abs_diff < TOL
     assert out["requires_grad"] == expected_grad
     assert not out["requires_grad"]["layer1.0.conv1.weight"]
     assert out["readme"] in out["labels"]
@@ -390,7 +409,8 @@ def test_no_overwrite_without_force(run: Path, tmp_path: Path) -> None:
         export(run, "pth", target, checkpoint="best")
     assert "--force" in str(e.value)
     assert target.read_bytes() == before
-    assert existing_targets("pth", target) == [target]
+    config = tmp_path / "model.config.json"  # the labels and preprocessing, beside it
+    assert existing_targets("pth", target) == [target, config]
     export(run, "pth", target, checkpoint="best", force=True)
     best = torch.load(target, weights_only=True)
     from safetensors.torch import load_file
@@ -409,7 +429,7 @@ def test_no_overwrite_without_force(run: Path, tmp_path: Path) -> None:
         export(run, "bundle", tmp_path / "b", force=True)
     (tmp_path / "b" / "stale.txt").unlink()
     export(run, "bundle", tmp_path / "b", force=True)
-    assert _leftovers(tmp_path) == ["b", "dir.onnx", "model.pth"]
+    assert _leftovers(tmp_path) == ["b", "dir.onnx", "model.config.json", "model.pth"]
 
 
 @pytest.mark.parametrize(
@@ -438,7 +458,7 @@ def test_failed_write_leaves_nothing(
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(WriteError, match=reason):
         export(run, "pth", tmp_path / "out" / "model.pth", force=True)
-    assert _leftovers(tmp_path / "out") == ["model.pth"]
+    assert _leftovers(tmp_path / "out") == ["model.config.json", "model.pth"]
     assert (tmp_path / "out" / "model.pth").read_bytes() == before  # the old file is intact
 
 

@@ -242,7 +242,15 @@ def export_targets(fmt: str, out: str | Path) -> list[Path]:
     out = Path(out).expanduser()
     if fmt == "code" and out.suffix == ".py":
         return [out, out.with_suffix(".json")]
+    if fmt == "pth":
+        return [out, pth_config_path(out)]
     return [out]
+
+
+def pth_config_path(out: Path) -> Path:
+    """MODEL.pth's description (labels, preprocessing): MODEL.config.json beside it (a folder
+    may hold several exports, and a config.json there may be someone else's)."""
+    return out.with_name(out.stem + ".config.json")
 
 
 def existing_targets(fmt: str, out: str | Path) -> list[Path]:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import importlib.util
 import io
+import json
 import math
 import os
 import sys
@@ -21,15 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from freezer_app import __version__
 from freezer_app.core import files as file_io
 from freezer_app.core import torchvision_compat
-from freezer_app.core.catalog import TIMM, TORCHVISION
+from freezer_app.core.catalog import FILE, TIMM, TORCHVISION
 from freezer_app.core.errors import ExportError
 from freezer_app.core.export.api import (
     ExportResult,
     ExportSource,
     Steps,
     check_targets,
+    pth_config_path,
     write_marker,
 )
 from freezer_app.core.files import (
@@ -126,20 +129,61 @@ def _native_stderr_silenced():
         torch._C._jit_set_onnx_log_enabled(log_was_on)
 
 
+def serving_config(src: ExportSource) -> dict[str, Any]:
+    """What whoever serves an export needs besides the weights: the labels and the
+    preprocessing (input size, mean/std, interpolation, crop), and how the architecture is
+    built. Carried inside the ONNX, TorchScript and torch.export files, beside a .pth."""
+    loaded = src.loaded
+    data = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in loaded.data_config.items()
+        if k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    }
+    return {
+        "num_classes": loaded.num_classes,
+        "label_names": list(src.label_names),
+        **data,
+        "model": str(loaded.spec) if loaded.spec.kind != FILE else Path(loaded.spec.name).name,
+        "library": loaded.spec.kind,
+        "constructor": constructor_code(src),
+        "exported_by": f"freezer-app {__version__}",
+    }
+
+
+def serving_config_json(src: ExportSource) -> str:
+    return json.dumps(serving_config(src), indent=2) + "\n"
+
+
 # ---------------------------------------------------------------------- pth
 def export_pth(src, out, force, progress, should_cancel) -> ExportResult:
-    steps = Steps(1, progress, should_cancel)
+    steps = Steps(2, progress, should_cancel)
     steps("writing the state_dict")
-    torch_save(cpu_state(src.loaded.module), out)
+    model = src.loaded.module
+    config_path = pth_config_path(out)
+    with atomic_path(out) as tmp, atomic_path(config_path) as config_tmp:
+        torch_save(cpu_state(model), tmp)
+        steps("reloading and checking")
+        # Read back as its users will, into a copy of the architecture.
+        state = torch.load(tmp, map_location="cpu", weights_only=True)
+        copy_ = copy.deepcopy(model).eval()
+        copy_.load_state_dict(state)
+        check = example_input(src, 3, seed=1)
+        diff = compare(logits_of(model, check), logits_of(copy_, check), "reloaded .pth")
+        file_io.write_raw(config_tmp, serving_config_json(src).encode("utf-8"))
     steps.finish()
     return ExportResult(
         "pth",
         str(out),
-        [str(out)],
+        [str(out), str(config_path)],
         [
+            f"state_dict reloaded with torch.load(weights_only=True) and checked: max |diff| "
+            f"{diff:.2g}",
             "a plain state_dict: torch.load(PATH, weights_only=True), then "
-            f"model.load_state_dict(...) into {constructor_code(src)}"
+            f"model.load_state_dict(...) into {constructor_code(src)}",
+            f"labels and preprocessing in {config_path.name}",
         ],
+        validated=True,
+        max_abs_diff=diff,
     )
 
 
@@ -161,10 +205,14 @@ def export_torchscript(src, out, force, progress, should_cancel) -> ExportResult
     # Serialised in memory and written by Python: torch's C++ file writer aborts the whole
     # process when the disk fills up.
     buffer = io.BytesIO()
+    config = serving_config_json(src)
     with quiet():
-        torch.jit.save(traced, buffer)
+        torch.jit.save(traced, buffer, _extra_files={"config.json": config})
         data = buffer.getvalue()
-        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        extra = {"config.json": ""}
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
+    if json.loads(extra["config.json"]) != json.loads(config):
+        raise ExportError("The TorchScript file lost its config.json.", "Report this, please.")
     check = example_input(src, 3, seed=1)
     diff = compare(logits_of(model, check), logits_of(loaded, check), "reloaded TorchScript")
     steps("finishing")
@@ -178,6 +226,8 @@ def export_torchscript(src, out, force, progress, should_cancel) -> ExportResult
         [
             f"TorchScript reloaded with torch.jit.load and checked: max |diff| {diff:.2g}",
             f"traced at {c}x{h}x{w} input: any batch size works; other image sizes may not",
+            "labels and preprocessing in its extra file config.json "
+            '(torch.jit.load(PATH, _extra_files={"config.json": ""}))',
         ],
         validated=True,
         max_abs_diff=diff,
@@ -237,6 +287,17 @@ def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
         ) from None
 
 
+def _describe_onnx(path: Path, src: ExportSource) -> None:
+    """The labels (a JSON list) and the whole serving config in the model's metadata_props,
+    where onnxruntime's `get_modelmeta().custom_metadata_map` finds them."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {"labels": json.dumps(list(src.label_names)), "config": serving_config_json(src)}
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
 def export_onnx(src, out, force, progress, should_cancel) -> ExportResult:
     steps = Steps(3, progress, should_cancel)
     model = copy.deepcopy(src.loaded.module).eval()
@@ -245,6 +306,7 @@ def export_onnx(src, out, force, progress, should_cancel) -> ExportResult:
     with atomic_path(out) as tmp:
         steps("exporting to ONNX")
         how = _onnx_export(model, example_input(src, 2), tmp)
+        _describe_onnx(tmp, src)
         steps("validating with onnxruntime")
         if importlib.util.find_spec("onnxruntime") is not None:
             import onnxruntime
@@ -268,6 +330,7 @@ def export_onnx(src, out, force, progress, should_cancel) -> ExportResult:
     steps.finish()
     c, h, w = input_size(src)
     notes.append(f"input 'input' (batch x {c} x {h} x {w}, dynamic batch), output 'logits'; {how}")
+    notes.append("labels and preprocessing in its metadata_props: 'labels' (JSON list), 'config'")
     return ExportResult("onnx", str(out), [str(out)], notes, validated=validated, max_abs_diff=diff)
 
 
