@@ -101,7 +101,14 @@ def _readme_code(bundle: Path, image: Path) -> str:
     readme = (bundle / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", readme, re.S)
     assert code, readme
-    return code.group(1).replace('"image.jpg"', repr(str(image)))
+    # The README's paths are relative to the bundle: as run from its folder.
+    return (
+        code.group(1)
+        .replace('"image.jpg"', repr(str(image)))
+        .replace('"local-dir:."', repr(f"local-dir:{bundle}"))
+        .replace('folder = "."', f"folder = {str(bundle)!r}")
+        .replace('"./model.safetensors"', repr(f"{bundle}/model.safetensors"))
+    )
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -226,7 +233,10 @@ def test_torchvision_bundle_loads_with_get_model_and_safetensors(
     pth = export(tv_run, "pth").path
     ts = export(tv_run, "torchscript").path
     config = json.loads((Path(bundle) / "config.json").read_text())
-    assert config["architecture"] == "mobilenet_v3_small"
+    # Its own loader description; never a timm "architecture" it is not.
+    assert "architecture" not in config and config["library_name"] == "torchvision"
+    assert config["torchvision"]["model"] == "mobilenet_v3_small"
+    assert "get_model('mobilenet_v3_small', num_classes=3)" in config["torchvision"]["loader"]
     assert config["freezer"]["model"] == "torchvision:mobilenet_v3_small"
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     assert (
@@ -242,7 +252,9 @@ def test_torchvision_bundle_loads_with_get_model_and_safetensors(
         from safetensors.torch import load_file
         x, ref = torch.load({str(x_path)!r}), torch.load({str(ref_path)!r})
         config = json.load(open({str(Path(bundle) / "config.json")!r}))
-        m = torchvision.models.get_model(config["architecture"], num_classes=config["num_classes"])
+        m = torchvision.models.get_model(
+            config["torchvision"]["model"], num_classes=config["num_classes"]
+        )
         m.load_state_dict(load_file({str(Path(bundle) / "model.safetensors")!r}))
         out = {{}}
         with torch.no_grad():
@@ -281,7 +293,7 @@ def test_googlenet_bundle_loads_with_its_readme_code(
         assert result.validated and result.max_abs_diff < TOL
         bundle = Path(result.path)
         config = json.loads((bundle / "config.json").read_text())
-        assert config["architecture"] == "googlenet"
+        assert config["torchvision"]["model"] == "googlenet" and "architecture" not in config
         assert config["model_args"] == {
             "aux_logits": False,
             "init_weights": False,
@@ -561,3 +573,19 @@ def test_cli_export(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["export", str(run), "--format", "code", "--checkpoint", "best"]) == 0
     text = capsys.readouterr().out
     assert "freeze_plan.py" in text and str(run / "export" / "code-best") in text
+
+
+def test_a_bundle_is_hub_ready_and_names_no_local_path(run: Path, tmp_path: Path) -> None:
+    bundle = Path(export(run, "bundle", tmp_path / "hub").path)
+    local = str(run.resolve().parents[1])  # the machine's folders above the run
+    for file in bundle.iterdir():
+        assert local not in file.read_bytes().decode("utf-8", "ignore"), file.name
+    card = (bundle / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "license: other" in front and "pipeline_tag: image-classification" in front
+    assert "base_model" not in front  # trained from random init: no pretrained base to name
+    assert "## Data" in card and "| circles | 40 | 10 |" in card
+    assert "## Freeze plan" in card and "started from random init" in card
+    assert 'timm.create_model("local-dir:.", pretrained=True)' in card and "hf-hub:" in card
+    training = json.loads((bundle / "training.json").read_text())
+    assert training["run"] == run.name and training["data"]["path"] == "data"

@@ -202,21 +202,50 @@ def training_info(run: Path, project: dict[str, Any], checkpoint: str) -> dict[s
             return -float(r["val_loss"])
         return -float(r.get("train_loss") or 0.0)
 
+    data = dict(project.get("data") or {})
+    if data.get("path"):
+        data["path"] = Path(str(data["path"])).name  # a bundle publishes no local paths
+    report = read_json_or_empty(run / "data_report.json")
     return {
         "exported_by": f"freezer-app {__version__}",
-        "run": str(run.resolve()),
+        "run": run.resolve().name,
         "checkpoint": checkpoint,
-        "model": project.get("model"),
-        "classes": (project.get("data") or {}).get("classes"),
+        "model": public_model(str(project.get("model") or "")),
+        "pretrained": bool(project.get("pretrained")),
+        "weights": Path(str(project["weights"])).name if project.get("weights") else None,
+        "classes": data.get("classes"),
+        "data_summary": {
+            "train_images": dict(zip(report.get("classes", []), report.get("train_counts", []))),
+            "val_images": dict(zip(report.get("classes", []), report.get("val_counts", []))),
+        }
+        if report
+        else None,
         "plan": project.get("plan"),
         "train": project.get("train"),
-        "data": project.get("data"),
+        "data": data,
         "steps": steps[-1]["step"] if steps else (epochs[-1]["step"] if epochs else 0),
         "epochs_completed": len(epochs),
         "final_metrics": epochs[-1] if epochs else None,
         "best_metrics": max(epochs, key=score) if epochs else None,
         "frozen_check": checks[-1] if checks else None,
     }
+
+
+def public_model(model: str) -> str:
+    """A model string fit to publish: library names as they are; a file or folder by its
+    name alone (FILE.py:CALLABLE keeps its callable)."""
+    if not model or model.startswith(("timm:", "torchvision:", "hf-hub:")) or "/" not in model:
+        return model
+    head, colon, factory = model.rpartition(":") if ".py:" in model else (model, "", "")
+    return Path(head).name + colon + factory
+
+
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # ---------------------------------------------------------------------- targets

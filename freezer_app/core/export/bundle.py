@@ -32,6 +32,7 @@ from freezer_app.core.export.api import (
     ExportSource,
     Steps,
     check_targets,
+    public_model,
     write_marker,
 )
 from freezer_app.core.export.formats import (
@@ -90,8 +91,21 @@ def _bundle_config(src: ExportSource, path: Path) -> None:
                 "Export the pth or ONNX format instead.",
             ) from None
         return
-    architecture = loaded.spec.name if loaded.spec.kind == TORCHVISION else str(loaded.spec)
-    config: dict[str, Any] = {"architecture": architecture, "num_classes": loaded.num_classes}
+    # No timm "architecture" field: timm.create_model("local-dir:...") would take a
+    # torchvision name for a timm one. Freezer reads "freezer.model"; others the loader below.
+    config: dict[str, Any] = {"num_classes": loaded.num_classes}
+    if loaded.spec.kind == TORCHVISION:
+        config["library_name"] = "torchvision"
+        config["torchvision"] = {
+            "model": loaded.spec.name,
+            "loader": torchvision_compat.loader_code(
+                loaded.spec.name, loaded.num_classes, transform_input(src)
+            ),
+            "weights": "model.safetensors (safetensors.torch.load_file)",
+        }
+    else:
+        config["library_name"] = "pytorch"
+        config["factory"] = public_model(str(loaded.spec))
     if loaded.spec.kind == TORCHVISION:
         # Constructor arguments beyond num_classes (as timm's model_args): without them the
         # state_dict of GoogLeNet or Inception v3 does not load, or the logits differ.
@@ -145,12 +159,14 @@ def _bundle_check(src: ExportSource, folder: Path) -> tuple[float, str]:
 
 def _loading_code(src: ExportSource, folder: Path) -> str:
     spec, n = src.loaded.spec, src.loaded.num_classes
-    path = str(folder)
+    # Paths relative to the bundle (run it from this folder): it may be copied or pushed.
+    path = "."
     if spec.kind == TIMM:
         return f"""import timm
 import torch
 from PIL import Image
 
+# From this folder; elsewhere "local-dir:PATH/TO/IT", or "hf-hub:USER/REPO" once pushed.
 model = timm.create_model("local-dir:{path}", pretrained=True).eval()
 config = timm.data.resolve_data_config({{}}, model=model)
 transform = timm.data.create_transform(**config)
@@ -171,7 +187,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision import transforms as T
 
-folder = "{path}"
+folder = "{path}"  # this folder (or where it was downloaded to)
 {torchvision_compat.loader_code(spec.name, n, transform_input(src))}
 model.load_state_dict(load_file(f"{{folder}}/model.safetensors"))
 model.eval()
@@ -221,7 +237,7 @@ def export_bundle(src, out, force, progress, should_cancel) -> ExportResult:
         steps("checking that the bundle loads")
         diff, how = _bundle_check(src, tmp)
         steps("writing README.md")
-        write_text(tmp / "README.md", readme(src, out, _loading_code(src, out), how))
+        write_text(tmp / "README.md", readme(src, _loading_code(src, out), how))
         names.append("README.md")
         steps("finishing")
         write_marker(tmp, "bundle", [Path(n).name for n in names])

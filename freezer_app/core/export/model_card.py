@@ -3,7 +3,6 @@ plan, the training settings and metrics, and the frozen check."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from freezer_app.core.catalog import FILE, TIMM, TORCHVISION
@@ -16,8 +15,34 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def readme(src: ExportSource, folder: Path, loading_code: str, check_how: str) -> str:
-    """README.md of the bundle at `folder`; loading_code is shown under "Load it"."""
+def _front_matter(src: ExportSource, library: str) -> list[str]:
+    """The Hugging Face model card metadata: what the Hub shows and filters on."""
+    loaded = src.loaded
+    training = src.training or {}
+    pretrained = bool(training.get("pretrained"))
+    cfg = getattr(loaded.module, "pretrained_cfg", None) or {}
+    # The licence of the weights it started from, where timm records one; else the
+    # author's to choose.
+    license_ = cfg.get("license") if pretrained and isinstance(cfg, dict) else None
+    lines = [
+        "---",
+        f"library_name: {library}",
+        f"license: {license_ or 'other'}",
+        "pipeline_tag: image-classification",
+    ]
+    if pretrained and loaded.spec.kind == TIMM:
+        # Only a model that started from pretrained weights has a base model to name.
+        hub = cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
+        lines.append(f"base_model: {hub or 'timm/' + loaded.spec.name}")
+    lines += ["tags:", "- image-classification", "- freezer-app"]
+    if not pretrained:
+        lines.append("- trained-from-random-init" if training else "- freezer-export")
+    return [*lines, "---"]
+
+
+def readme(src: ExportSource, loading_code: str, check_how: str) -> str:
+    """README.md of a bundle; loading_code is shown under "Load it". No local paths: the
+    folder may be copied or pushed to the Hub."""
     from freezer_app.core.telemetry import Drift, FrozenCheck
 
     loaded = src.loaded
@@ -27,12 +52,7 @@ def readme(src: ExportSource, folder: Path, loading_code: str, check_how: str) -
     labels = src.label_names
     dc = loaded.data_config
     lines = [
-        "---",
-        f"library_name: {library}",
-        "tags:",
-        "- image-classification",
-        "- freezer-app",
-        "---",
+        *_front_matter(src, library),
         "",
         f"# {title}",
         "",
@@ -48,8 +68,10 @@ def readme(src: ExportSource, folder: Path, loading_code: str, check_how: str) -
         f"Checked when exported: {check_how} reproduces the trained model's logits.",
         "",
         "Continue fine-tuning it with Freezer: "
-        f"`freezer-app train --model {folder} --data IMAGES`, or predict: "
-        f"`freezer-app predict {folder} image.jpg`.",
+        "`freezer-app train --model PATH/TO/THIS/FOLDER --data IMAGES`, or predict: "
+        "`freezer-app predict PATH/TO/THIS/FOLDER image.jpg`. After "
+        "`freezer-app push PATH/TO/THIS/FOLDER USER/REPO`, timm loads it from anywhere with "
+        '`timm.create_model("hf-hub:USER/REPO", pretrained=True)`.',
         "",
         "## Input",
         "",
@@ -69,9 +91,30 @@ def readme(src: ExportSource, folder: Path, loading_code: str, check_how: str) -
             "See `freeze_plan.json` and `freeze_plan.py`.",
         ]
     training = src.training or {}
+    summary = training.get("data_summary") or {}
+    if summary.get("train_images"):
+        train_n, val_n = summary["train_images"], summary.get("val_images") or {}
+        lines += [
+            "",
+            "## Data",
+            "",
+            f"{sum(train_n.values()):,} training and {sum(val_n.values()):,} validation images:",
+            "",
+            "| class | train | val |",
+            "|---|---|---|",
+            *(f"| {c} | {train_n[c]} | {val_n.get(c, 0)} |" for c in train_n),
+        ]
     if training:
         t = training.get("train") or {}
         lines += ["", "## Training", ""]
+        start = (
+            "pretrained weights"
+            if training.get("pretrained")
+            else (
+                f"weights from {training['weights']}" if training.get("weights") else "random init"
+            )
+        )
+        lines.append(f"- started from {start}")
         if t:
             lines.append(
                 f"- {training.get('epochs_completed')} epoch(s), {training.get('steps')} steps; "
