@@ -7,7 +7,18 @@ import argparse
 import sys
 
 from freezer_app import __version__
-from freezer_app.cli import cache, demo_data, evaluate, export, gui, inspect, models, schema, train
+from freezer_app.cli import (
+    cache,
+    demo_data,
+    evaluate,
+    export,
+    gui,
+    inspect,
+    models,
+    push,
+    schema,
+    train,
+)
 from freezer_app.cli.common import EXIT_OK, EXIT_USAGE, err
 from freezer_app.core.errors import FreezerError
 
@@ -24,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     demo_data.add_parser(sub)
     export.add_parser(sub)
+    push.add_parser(sub)
     evaluate.add_parsers(sub)
     models.add_parser(sub)
     cache.add_parser(sub)
