@@ -645,6 +645,8 @@ class Trainer:
         except WriteError as e:
             # Disk full or no permission while saving: say what is kept, and keep the process.
             reason, kind = "error", "write"
+            # Only rank 0 writes: the other ranks learn of it when it leaves the job.
+            self.together = self.dist is None
             with contextlib.suppress(WriteError):
                 self.writer.wait()  # what it had been given: last_checkpoint_step is current
             self._recover_after_failure()
