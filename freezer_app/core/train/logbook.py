@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from freezer_app.core.files import WriteError, write_text
 from freezer_app.core.run_folder import RunFolder, read_json_lines
+from freezer_app.core.train.trackers import Trackers
 from freezer_app.core.train.writer import BackgroundWriter
 
 Record = dict[str, Any] | Callable[[], dict[str, Any]]
@@ -29,38 +30,62 @@ class Logbook:
     training thread nothing. A record may be a dict or a function returning one (formatted
     there too)."""
 
-    def __init__(self, folder: RunFolder, writer: BackgroundWriter | None = None) -> None:
+    def __init__(
+        self,
+        folder: RunFolder,
+        writer: BackgroundWriter | None = None,
+        trackers: Trackers | None = None,
+    ) -> None:
         self.folder = folder
         self.writer = writer or BackgroundWriter()
+        self.trackers = trackers  # metrics.csv and TensorBoard (trackers.py)
         self._streams: dict[Path, IO[str]] = {}
 
-    def _append(self, path: Path, record: Record) -> None:
-        self.writer.submit(lambda: self._write(path, record))
+    def _append(
+        self, path: Path, record: Record, also: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.writer.submit(lambda: self._write(path, record, also))
 
-    def _write(self, path: Path, record: Record) -> None:
+    def _write(
+        self, path: Path, record: Record, also: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        data = record() if callable(record) else record
         try:
             stream = self._streams.get(path)
             if stream is None:
                 stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
                 self._streams[path] = stream
-            stream.write(json.dumps(record() if callable(record) else record) + "\n")
+            stream.write(json.dumps(data) + "\n")
+            if also is not None:
+                also(data)
         except OSError as e:
             raise _write_error(path, e) from None
 
-    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        self._append(
-            self.folder.metrics,
-            {"type": "step", "step": step, "epoch": epoch, "loss": loss, "lr": lr},
-        )
+    def _tracker(self, name: str) -> Callable[[dict[str, Any]], None] | None:
+        return getattr(self.trackers, name) if self.trackers is not None else None
+
+    def step(
+        self, step: int, epoch: int, loss: float, lr: float, lrs: dict[str, float] | None = None
+    ) -> None:
+        record: dict[str, Any] = {
+            "type": "step",
+            "step": step,
+            "epoch": epoch,
+            "loss": loss,
+            "lr": lr,
+        }
+        if lrs:
+            record["lrs"] = lrs  # each parameter group's (head, body, layer-decay groups)
+        self._append(self.folder.metrics, record, self._tracker("step"))
 
     def epoch(self, record: dict[str, Any]) -> None:
-        self._append(self.folder.metrics, {"type": "epoch", **record})
+        self._append(self.folder.metrics, {"type": "epoch", **record}, self._tracker("epoch"))
 
     def telemetry(self, record: Record) -> None:
-        self._append(self.folder.telemetry, record)
+        self._append(self.folder.telemetry, record, self._tracker("telemetry"))
 
     def frozen_check(self, record: dict[str, Any]) -> None:
-        self._append(self.folder.frozen_check, record)
+        self._append(self.folder.frozen_check, record, self._tracker("frozen_check"))
 
     def plan(self, record: dict[str, Any]) -> None:
         self._append(self.folder.plans, record)
@@ -81,6 +106,11 @@ class Logbook:
                     os.fsync(stream.fileno())
             except OSError as e:
                 raise _write_error(path, e) from None
+        if self.trackers is not None:
+            try:
+                self.trackers.flush()
+            except OSError as e:
+                raise _write_error(self.folder.path, e) from None
 
     def close(self) -> None:
         """Write what is queued, close the files and end the writer thread."""
@@ -94,6 +124,8 @@ class Logbook:
             with contextlib.suppress(OSError):  # already reported when it was written
                 stream.close()
         self._streams.clear()
+        if self.trackers is not None:
+            self.trackers.close()
 
     def truncate_after(self, step: int, epoch: int) -> None:
         """On resume: drop log lines written after the checkpoint, so nothing is counted twice."""
@@ -119,6 +151,8 @@ class Logbook:
                 continue
             kept = [json.dumps(r) for r in read_json_lines(path).records if keep(r)]
             write_text(path, "".join(line + "\n" for line in kept))
+        if self.trackers is not None:
+            self.trackers.resume_after(step)
 
 
 def _write_error(path: Path, e: OSError) -> WriteError:

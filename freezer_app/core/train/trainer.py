@@ -60,6 +60,7 @@ from freezer_app.core.train import checkpoint
 from freezer_app.core.train.distributed import Distributed, is_collective_error
 from freezer_app.core.train.logbook import Logbook, NullLogbook
 from freezer_app.core.train.setup import RunParts, is_oom, prepare, total_steps
+from freezer_app.core.train.trackers import Trackers
 from freezer_app.core.train.writer import BackgroundWriter
 from freezer_app.core.trust import CodeTrust
 
@@ -154,6 +155,7 @@ class Trainer:
         self.paused_seconds = 0.0  # in the current epoch: not counted as training time
         self._pending_losses: list[torch.Tensor] = []
         self._pending_lrs: list[float] = []
+        self._lr_scales: list[float] = [1.0]
         self._pending_steps: list[tuple[int, int]] = []
         self.current_plan = FreezePlan()
         self._entry_key: tuple[str, int] | None = None
@@ -252,6 +254,10 @@ class Trainer:
                 )
             )
         self.model, self.tree, self.report = parts.model, parts.tree, parts.report
+        self._lr_scales = sorted({group.lr_scale for group in parts.groups})
+        if self.main:
+            # Before a resume truncates the logs: the CSV and events follow them.
+            self.log.trackers = Trackers(self.folder, parts.layers.names)
         parts.features.emit = self._emit_after_start
         self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
 
@@ -971,12 +977,15 @@ class Trainer:
             record = telemetry.to_record(host[n:])
             self.log.telemetry(record.to_json)  # formatted on the writer thread
             self.emit(TelemetryEvent(record))
+        scales = self._lr_scales
         for value, lr, (step, epoch) in pending:
             if not math.isfinite(value):
                 raise _NonFiniteLoss(step, value)
             self.epoch_loss_sum += value
             self.epoch_loss_count += 1
-            self.log.step(step, epoch, value, lr)
+            # Each group's rate (head, body, layer-decay groups), by its multiplier.
+            lrs = {f"x{scale:g}": lr * scale for scale in scales} if len(scales) > 1 else None
+            self.log.step(step, epoch, value, lr, lrs)
             self.emit(StepEvent(step, epoch, value, lr, rate))
 
     @torch.no_grad()
