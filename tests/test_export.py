@@ -122,6 +122,7 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
         "bundle": run / "export" / "bundle",
         "pth": run / "export" / "model.pth",
         "torchscript": run / "export" / "model.torchscript.pt",
+        "pt2": run / "export" / "model.pt2",
         "onnx": run / "export" / "model.onnx",
         "code": run / "export" / "code",
     }
@@ -185,6 +186,11 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
         out["torchscript"] = diff(ts)
         out["torchscript_config"] = json.loads(extra["config.json"])
 
+        extra = {{"config.json": ""}}
+        program = torch.export.load({str(e / "model.pt2")!r}, extra_files=extra)
+        out["pt2"] = diff(program.module())
+        out["pt2_config"] = json.loads(extra["config.json"])
+
         try:
             import onnxruntime
         except ImportError:
@@ -205,13 +211,13 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
         print(json.dumps(out))
         """
     )
-    for fmt in ("bundle", "pth", "torchscript", "onnx"):
+    for fmt in ("bundle", "pth", "torchscript", "pt2", "onnx"):
         if out[fmt] is not None:  # onnx: None when onnxruntime is not installed
             assert out[fmt] < TOL, (fmt, out[fmt])
     assert out["labels"] == ["circles", "squares", "stripes"]
     assert out["input_size"] == [3, 32, 32]
     # Every single-file format describes itself: labels and preprocessing travel with it.
-    configs = [out["pth_config"], out["torchscript_config"]]
+    configs = [out["pth_config"], out["torchscript_config"], out["pt2_config"]]
     if out["onnx"] is not None:
         assert out["onnx_labels"] == out["labels"]
         configs.append(out["onnx_config"])

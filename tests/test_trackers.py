@@ -36,9 +36,7 @@ def test_every_run_writes_a_csv_and_tensorboard_events_that_survive_a_resume(
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     # The CSV is the metrics log, row for row, the resume's steps once each.
-    assert [(r["type"], int(r["step"])) for r in rows] == [
-        (m["type"], m["step"]) for m in metrics
-    ]
+    assert [(r["type"], int(r["step"])) for r in rows] == [(m["type"], m["step"]) for m in metrics]
     assert [int(r["step"]) for r in rows if r["type"] == "step"] == list(range(1, 17))
     assert float(rows[0]["loss"]) == pytest.approx(metrics[0]["loss"])
     epoch_rows = [r for r in rows if r["type"] == "epoch"]

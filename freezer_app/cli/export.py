@@ -1,4 +1,5 @@
-"""`freezer-app export RUN_DIR`: a bundle, pth, TorchScript, ONNX or the freeze plan as code."""
+"""`freezer-app export RUN_DIR`: a bundle, pth, TorchScript, torch.export (pt2), ONNX or the
+freeze plan as code."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from freezer_app.cli.common import EXIT_OK, add_trust_option, code_trust
 
 # As in core.export (spelled out so that building the parser imports no torch; a test checks
 # that they agree).
-EXPORT_FORMATS = ("bundle", "pth", "torchscript", "onnx", "code")
+EXPORT_FORMATS = ("bundle", "pth", "torchscript", "pt2", "onnx", "code")
 EXPORT_CHECKPOINTS = ("final", "best")
 
 

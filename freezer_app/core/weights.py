@@ -1,11 +1,24 @@
-"""Reading weight files safely and loading them into a model with clear errors."""
+"""Reading weight files safely and loading them into a model with clear errors.
+
+Besides plain state_dicts this reads other tools' training checkpoints as starting weights:
+timm's (`CheckpointSaver`: the weights under `state_dict`, the run's `argparse.Namespace` under
+`args`) and PyTorch Lightning's `.ckpt` (the LightningModule's `state_dict`, whose keys carry
+the attribute the model lives in, e.g. `model.`; `hyper_parameters` an `AttributeDict`). Both
+are still read with `weights_only=True`: only the few data-only containers they hold are
+allowed (`_SAFE_GLOBALS`), and a file naming any other class or function is refused.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import pickle
-from collections.abc import Iterator, Mapping
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,6 +29,36 @@ from freezer_app.core.errors import WeightsError
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # Wrappers that training scripts put around a state_dict.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "module", "ema")
+
+
+class _AsPlainDict:
+    """Stands in for a dict subclass that only adds attribute access (Lightning's
+    `AttributeDict`): unpickling "creates" one as a plain dict, which then receives the items.
+    Nothing of the named class is imported or run (Lightning need not be installed)."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> dict[Any, Any]:  # type: ignore[misc]
+        return {}
+
+
+# The only globals a weights file may name beyond torch's own weights_only allow-list: data
+# containers that run no code when rebuilt (NEWOBJ + BUILD/SETITEMS on a fresh instance).
+_AS_PLAIN_DICT = (
+    # Lightning >= 2: `lightning.fabric.utilities.data.AttributeDict` (also re-exported as
+    # `lightning.pytorch.utilities.parsing.AttributeDict`); the standalone packages'
+    # `lightning_fabric` and `pytorch_lightning` (< 2) spellings.
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+)
+_SAFE_GLOBALS: list[Any] = [
+    argparse.Namespace,  # timm's train.py saves its arguments in the checkpoint
+    *((_AsPlainDict, name) for name in _AS_PLAIN_DICT),
+]
+_safe_lock = threading.Lock()
+_safe_users = 0
+_safe_context: Any = None
+_UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -42,7 +85,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = _torch_load(path)
     return _unwrap(state, path)
 
 
@@ -62,12 +105,45 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
                 state = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
             return _unwrap_shapes(state, path)
         try:
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            loaded = _torch_load(path, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+            loaded = _torch_load(path)
     return {k: tuple(v.shape) for k, v in _unwrap(loaded, path).items()}
+
+
+def _torch_load(path: Path, mmap: bool = False) -> object:
+    """`torch.load(weights_only=True)` that also accepts the containers in `_SAFE_GLOBALS`.
+
+    Never falls back to full unpickling: any other global is refused (UnpicklingError)."""
+    with _safe_globals_allowed():
+        if mmap:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def _safe_globals_allowed() -> Iterator[None]:
+    """`torch.serialization.safe_globals(_SAFE_GLOBALS)`, shared by overlapping reads.
+
+    torch keeps the allow-list in one process-wide set, so one thread leaving the context
+    would take the entries away from another still reading; the entries are added by the
+    first reader in and removed by the last one out."""
+    global _safe_users, _safe_context
+    with _safe_lock:
+        if _safe_users == 0:
+            _safe_context = torch.serialization.safe_globals(_SAFE_GLOBALS)
+            _safe_context.__enter__()
+        _safe_users += 1
+    try:
+        yield
+    finally:
+        with _safe_lock:
+            _safe_users -= 1
+            if _safe_users == 0:
+                _safe_context.__exit__(None, None, None)
+                _safe_context = None
 
 
 def _existing(path: str | Path) -> Path:
@@ -83,8 +159,10 @@ def _read_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as e:
+        named = _UNSUPPORTED_GLOBAL.search(str(e))
+        what = f"Python objects ({named.group(1)})" if named else "Python objects"
         raise WeightsError(
-            f"{path.name} contains Python objects, not just tensors, and is not loaded "
+            f"{path.name} contains {what}, not just tensors, and is not loaded "
             "because unpickling it could run code.",
             "Save only the weights (torch.save(model.state_dict(), PATH)) or use .safetensors. "
             f"Detail: {str(e).splitlines()[0]}",
@@ -142,8 +220,11 @@ def load_weights(
     """Load `state` into `model` strictly, except for a classifier head of another size.
 
     Returns the head keys that were dropped (re-initialised for a new number of classes).
-    Any other missing, unexpected or mis-shaped key is an error naming those keys.
+    Any other missing, unexpected or mis-shaped key is an error naming those keys. Keys under
+    the attribute a wrapper kept the model in (Lightning's `model.`) are matched to the
+    model's own names first (`_model_names`).
     """
+    state = _model_names(model, state)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     dropped = check_fit(model, shapes, head_paths, source)
     state = {k: v for k, v in state.items() if k not in dropped}
@@ -160,6 +241,7 @@ def check_fit(
     """Whether weights with these names and shapes (`read_shapes`) fit `model`, as
     `load_weights` decides, without any tensor data: returns the head keys that would be
     dropped; raises WeightsError naming every other missing, unexpected or mis-shaped key."""
+    shapes = _model_names(model, shapes)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     in_head = lambda k: any(k == h or k.startswith(h + ".") for h in head_paths)
     dropped = [k for k, shape in shapes.items() if in_head(k) and k in own and shape != own[k]]
@@ -190,6 +272,48 @@ def check_fit(
             "Pick the model these weights were saved from, or train without them.",
         )
     return dropped
+
+
+_V = TypeVar("_V")
+
+
+def _model_names(model: nn.Module, state: Mapping[str, _V]) -> Mapping[str, _V]:
+    """`state` with the leading prefix removed that makes its keys the model's own names.
+
+    A wrapper's checkpoint names the model's tensors after the attribute it kept the model in
+    (a LightningModule's `self.model` gives `model.conv1.weight`; `net.`, `backbone.`,
+    `model.module.` likewise). Left as it is when its keys already are the model's names or
+    no prefix makes more of them so. A prefix shared by every key is removed from all; one
+    shared by only some keys is taken only when those keys then cover every tensor of the
+    model, and the other keys (the wrapper's own: a loss's buffers, an EMA copy) are left out.
+    """
+    own = set(model.state_dict())
+    if not state or all(k in own for k in state):
+        return state
+    needed = {k for k in own if not k.endswith("num_batches_tracked")}
+    best, best_hits = "", sum(k in own for k in state)
+    counts = _prefixes(state)
+    for prefix in sorted(counts, key=len):
+        shared = counts[prefix] == len(state)
+        if not shared and counts[prefix] < len(needed):
+            continue
+        renamed = {k[len(prefix) :] for k in state if k.startswith(prefix)}
+        hits = len(renamed & own)
+        if hits > best_hits and (shared or needed <= renamed):
+            best, best_hits = prefix, hits
+    if not best:
+        return state
+    return {k[len(best) :]: v for k, v in state.items() if k.startswith(best)}
+
+
+def _prefixes(keys: Iterable[str], depth: int = 3) -> Counter[str]:
+    """How many of `keys` start with each leading dotted part ("model.", "model.module."),
+    up to `depth` parts deep."""
+    found: Counter[str] = Counter()
+    for key in keys:
+        parts = key.split(".")[:-1]
+        found.update(".".join(parts[:i]) + "." for i in range(1, min(depth, len(parts)) + 1))
+    return found
 
 
 def _on_meta(model: nn.Module) -> bool:

@@ -6,6 +6,7 @@
 - ``pth``          the ``state_dict``, for ``torch.load(PATH, weights_only=True)``, with
                    ``MODEL.config.json`` beside it (labels, preprocessing)
 - ``torchscript``  a traced module, for ``torch.jit.load``; ``config.json`` as an extra file
+- ``pt2``          a torch.export ExportedProgram (dynamic batch), ``config.json`` as an extra file
 - ``onnx``         ONNX with a dynamic batch axis, validated with onnxruntime when installed;
                    ``labels`` and ``config`` in its metadata_props
 - ``code``         the freeze plan as a PyTorch snippet and as JSON (``formats.py``)
@@ -14,7 +15,7 @@
 when complete: a failed or cancelled export leaves nothing behind (a full disk or a denied write
 is an ``ExportWriteError``). ``force=True`` replaces only a previous export of the same kind: a
 folder Freezer wrote (marked by ``.freezer-export``) or a single regular file; any other target
-is refused (``replace_refusal``). pth, TorchScript, ONNX and bundle exports are reloaded and their
+is refused (``replace_refusal``). pth, TorchScript, pt2, ONNX and bundle exports are reloaded and their
 logits compared with the model's before they are put in place.
 """
 

@@ -41,13 +41,14 @@ from freezer_app.core.files import (
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import is_run_folder, read_json_lines, read_jsonl
 
-FORMATS: tuple[str, ...] = ("bundle", "pth", "torchscript", "onnx", "code")
+FORMATS: tuple[str, ...] = ("bundle", "pth", "torchscript", "pt2", "onnx", "code")
 CHECKPOINTS: tuple[str, ...] = ("final", "best")
 # Default names under RUN_DIR/export/ (with "-best" added for the best checkpoint).
 DEFAULT_NAMES = {
     "bundle": "bundle",
     "pth": "model.pth",
     "torchscript": "model.torchscript.pt",
+    "pt2": "model.pt2",
     "onnx": "model.onnx",
     "code": "code",
 }
@@ -55,6 +56,7 @@ FORMAT_TITLES = {
     "bundle": "Bundle for timm / torchvision (safetensors + config.json)",
     "pth": "PyTorch state_dict (.pth)",
     "torchscript": "TorchScript (.pt)",
+    "pt2": "torch.export program (.pt2)",
     "onnx": "ONNX (.onnx)",
     "code": "Freeze plan as code (.py + .json)",
 }
@@ -574,6 +576,7 @@ def _writer(fmt: str) -> Callable[..., ExportResult]:
         "bundle": bundle.export_bundle,
         "pth": formats.export_pth,
         "torchscript": formats.export_torchscript,
+        "pt2": formats.export_pt2,
         "onnx": formats.export_onnx,
         "code": formats.export_code,
     }[fmt]

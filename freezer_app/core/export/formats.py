@@ -234,6 +234,56 @@ def export_torchscript(src, out, force, progress, should_cancel) -> ExportResult
     )
 
 
+# ---------------------------------------------------------------------- torch.export
+def export_pt2(src, out, force, progress, should_cancel) -> ExportResult:
+    """torch.export's ExportedProgram with a dynamic batch axis (the successor of TorchScript),
+    with config.json as an extra file; reloaded with torch.export.load and compared."""
+    steps = Steps(3, progress, should_cancel)
+    model = copy.deepcopy(src.loaded.module).eval()
+    steps("exporting with torch.export")
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    try:
+        with quiet():
+            program = torch.export.export(
+                model, (example_input(src, 2),), dynamic_shapes=({0: batch},)
+            )
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ExportError(
+            f"torch.export cannot capture this model: {type(e).__name__}: {first}",
+            "Try the TorchScript, ONNX or bundle format instead.",
+        ) from None
+    steps("writing and reloading")
+    config = serving_config_json(src)
+    buffer = io.BytesIO()
+    with quiet():
+        torch.export.save(program, buffer, extra_files={"config.json": config})
+        data = buffer.getvalue()
+        extra = {"config.json": ""}
+        loaded = torch.export.load(io.BytesIO(data), extra_files=extra).module()
+    if json.loads(extra["config.json"]) != json.loads(config):
+        raise ExportError("The .pt2 file lost its config.json.", "Report this, please.")
+    check = example_input(src, 3, seed=1)  # another batch size than the one traced
+    diff = compare(logits_of(model, check), logits_of(loaded, check), "reloaded .pt2 program")
+    steps("finishing")
+    write_bytes(out, data)
+    steps.finish()
+    c, h, w = input_size(src)
+    return ExportResult(
+        "pt2",
+        str(out),
+        [str(out)],
+        [
+            f"ExportedProgram reloaded with torch.export.load(PATH).module() and checked on "
+            f"another batch size: max |diff| {diff:.2g}",
+            f"input batch x {c} x {h} x {w} (dynamic batch); labels and preprocessing in its "
+            'extra file config.json (torch.export.load(PATH, extra_files={"config.json": ""}))',
+        ],
+        validated=True,
+        max_abs_diff=diff,
+    )
+
+
 # ---------------------------------------------------------------------- ONNX
 def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     """Write ONNX with a dynamic batch axis: the TorchScript-based exporter (needs only the
