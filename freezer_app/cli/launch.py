@@ -21,7 +21,12 @@ from typing import Any
 
 from freezer_app.cli.common import EXIT_FAILED, err
 from freezer_app.core.errors import FreezerError
-from freezer_app.core.train.launcher import launch_env, torchrun_command
+from freezer_app.core.train.launcher import (
+    kill_job,
+    launch_env,
+    signal_workers,
+    torchrun_command,
+)
 
 # Set for the ranks this command starts: where rank 0 leaves its exit status.
 EXIT_FILE_ENV = "FREEZER_EXIT_FILE"
@@ -95,15 +100,6 @@ def worker_argv(argv: list[str], out: Path | None) -> list[str]:
     return kept
 
 
-def _children(pid: int) -> list[int]:
-    """The agent's worker processes (Linux); empty where /proc does not say."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 def run_torchrun(argv: list[str], processes: int, out: Path | None, resume: bool) -> int:
     """Run `train` in `processes` ranks through torchrun; rank 0's exit status."""
     with tempfile.TemporaryDirectory(prefix="freezer-launch-") as tmp:
@@ -125,22 +121,24 @@ def run_torchrun(argv: list[str], processes: int, out: Path | None, resume: bool
         received: list[int] = []
 
         def on_signal(signum: int, frame: Any) -> None:
+            if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+                # The terminal closed: writing to it now fails (EIO).
+                devnull = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+                sys.stdout = sys.stderr = devnull
             if received and signum == signal.SIGINT:
-                err("aborting all processes")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    err("aborting all processes")
+                kill_job(proc.pid)
                 return
             received.append(signum)
-            name = signal.Signals(signum).name
-            err(
-                f"{name}: every process stops after this step and a checkpoint is saved "
-                "(Ctrl-C again to abort)"
-            )
-            # The workers themselves: torchrun's agent would give them only 30 s to finish.
-            targets = _children(proc.pid) or [proc.pid]
-            for pid in targets:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                err(
+                    f"{signal.Signals(signum).name}: every process stops after this step and "
+                    "a checkpoint is saved (Ctrl-C again to abort)"
+                )
+            # The workers themselves, with the same signal (130 for Ctrl-C, 143 for SIGTERM):
+            # torchrun's agent would give them only 30 s to finish.
+            signal_workers(proc.pid, signum)
 
         handled = [signal.SIGINT, signal.SIGTERM] + (
             [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []

@@ -426,6 +426,9 @@ def _train(
 def _report(args: argparse.Namespace, result: Any, received: list[int], main: bool) -> int:
     """Print the summary (rank 0 only under torch.distributed); the exit status."""
     if not main:
+        if result.reason == "error" and result.message:
+            # Rank 0 may be ended by torchrun before it can say why (nccl): say it here too.
+            err(f"rank {os.environ.get('RANK', '?')}: error: {result.message}")
         return EXIT_FAILED if result.reason == "error" else EXIT_OK
     if args.json:
         print(json.dumps(result.__dict__, indent=2))

@@ -12,7 +12,6 @@ passes Pause, Stop and plan edits back to it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -185,8 +184,7 @@ class TrainingWorker(QObject):
                 try:
                     proc.wait(timeout=120)
                 except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, 9)
+                    launcher.kill_job(proc.pid)
                     proc.wait()
             self._flush()
             if setup_failed is not None:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 import threading
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
@@ -37,7 +38,9 @@ class EventStream:
 
     def __init__(self, conn: Connection, control: RunControl | None = None) -> None:
         self.conn = conn
-        self.control = control
+        self._control = control
+        self._pending: list[tuple] = []  # commands that came before the run had a control
+        self._control_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="freezer-commands", daemon=True)
         self._reader.start()
@@ -50,6 +53,21 @@ class EventStream:
         host, port = address.rsplit(":", 1)
         key = bytes.fromhex(os.environ[KEY_ENV])
         return cls(Client((host, int(port)), authkey=key))
+
+    @property
+    def control(self) -> RunControl | None:
+        return self._control
+
+    @control.setter
+    def control(self, control: RunControl | None) -> None:
+        """The run's control: commands received before it existed (a Stop pressed while the
+        processes started) are applied to it now."""
+        with self._control_lock:
+            self._control = control
+            pending, self._pending = self._pending, []
+        if control is not None:
+            for command in pending:
+                _apply(control, command)
 
     def send(self, event: Any) -> None:
         try:
@@ -68,22 +86,28 @@ class EventStream:
                 if self.control is not None:
                     self.control.stop()  # the window closed the connection
                 return
-            control = self.control
-            if control is None:
-                continue
-            kind = command[0]
-            if kind == "stop":
-                control.stop()
-            elif kind == "pause":
-                control.pause()
-            elif kind == "resume":
-                control.resume()
-            elif kind == "plan":
-                control.set_plan(FreezePlan.from_dict(command[1]))
+            with self._control_lock:
+                control = self._control
+                if control is None:
+                    self._pending.append(command)
+                    continue
+            _apply(control, command)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.close()
+
+
+def _apply(control: RunControl, command: tuple) -> None:
+    kind = command[0]
+    if kind == "stop":
+        control.stop()
+    elif kind == "pause":
+        control.pause()
+    elif kind == "resume":
+        control.resume()
+    elif kind == "plan":
+        control.set_plan(FreezePlan.from_dict(command[1]))
 
 
 class EventListener:
@@ -103,8 +127,13 @@ class EventListener:
 
     def _accept(self) -> None:
         try:
-            self.conn = self.listener.accept()
-        except BaseException as e:  # closed before anyone connected, or a bad handshake
+            while True:
+                try:
+                    self.conn = self.listener.accept()
+                    return
+                except AuthenticationError:
+                    continue  # another local process without the key: wait for rank 0
+        except BaseException as e:  # the listener was closed
             self._error = e
         finally:
             self._accepted.set()

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from pathlib import Path
 
 
 def torchrun_command(argv: list[str], processes: int) -> list[str]:
@@ -36,3 +39,29 @@ def processes_for(device: str) -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def workers_of(agent: int) -> list[int]:
+    """torchrun's worker processes (Linux /proc); empty where the system does not say. They
+    run in sessions of their own, so signalling the agent's group does not reach them."""
+    try:
+        text = Path(f"/proc/{agent}/task/{agent}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def signal_workers(agent: int, signum: int) -> None:
+    """Each worker gets `signum` itself (its handler stops the run at the next step); the
+    agent, where the workers cannot be found, SIGTERM (it passes that on, allowing 30 s)."""
+    workers = workers_of(agent)
+    for pid in workers or [agent]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum if workers else signal.SIGTERM)
+
+
+def kill_job(agent: int) -> None:
+    """SIGKILL the workers and the agent: nothing of the job keeps holding a GPU."""
+    for pid in [*workers_of(agent), agent]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

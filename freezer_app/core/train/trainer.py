@@ -823,7 +823,8 @@ class Trainer:
                 # calls it at least every half second, far inside the collectives' timeout.
                 if self.main:
                     control.wait_while_paused(0.5 if self.dist else 0.1)
-                stop, paused, plan = self._commands()
+                stop, paused, newer = self._commands()
+                plan = newer or plan  # one taken before the pause is kept
             self.paused_seconds += time.monotonic() - paused_at
             if stop:
                 raise _StopRequested
