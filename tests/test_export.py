@@ -124,6 +124,7 @@ def test_every_format_reloads_in_a_fresh_process(run: Path, demo_data: Path) -> 
         "torchscript": run / "export" / "model.torchscript.pt",
         "pt2": run / "export" / "model.pt2",
         "onnx": run / "export" / "model.onnx",
+        "triton": run / "export" / "triton",
         "code": run / "export" / "code",
     }
     bundle = run / "export" / "bundle"
@@ -595,3 +596,33 @@ def test_a_bundle_is_hub_ready_and_names_no_local_path(run: Path, tmp_path: Path
     assert 'timm.create_model("local-dir:.", pretrained=True)' in card and "hf-hub:" in card
     training = json.loads((bundle / "training.json").read_text())
     assert training["run"] == run.name and training["data"]["path"] == "data"
+
+
+def test_triton_repository_is_served_as_it_is(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    result = export(run, "triton", out)
+    folder = out / result.files[0].split("/")[-2]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [".freezer-export"]
+        + [f"{folder.name}/{f}" for f in ("config.pbtxt", "labels.txt", "1/model.onnx")]
+    )
+    config = (folder / "config.pbtxt").read_text()
+    # What Triton's onnxruntime backend needs: the name matching the folder, the backend, the
+    # tensor names, types and shapes of the ONNX file, and the labels file for classification.
+    assert f'name: "{folder.name}"' in config and 'backend: "onnxruntime"' in config
+    assert re.search(r'name: "input"\s+data_type: TYPE_FP32\s+dims: \[ 3, 32, 32 \]', config)
+    assert re.search(r'name: "logits"\s+data_type: TYPE_FP32\s+dims: \[ 3 \]', config)
+    assert 'label_filename: "labels.txt"' in config and "max_batch_size: 64" in config
+    labels = (folder / "labels.txt").read_text().splitlines()
+    assert labels == ["circles", "squares", "stripes"]
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"))
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, outp.name) == ("input", "logits")
+    x = torch.randn(5, 3, 32, 32).numpy()  # a batch size Triton's batcher may send
+    assert session.run(None, {"input": x})[0].shape == (5, 3)
+    # Replaced with --force as any folder export Freezer wrote; a stray file stops it.
+    export(run, "triton", out, force=True)
+    (folder / "1" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="notes.txt"):
+        export(run, "triton", out, force=True)

@@ -11,7 +11,7 @@ from freezer_app.cli.common import EXIT_OK, add_trust_option, code_trust
 
 # As in core.export (spelled out so that building the parser imports no torch; a test checks
 # that they agree).
-EXPORT_FORMATS = ("bundle", "pth", "torchscript", "pt2", "onnx", "code")
+EXPORT_FORMATS = ("bundle", "pth", "torchscript", "pt2", "onnx", "triton", "code")
 EXPORT_CHECKPOINTS = ("final", "best")
 
 

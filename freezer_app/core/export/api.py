@@ -41,7 +41,7 @@ from freezer_app.core.files import (
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import is_run_folder, read_json_lines, read_jsonl
 
-FORMATS: tuple[str, ...] = ("bundle", "pth", "torchscript", "pt2", "onnx", "code")
+FORMATS: tuple[str, ...] = ("bundle", "pth", "torchscript", "pt2", "onnx", "triton", "code")
 CHECKPOINTS: tuple[str, ...] = ("final", "best")
 # Default names under RUN_DIR/export/ (with "-best" added for the best checkpoint).
 DEFAULT_NAMES = {
@@ -50,6 +50,7 @@ DEFAULT_NAMES = {
     "torchscript": "model.torchscript.pt",
     "pt2": "model.pt2",
     "onnx": "model.onnx",
+    "triton": "triton",
     "code": "code",
 }
 FORMAT_TITLES = {
@@ -58,6 +59,7 @@ FORMAT_TITLES = {
     "torchscript": "TorchScript (.pt)",
     "pt2": "torch.export program (.pt2)",
     "onnx": "ONNX (.onnx)",
+    "triton": "Triton model repository (ONNX + config.pbtxt)",
     "code": "Freeze plan as code (.py + .json)",
 }
 
@@ -295,7 +297,7 @@ def _check_format(fmt: str) -> None:
 
 
 def is_folder_export(fmt: str, out: str | Path) -> bool:
-    return fmt == "bundle" or (fmt == "code" and Path(out).suffix != ".py")
+    return fmt in ("bundle", "triton") or (fmt == "code" and Path(out).suffix != ".py")
 
 
 def write_marker(folder: Path, fmt: str, files: list[str]) -> None:
@@ -344,12 +346,19 @@ def _not_our_folder(fmt: str, folder: Path) -> str | None:
     if marker["format"] != fmt:
         return f"holds a Freezer {marker['format']} export, not a {fmt} one"
     listed = {str(f) for f in marker["files"]} | {MARKER}
-    extra = [
-        e
-        for e in entries
-        if e not in OS_LITTER
-        and (e not in listed or (folder / e).is_symlink() or not (folder / e).is_file())
-    ]
+    extra = []
+    # Every file below it (a Triton repository nests NAME/1/model.onnx) must be one it listed.
+    for root, dirs, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for d in dirs:
+            if (Path(root) / d).is_symlink():
+                extra.append(str(base / d))
+        for f in files:
+            rel = (base / f).as_posix()
+            if f in OS_LITTER:
+                continue
+            if rel not in listed or (Path(root) / f).is_symlink():
+                extra.append(rel)
     if extra:
         return (
             f"is a {fmt} export Freezer wrote, but it now also holds what Freezer did not "
@@ -578,5 +587,6 @@ def _writer(fmt: str) -> Callable[..., ExportResult]:
         "torchscript": formats.export_torchscript,
         "pt2": formats.export_pt2,
         "onnx": formats.export_onnx,
+        "triton": formats.export_triton,
         "code": formats.export_code,
     }[fmt]

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -348,40 +349,115 @@ def _describe_onnx(path: Path, src: ExportSource) -> None:
     onnx.save(model, str(path))
 
 
+def _write_onnx(src: ExportSource, model: nn.Module, path: Path, steps: Steps) -> tuple:
+    """ONNX of `model` at `path`, described (metadata_props) and run with onnxruntime when it
+    is installed. Returns (notes, validated, max |diff|)."""
+    notes: list[str] = []
+    validated, diff = False, None
+    steps("exporting to ONNX")
+    how = _onnx_export(model, example_input(src, 2), path)
+    _describe_onnx(path, src)
+    steps("validating with onnxruntime")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            check = example_input(src, 3, seed=1)
+            got = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
+        except Exception as e:
+            raise ExportError(
+                f"onnxruntime cannot run the exported model: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}",
+                "Nothing was written. Try the TorchScript or bundle format instead.",
+            ) from None
+        diff = compare(logits_of(model, check), torch.from_numpy(got).float(), "ONNX model")
+        validated = True
+        notes.append(f"ONNX validated with onnxruntime on a batch of 3: max |diff| {diff:.2g}")
+    else:
+        notes.append(f"not validated: onnxruntime is not installed ({ONNX_HINT})")
+    c, h, w = input_size(src)
+    notes.append(f"input 'input' (batch x {c} x {h} x {w}, dynamic batch), output 'logits'; {how}")
+    return notes, validated, diff
+
+
 def export_onnx(src, out, force, progress, should_cancel) -> ExportResult:
     steps = Steps(3, progress, should_cancel)
     model = copy.deepcopy(src.loaded.module).eval()
-    notes = []
-    validated, diff = False, None
     with atomic_path(out) as tmp:
-        steps("exporting to ONNX")
-        how = _onnx_export(model, example_input(src, 2), tmp)
-        _describe_onnx(tmp, src)
-        steps("validating with onnxruntime")
-        if importlib.util.find_spec("onnxruntime") is not None:
-            import onnxruntime
-
-            try:
-                session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-                check = example_input(src, 3, seed=1)
-                got = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
-            except Exception as e:
-                raise ExportError(
-                    f"onnxruntime cannot run the exported model: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}",
-                    "Nothing was written. Try the TorchScript or bundle format instead.",
-                ) from None
-            diff = compare(logits_of(model, check), torch.from_numpy(got).float(), "ONNX model")
-            validated = True
-            notes.append(f"ONNX validated with onnxruntime on a batch of 3: max |diff| {diff:.2g}")
-        else:
-            notes.append(f"not validated: onnxruntime is not installed ({ONNX_HINT})")
+        notes, validated, diff = _write_onnx(src, model, tmp, steps)
         steps("finishing")
     steps.finish()
-    c, h, w = input_size(src)
-    notes.append(f"input 'input' (batch x {c} x {h} x {w}, dynamic batch), output 'logits'; {how}")
     notes.append("labels and preprocessing in its metadata_props: 'labels' (JSON list), 'config'")
     return ExportResult("onnx", str(out), [str(out)], notes, validated=validated, max_abs_diff=diff)
+
+
+# ---------------------------------------------------------------------- Triton
+TRITON_MAX_BATCH = 64
+
+
+def triton_name(src: ExportSource) -> str:
+    """The model's name in the repository: letters, digits, - and _ only."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", src.name or src.loaded.spec.name).strip("_")
+    return name or "model"
+
+
+def triton_config(src: ExportSource, name: str) -> str:
+    """config.pbtxt for Triton's onnxruntime backend: FP32 NCHW input, logits with labels."""
+    c, h, w = input_size(src)
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            'backend: "onnxruntime"',
+            f"max_batch_size: {TRITON_MAX_BATCH}",
+            "input [",
+            "  {",
+            '    name: "input"',
+            "    data_type: TYPE_FP32",
+            f"    dims: [ {c}, {h}, {w} ]",
+            "  }",
+            "]",
+            "output [",
+            "  {",
+            '    name: "logits"',
+            "    data_type: TYPE_FP32",
+            f"    dims: [ {src.loaded.num_classes} ]",
+            '    label_filename: "labels.txt"',
+            "  }",
+            "]",
+            "dynamic_batching { }",
+            "",
+        ]
+    )
+
+
+def export_triton(src, out, force, progress, should_cancel) -> ExportResult:
+    """A Triton model repository: NAME/config.pbtxt, NAME/labels.txt, NAME/1/model.onnx."""
+    steps = Steps(4, progress, should_cancel)
+    model = copy.deepcopy(src.loaded.module).eval()
+    name = triton_name(src)
+    files = [f"{name}/config.pbtxt", f"{name}/labels.txt", f"{name}/1/model.onnx"]
+    with atomic_dir(out, replace=force) as tmp:
+        (tmp / name / "1").mkdir(parents=True)
+        notes, validated, diff = _write_onnx(src, model, tmp / name / "1" / "model.onnx", steps)
+        steps("writing config.pbtxt and labels.txt")
+        write_text(tmp / name / "config.pbtxt", triton_config(src, name))
+        write_text(tmp / name / "labels.txt", "".join(f"{label}\n" for label in src.label_names))
+        write_marker(tmp, "triton", files)
+        check_targets("triton", out, force)  # again, just before the swap
+    steps.finish()
+    notes.append(
+        f"serve it with: tritonserver --model-repository {out} (model '{name}', "
+        f"onnxruntime backend, batches up to {TRITON_MAX_BATCH}, labels in labels.txt)"
+    )
+    return ExportResult(
+        "triton",
+        str(out),
+        [str(out / f) for f in files],
+        notes,
+        validated=validated,
+        max_abs_diff=diff,
+    )
 
 
 # ---------------------------------------------------------------------- code
