@@ -1,10 +1,13 @@
 """`freezer-app`: the command line, one module per command. With no arguments it opens the
-desktop app. Building the parser imports neither torch nor Qt, so `--help` is instant."""
+desktop app, and `freezer-app PROJECT.json` opens that project in it (as a file manager does
+through the desktop entry). Building the parser imports neither torch nor Qt, so `--help` is
+instant."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from freezer_app import __version__
 from freezer_app.cli import (
@@ -14,6 +17,7 @@ from freezer_app.cli import (
     export,
     gui,
     inspect,
+    install_desktop,
     models,
     push,
     schema,
@@ -41,14 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_parser(sub)
     gui.add_parser(sub)
     schema.add_parser(sub)
+    install_desktop.add_parser(sub)
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+
+
+def opens_project(argv: list[str], commands: set[str]) -> bool:
+    """True when the first argument is an existing `.json` file rather than a command: the
+    window opens it, as `freezer-app gui PROJECT.json` would."""
+    first = argv[0] if argv else ""
+    if not first or first.startswith("-") or first in commands:
+        return False
+    return first.lower().endswith(".json") and Path(first).is_file()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    if not argv:
-        argv = ["gui"]
+    if not argv or opens_project(argv, _commands(parser)):
+        argv = ["gui", *argv]
     args = parser.parse_args(argv)
     args.argv = list(argv)  # `train --nproc-per-node` hands the same command to its processes
     if not getattr(args, "func", None):

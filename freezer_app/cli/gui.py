@@ -1,10 +1,13 @@
 """`freezer-app gui [PROJECT | --demo]`: the desktop app (the default with no arguments);
-`--screenshot FILE` renders the window offscreen, after training through the Train action."""
+`--screenshot FILE` renders the window offscreen, after training through the Train action.
+`launch` is the `freezer-app-gui` script (no console window on Windows) that the desktop entry
+runs with the file it was given."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from freezer_app.core.errors import FreezerError
@@ -58,3 +61,11 @@ def run(args: argparse.Namespace) -> int:
         tab=args.tab,
         trust_code=args.trust_code,
     )
+
+
+def launch(argv: list[str] | None = None) -> int:
+    """`freezer-app-gui [PROJECT.json] [gui options]`: the window, as `freezer-app gui`."""
+    from freezer_app.cli import main
+
+    argv = sys.argv[1:] if argv is None else argv
+    return main(["gui", *argv])
