@@ -466,3 +466,24 @@ def test_opening_a_run_folder_as_the_model_continues_from_its_weights(
     assert "weights: model.safetensors" in window.model_panel.current.text()
     again = _train(window, qtbot)
     assert again.reason == "completed"
+
+
+def test_the_export_dialog_browses_for_a_folder_for_folder_formats(qtbot, monkeypatch) -> None:
+    from PySide6.QtWidgets import QFileDialog, QPushButton
+
+    from freezer_app.gui.export_dialog import ExportDialog
+
+    asked: list[str] = []
+    monkeypatch.setattr(
+        QFileDialog, "getExistingDirectory", lambda *a, **k: asked.append("folder") or "/tmp/x"
+    )
+    monkeypatch.setattr(
+        QFileDialog, "getSaveFileName", lambda *a, **k: (asked.append("file") or "/tmp/y", "")
+    )
+    dialog = ExportDialog(None)
+    qtbot.addWidget(dialog)
+    browse_out = [b for b in dialog.findChildren(QPushButton) if b.text() == "Browse…"][-1]
+    for fmt, kind in (("triton", "folder"), ("bundle", "folder"), ("pt2", "file")):
+        dialog.format.setCurrentIndex(dialog.format.findData(fmt))
+        browse_out.click()
+        assert asked[-1] == kind, fmt

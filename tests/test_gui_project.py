@@ -506,11 +506,17 @@ def test_save_as_adds_json_and_a_failed_start_keeps_the_last_plots(
     from PySide6.QtWidgets import QFileDialog
 
     w = make_window(make_project(demo_data, epochs=1))
-    monkeypatch.setattr(
-        QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "digits"), "")
-    )
+    suggested: list[str] = []
+
+    def save_dialog(parent, title, start, *rest):
+        suggested.append(start)
+        return str(tmp_path / "digits"), ""
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_dialog)
     w.act_save_as.trigger()
     assert (tmp_path / "digits.json").is_file() and w.project_path == tmp_path / "digits.json"
+    # A new project is offered as *.freezer.json: the file type the desktop entry opens.
+    assert suggested[0].endswith("project.freezer.json")
     finished: list = []
     w.runFinished.connect(finished.append)
     w.act_train.trigger()

@@ -134,7 +134,7 @@ class ExportDialog(QDialog):
             self.source.setText(folder)
 
     def _browse_out(self) -> None:
-        if self.fmt() in ("bundle", "code"):
+        if self.fmt() in ("bundle", "code", "triton"):  # exports that are folders
             path = QFileDialog.getExistingDirectory(self, "Export to folder", self.out.text())
         else:
             path, _ = QFileDialog.getSaveFileName(self, "Export to file", self.out.text())

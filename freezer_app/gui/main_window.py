@@ -434,7 +434,8 @@ class MainWindow(QMainWindow):
         return self._write_project(self.project_path)
 
     def save_project_as(self) -> bool:
-        start = str(self.project_path or Path(self._last_dir("project")) / "project.json")
+        # *.freezer.json: the name the desktop entry's file type claims (install-desktop).
+        start = str(self.project_path or Path(self._last_dir("project")) / "project.freezer.json")
         path, _ = QFileDialog.getSaveFileName(
             self, "Save project", start, "Freezer project (*.json)"
         )
