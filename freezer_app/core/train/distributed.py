@@ -21,6 +21,7 @@ CUDA tensors when CUDA is present.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, TypeVar
 
@@ -90,10 +91,9 @@ class Distributed:
         if not dist.is_initialized():
             return
         if together:
-            try:
+            # A rank lost at the very end: leave all the same.
+            with contextlib.suppress(Exception):
                 dist.barrier()
-            except Exception:  # a rank lost at the very end: leave all the same
-                together = False
         dist.destroy_process_group()
 
     # ---------------------------------------------------------------- failures
