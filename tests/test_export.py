@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_project
@@ -35,6 +36,7 @@ from freezer_app.core.export import (
     export,
 )
 from freezer_app.core.export import bundle as bundle_mod
+from freezer_app.core.export.api import open_source
 from freezer_app.core.files import WriteError
 from freezer_app.core.freeze import FreezePlan, apply_plan
 from freezer_app.core.train import Trainer
@@ -537,27 +539,47 @@ def test_onnx_notes_without_onnxruntime_or_onnx(
     assert _leftovers(tmp_path) == ["m.onnx"]
 
 
-def test_onnx_falls_back_to_the_newer_exporter(
-    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_onnx_uses_the_newer_exporter_with_dynamic_size_and_falls_back(
+    run: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    # The default: torch.export's exporter, batch, height and width dynamic, checked at two sizes.
+    result = export(run, "onnx", tmp_path / "m.onnx")
+    assert result.validated and result.max_abs_diff < TOL
+    notes = "\n".join(result.notes)
+    assert "(dynamic batch, height, width)" in notes and "torch.export-based exporter" in notes
+    assert "also matches at" in notes
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    assert [isinstance(d, str) for d in session.get_inputs()[0].shape] == [True, False, True, True]
+    src = open_source(run)
+    with torch.no_grad():
+        x = torch.rand(2, 3, 48, 80)
+        expected = src.loaded.module.eval()(x)
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected.numpy()).max() < TOL
+
+    # Without onnxscript: the TorchScript-based exporter (dynamic batch only), and it says why.
+    real = importlib.util.find_spec
+    no_onnxscript = lambda n, *a: None if n == "onnxscript" else real(n, *a)
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", no_onnxscript)
+        old = export(run, "onnx", tmp_path / "old.onnx")
+    assert old.validated and "(dynamic batch)" in "\n".join(old.notes)
+    assert "TorchScript-based exporter (onnxscript is not installed" in "\n".join(old.notes)
+
     # test_vit trained at 32 px resamples its position embedding with an antialiased bicubic
-    # filter that the TorchScript-based exporter cannot express.
+    # filter that only the newer exporter expresses: without onnxscript, a clear message.
     Trainer(
         make_project(demo_data, epochs=1, max_steps=1, model="timm:test_vit"), tmp_path / "vit"
     ).run()
-    real = importlib.util.find_spec
     with monkeypatch.context() as m:
-        m.setattr(
-            importlib.util, "find_spec", lambda n, *a: None if n == "onnxscript" else real(n, *a)
-        )
+        m.setattr(importlib.util, "find_spec", no_onnxscript)
         with pytest.raises(ExportError, match=r"(?s)ONNX export failed.*pip install onnxscript"):
             export(tmp_path / "vit", "onnx", tmp_path / "vit.onnx")
     assert not (tmp_path / "vit.onnx").exists()
-    if real("onnxscript") is None:
-        pytest.skip("onnxscript is not installed")
-    result = export(tmp_path / "vit", "onnx", tmp_path / "vit.onnx")
-    assert result.validated and result.max_abs_diff < TOL
-    assert "torch.export-based exporter" in result.notes[-1]
+    vit = export(tmp_path / "vit", "onnx", tmp_path / "vit.onnx")
+    assert vit.validated and vit.max_abs_diff < TOL
 
 
 # ---------------------------------------------------------------------- CLI

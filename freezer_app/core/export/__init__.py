@@ -7,8 +7,10 @@
                    ``MODEL.config.json`` beside it (labels, preprocessing)
 - ``torchscript``  a traced module, for ``torch.jit.load``; ``config.json`` as an extra file
 - ``pt2``          a torch.export ExportedProgram (dynamic batch), ``config.json`` as an extra file
-- ``onnx``         ONNX with a dynamic batch axis, validated with onnxruntime when installed;
-                   ``labels`` and ``config`` in its metadata_props
+- ``onnx``         ONNX by torch.export's exporter (dynamic batch, and height/width where the
+                   model allows; the TorchScript-based exporter as the fallback), validated
+                   with onnxruntime when installed; ``labels`` and ``config`` in metadata_props
+- ``triton``       a Triton model repository (config.pbtxt, labels.txt, 1/model.onnx)
 - ``code``         the freeze plan as a PyTorch snippet and as JSON (``formats.py``)
 
 ``api.export`` is the entry point. Every export is written under a temporary name and renamed

@@ -286,15 +286,40 @@ def export_pt2(src, out, force, progress, should_cancel) -> ExportResult:
 
 
 # ---------------------------------------------------------------------- ONNX
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """Write ONNX with a dynamic batch axis: the TorchScript-based exporter (needs only the
-    onnx package), or torch.export's when that fails and onnxscript is installed."""
+    """Write ONNX: torch.export's (dynamo) exporter when onnxscript is installed, with a dynamic
+    batch and, where the model allows, dynamic height and width (Dim.AUTO keeps an axis static
+    when the model needs it, instead of failing); the TorchScript-based exporter (dynamic batch
+    only, deprecated in torch 2.x) as the fallback. Returns which exporter wrote it, and why."""
     if importlib.util.find_spec("onnx") is None:
         raise ExportError(
             "ONNX export needs the onnx package, which is not installed.",
             f"Install it with: {ONNX_HINT}",
         )
     names = {"input_names": ["input"], "output_names": ["logits"]}
+    newer_failed = ""
+    if importlib.util.find_spec("onnxscript") is not None:
+        auto = torch.export.Dim.AUTO
+        try:
+            with quiet():
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(path),
+                    dynamo=True,
+                    external_data=False,
+                    dynamic_shapes=({0: auto, 2: auto, 3: auto},),
+                    **names,
+                )
+            return "torch.export-based exporter"
+        except Exception as e:
+            if io_errno(e) is not None:
+                raise  # the file could not be written (disk full...): not the exporter's fault
+            newer_failed = _first_line(e)
     try:
         with quiet(), _native_stderr_silenced():
             torch.onnx.export(
@@ -305,37 +330,42 @@ def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                 **names,
             )
-        return "TorchScript-based exporter"
     except Exception as legacy:
         if io_errno(legacy) is not None:
-            raise  # the file could not be written (disk full...): not the exporter's fault
-        first = f"{type(legacy).__name__}: {str(legacy).splitlines()[0] if str(legacy) else ''}"
-        if importlib.util.find_spec("onnxscript") is None:
-            raise ExportError(
-                f"ONNX export failed: {first}",
-                "The newer exporter may handle this model: pip install onnxscript, then try again.",
-            ) from None
-    try:
-        batch = torch.export.Dim("batch", min=1)
-        with quiet():
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=True,
-                external_data=False,
-                dynamic_shapes=({0: batch},),
-                **names,
-            )
-        return "torch.export-based exporter"
-    except Exception as e:
-        if io_errno(e) is not None:
             raise
+        if not newer_failed:
+            raise ExportError(
+                f"ONNX export failed: {_first_line(legacy)}",
+                "The newer exporter may handle this model: pip install onnxscript (or "
+                f"{ONNX_HINT}), then try again.",
+            ) from None
         raise ExportError(
-            f"ONNX export failed with both exporters: {first}; then "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            f"ONNX export failed with both exporters: {newer_failed}; then {_first_line(legacy)}",
             "Try the TorchScript or bundle format instead.",
         ) from None
+    if newer_failed:
+        return f"TorchScript-based exporter (the torch.export-based one failed: {newer_failed})"
+    return f"TorchScript-based exporter (onnxscript is not installed: {ONNX_HINT})"
+
+
+def onnx_input_shape(path: Path) -> list[int | str]:
+    """The input's dimensions as the file declares them: a number, or a symbol when dynamic."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def describe_shape(shape: list[int | str]) -> str:
+    """'batch x 3 x H x W (dynamic batch, height, width)' from onnx_input_shape()."""
+    axes = ("batch", "channels", "height", "width")
+    dynamic = [axes[i] for i, d in enumerate(shape) if isinstance(d, str) and i < len(axes)]
+    shown = " x ".join(
+        (("batch", "C", "H", "W")[i] if i < 4 else str(d)) if isinstance(d, str) else str(d)
+        for i, d in enumerate(shape)
+    )
+    return f"{shown} (dynamic {', '.join(dynamic)})" if dynamic else f"{shown} (static)"
 
 
 def _describe_onnx(path: Path, src: ExportSource) -> None:
@@ -351,34 +381,57 @@ def _describe_onnx(path: Path, src: ExportSource) -> None:
 
 def _write_onnx(src: ExportSource, model: nn.Module, path: Path, steps: Steps) -> tuple:
     """ONNX of `model` at `path`, described (metadata_props) and run with onnxruntime when it
-    is installed. Returns (notes, validated, max |diff|)."""
+    is installed: on a batch of 3 and, when height and width are dynamic, at a second size too.
+    Returns (notes, validated, max |diff|)."""
     notes: list[str] = []
     validated, diff = False, None
     steps("exporting to ONNX")
     how = _onnx_export(model, example_input(src, 2), path)
     _describe_onnx(path, src)
+    shape = onnx_input_shape(path)
     steps("validating with onnxruntime")
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
+        check = example_input(src, 3, seed=1)
         try:
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            check = example_input(src, 3, seed=1)
             got = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
         except Exception as e:
             raise ExportError(
-                f"onnxruntime cannot run the exported model: {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}",
+                f"onnxruntime cannot run the exported model: {_first_line(e)}",
                 "Nothing was written. Try the TorchScript or bundle format instead.",
             ) from None
         diff = compare(logits_of(model, check), torch.from_numpy(got).float(), "ONNX model")
         validated = True
         notes.append(f"ONNX validated with onnxruntime on a batch of 3: max |diff| {diff:.2g}")
+        if len(shape) == 4 and isinstance(shape[2], str) and isinstance(shape[3], str):
+            notes.append(_check_other_size(model, session, check))
     else:
         notes.append(f"not validated: onnxruntime is not installed ({ONNX_HINT})")
-    c, h, w = input_size(src)
-    notes.append(f"input 'input' (batch x {c} x {h} x {w}, dynamic batch), output 'logits'; {how}")
+    notes.append(f"input 'input' ({describe_shape(shape)}), output 'logits'; {how}")
     return notes, validated, diff
+
+
+def _check_other_size(model: nn.Module, session: Any, check: torch.Tensor) -> str:
+    """A dynamic height/width is only a promise until the file runs at another size and
+    matches the model there."""
+    h, w = check.shape[2], check.shape[3]
+    other = torch.nn.functional.interpolate(check, size=(h + 32, w + 32), mode="bilinear")
+    try:
+        expected = logits_of(model, other)
+    except Exception:
+        return f"the model itself does not run at {h + 32} x {w + 32}: use {h} x {w} inputs"
+    try:
+        got = session.run(None, {session.get_inputs()[0].name: other.numpy()})[0]
+    except Exception as e:
+        raise ExportError(
+            f"the ONNX file declares a dynamic height and width but fails at {h + 32} x "
+            f"{w + 32}: {_first_line(e)}",
+            "Nothing was written. Try the TorchScript or bundle format instead.",
+        ) from None
+    other_diff = compare(expected, torch.from_numpy(got).float(), "ONNX model (other size)")
+    return f"also matches at {h + 32} x {w + 32}: max |diff| {other_diff:.2g}"
 
 
 def export_onnx(src, out, force, progress, should_cancel) -> ExportResult:
