@@ -40,6 +40,7 @@ from freezer_app.core.export.api import open_source
 from freezer_app.core.files import WriteError
 from freezer_app.core.freeze import FreezePlan, apply_plan
 from freezer_app.core.train import Trainer
+from freezer_app.core.trust import CodeTrust, UntrustedCodeError
 from freezer_app.core.weights import read_metadata
 
 TOL = 1e-4
@@ -416,6 +417,31 @@ def test_user_factory_with_tied_weights(tmp_path: Path) -> None:
     assert reopened.module.b.weight is reopened.module.a.weight
     readme = (tmp_path / "bundle" / "README.md").read_text()
     assert "from tied import build" in readme
+    # The bundle carries its model file and names no local path: moved to another machine
+    # (here: another folder, the original file gone), it loads, and its README code runs.
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(tmp_path / "bundle", moved)
+    path.unlink()
+    assert (moved / "tied.py").exists()
+    for file in moved.iterdir():
+        assert str(tmp_path) not in file.read_bytes().decode("utf-8", "ignore"), file.name
+    assert json.loads((moved / "config.json").read_text())["freezer"]["model"] == "tied.py:build"
+    with pytest.raises(UntrustedCodeError):  # a .py named by a file runs only when trusted
+        load_model(str(moved))
+    again = load_model(str(moved), trust=CodeTrust.from_file(moved / "config.json", True))
+    with torch.no_grad():
+        assert torch.equal(again.module(x), loaded.module(x))
+    code_block = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert code_block
+    script = (
+        code_block.group(1).split("from PIL import Image")[0]
+        + "print(model(__import__('torch').zeros(1, 3, 32, 32)).shape)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], cwd=moved, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "torch.Size([1, 4])" in ran.stdout
     code = export(src, "code", tmp_path / "plan.py")
     assert [Path(f).name for f in code.files] == ["plan.py", "plan.json"]
     assert "'a'" in (tmp_path / "plan.py").read_text()

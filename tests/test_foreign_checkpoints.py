@@ -273,3 +273,29 @@ def _with_data_pkl(tmp_path: Path, data_pkl: bytes) -> Path:
             data = data_pkl if info.filename.endswith("/data.pkl") else src.read(info)
             dst.writestr(info, data)
     return crafted
+
+
+def test_numpy_numbers_in_hyper_parameters_are_read_as_numbers(tmp_path: Path) -> None:
+    """Lightning's hyper_parameters often hold NumPy numbers (a learning rate from np.logspace):
+    read as Python numbers; a NumPy array or an object dtype is still refused."""
+    import numpy as np
+
+    source = _source()
+    path = tmp_path / "np.ckpt"
+    hparams = {"lr": np.float64(3e-4), "layers": np.int64(4), "half": np.float32(0.5)}
+    hparams["flag"] = np.bool_(True)
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": hparams}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    _equal(load_model("timm:test_resnet", num_classes=3, weights=path).module, source)
+    with weights._safe_globals_allowed():
+        ckpt = torch.load(path, weights_only=True)
+    assert ckpt["hyper_parameters"] == {"lr": 3e-4, "layers": 4, "half": 0.5, "flag": True}
+    assert type(ckpt["hyper_parameters"]["lr"]) is float
+
+    array = tmp_path / "array.ckpt"
+    torch.save({"state_dict": source.state_dict(), "mean": np.zeros(3)}, array)
+    with pytest.raises(WeightsError, match="could run code"):
+        read_state_dict(array)
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        weights._numpy_number(np.dtype("O"), b"")

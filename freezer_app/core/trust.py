@@ -74,6 +74,18 @@ def _approve(code: CodeFile) -> None:
         _approved.add((code.path, code.digest))
 
 
+def approve_copy(original: str | Path, copy: str | Path) -> bool:
+    """Allow `copy` when it has the contents of `original` and `original` was allowed in this
+    process (a bundle carries a copy of the model file it was exported from, and its check
+    builds the model from that copy). Returns whether it was allowed."""
+    original, copy = Path(original).resolve(), Path(copy).resolve()
+    digest = file_digest(original)
+    if file_digest(copy) != digest or not approved(CodeFile(original, digest, "")):
+        return False
+    _approve(CodeFile(copy, digest, ""))
+    return True
+
+
 @dataclass(frozen=True)
 class CodeTrust:
     """Whether a model's factory file may be imported.

@@ -51,9 +51,40 @@ _AS_PLAIN_DICT = (
     "lightning_fabric.utilities.data.AttributeDict",
     "pytorch_lightning.utilities.parsing.AttributeDict",
 )
+
+
+def _numpy_number(dtype: Any, data: bytes | None = None) -> Any:
+    """Stands in for numpy's scalar reconstructor (NumPy numbers in Lightning's
+    hyper_parameters, e.g. a learning rate from np.logspace): numbers only, as Python numbers;
+    any other dtype is refused."""
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"a NumPy scalar of dtype {dtype!r} is not allowed")
+    return np.frombuffer(data, dtype=dtype, count=1)[0].item()
+
+
+def _numpy_globals() -> list[Any]:
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    # A dtype is rebuilt from its type code ("f8") and then given its state (byte order):
+    # the unpickler checks the state's class, one per numeric dtype.
+    numeric = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    return [
+        np.dtype,
+        *sorted(numeric, key=lambda t: t.__name__),
+        # NumPy 2 pickles numbers as numpy._core.multiarray.scalar, NumPy 1 as numpy.core...
+        (_numpy_number, "numpy._core.multiarray.scalar"),
+        (_numpy_number, "numpy.core.multiarray.scalar"),
+    ]
+
+
 _SAFE_GLOBALS: list[Any] = [
     argparse.Namespace,  # timm's train.py saves its arguments in the checkpoint
     *((_AsPlainDict, name) for name in _AS_PLAIN_DICT),
+    *_numpy_globals(),
 ]
 _safe_lock = threading.Lock()
 _safe_users = 0

@@ -19,6 +19,7 @@ from typing import Any
 from freezer_app import __version__
 from freezer_app.core import torchvision_compat
 from freezer_app.core.catalog import (
+    FILE,
     META_LABELS,
     META_MODEL,
     META_NUM_CLASSES,
@@ -47,11 +48,28 @@ from freezer_app.core.export.formats import (
     transform_input,
 )
 from freezer_app.core.export.model_card import readme
-from freezer_app.core.files import atomic_dir, save_safetensors, write_json, write_text, write_with
+from freezer_app.core.files import (
+    atomic_dir,
+    save_safetensors,
+    write_bytes,
+    write_json,
+    write_text,
+    write_with,
+)
+from freezer_app.core.trust import approve_copy
+
+
+def bundled_model(src: ExportSource) -> str:
+    """The model string the bundle records: a user's model file by the name of the copy the
+    bundle carries (resolved against the bundle's folder when read back), never a local path."""
+    spec = src.loaded.spec
+    if spec.kind == FILE:
+        return f"{Path(spec.name).name}:{spec.factory}"
+    return str(spec)
 
 
 def _metadata(src: ExportSource) -> dict[str, str]:
-    meta = {META_MODEL: str(src.loaded.spec), META_NUM_CLASSES: str(src.loaded.num_classes)}
+    meta = {META_MODEL: bundled_model(src), META_NUM_CLASSES: str(src.loaded.num_classes)}
     if src.loaded.label_names:
         meta[META_LABELS] = json.dumps(src.loaded.label_names)
     return meta
@@ -66,7 +84,7 @@ def _bundle_config(src: ExportSource, path: Path) -> None:
         if k in loaded.data_config
     }
     freezer = {
-        "model": str(loaded.spec),
+        "model": bundled_model(src),
         "library": loaded.spec.kind,
         "exported_by": f"freezer-app {__version__}",
         "checkpoint": src.checkpoint,
@@ -207,7 +225,7 @@ with torch.no_grad():
     probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
 print(labels[int(probs.argmax())], float(probs.max()))
 """
-    construction = "\n".join(construction_code(src))
+    construction = "\n".join(construction_code(src, model_dir=path))
     return f"""{construction}
 from safetensors.torch import load_file
 
@@ -224,12 +242,27 @@ def export_bundle(src, out, force, progress, should_cancel) -> ExportResult:
     with atomic_dir(out, replace=force) as tmp:
         steps("writing model.safetensors")
         save_safetensors(cpu_state(loaded.module), tmp / "model.safetensors", _metadata(src))
+        if loaded.spec.kind == FILE:
+            # The model's own code travels with it: the bundle loads on another machine.
+            model_file = Path(loaded.spec.name)
+            try:
+                code = model_file.read_bytes()
+            except OSError as e:
+                raise ExportError(
+                    f"The model file {model_file} cannot be read ({e.strerror or e}); the bundle "
+                    "carries a copy of it.",
+                    "Put the file back where the run found it, or export the pth format.",
+                ) from None
+            write_bytes(tmp / model_file.name, code)
+            # The same code already built this model: the bundle's check may build it again.
+            approve_copy(model_file, tmp / model_file.name)
+            names.append(model_file.name)
         steps("writing config.json")
         _bundle_config(src, tmp / "config.json")
         steps("writing the freeze plan and training record")
         if src.plan is not None:
             write_json(tmp / "freeze_plan.json", src.plan.to_dict())
-            write_text(tmp / "freeze_plan.py", freeze_plan_code(src))
+            write_text(tmp / "freeze_plan.py", freeze_plan_code(src, model_dir="."))
             names += ["freeze_plan.json", "freeze_plan.py"]
         if src.training:
             write_json(tmp / "training.json", src.training)
@@ -243,6 +276,9 @@ def export_bundle(src, out, force, progress, should_cancel) -> ExportResult:
         write_marker(tmp, "bundle", [Path(n).name for n in names])
         # Checked again just before the swap: whatever is there now must still be ours.
         check_targets("bundle", out, force)
+    if loaded.spec.kind == FILE:
+        # In place under its final name, the copy is still the code this process runs.
+        approve_copy(loaded.spec.name, out / Path(loaded.spec.name).name)
     steps.finish()
     spec = loaded.spec
     if spec.kind == TIMM:

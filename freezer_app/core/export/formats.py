@@ -532,8 +532,9 @@ def constructor_code(src: ExportSource) -> str:
     return f"{spec.factory}(num_classes={n})"
 
 
-def construction_code(src: ExportSource) -> list[str]:
-    """Imports and the line that builds ``model``."""
+def construction_code(src: ExportSource, model_dir: str | None = None) -> list[str]:
+    """Imports and the line that builds ``model``. model_dir: where the user's model file
+    is found from the code's point of view (a bundle carries a copy: "."), else its folder."""
     spec = src.loaded.spec
     if spec.kind == TIMM:
         return ["import timm", "", f"model = {constructor_code(src)}"]
@@ -548,7 +549,7 @@ def construction_code(src: ExportSource) -> list[str]:
     return [
         "import sys",
         "",
-        f"sys.path.insert(0, {str(path.parent.resolve())!r})",
+        f"sys.path.insert(0, {model_dir or str(path.parent.resolve())!r})",
         f"from {path.stem} import {spec.factory}  # your model file",
         "",
         f"model = {constructor_code(src)}",
@@ -564,14 +565,15 @@ def _plan_or_fail(src: ExportSource) -> FreezePlan:
     return src.plan
 
 
-def freeze_plan_code(src: ExportSource) -> str:
-    """A runnable script: build the model, then freeze it as the plan says."""
+def freeze_plan_code(src: ExportSource, model_dir: str | None = None) -> str:
+    """A runnable script: build the model, then freeze it as the plan says. model_dir: as
+    for construction_code (a bundle's script names its own copy of the model file)."""
     plan = _plan_or_fail(src)
-    tree = ModelTree(src.loaded.module, str(src.loaded.spec))
+    spec = src.loaded.spec
+    name = f"{Path(spec.name).name}:{spec.factory}" if model_dir and spec.kind == FILE else spec
+    tree = ModelTree(src.loaded.module, str(name))
     body = plan_code(tree, resolve(plan, tree), plan)
-    header = [
-        f'"""Freezer freeze plan for {src.loaded.spec} ({src.loaded.num_classes} classes)."""'
-    ]
+    header = [f'"""Freezer freeze plan for {name} ({src.loaded.num_classes} classes)."""']
     if plan.schedule:
         header.append("# Gradual unfreezing (see freeze_plan.json), from epoch:")
         header += [
@@ -580,7 +582,7 @@ def freeze_plan_code(src: ExportSource) -> str:
     lines = [
         *header,
         "",
-        *construction_code(src),
+        *construction_code(src, model_dir),
         "# To start from the fine-tuned weights of a bundle:",
         "# from safetensors.torch import load_file",
         '# model.load_state_dict(load_file("model.safetensors"))',

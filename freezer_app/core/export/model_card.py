@@ -3,6 +3,7 @@ plan, the training settings and metrics, and the frozen check."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from freezer_app.core.catalog import FILE, TIMM, TORCHVISION
@@ -48,7 +49,9 @@ def readme(src: ExportSource, loading_code: str, check_how: str) -> str:
     loaded = src.loaded
     spec = loaded.spec
     library = {TIMM: "timm", TORCHVISION: "torchvision", FILE: "pytorch"}[spec.kind]
-    title = src.name or spec.name
+    # A user's model file by its name alone: the bundle carries its own copy.
+    shown = f"{Path(spec.name).name}:{spec.factory}" if spec.kind == FILE else str(spec)
+    title = src.name or (Path(spec.name).name if spec.kind == FILE else spec.name)
     labels = src.label_names
     dc = loaded.data_config
     lines = [
@@ -56,7 +59,7 @@ def readme(src: ExportSource, loading_code: str, check_how: str) -> str:
         "",
         f"# {title}",
         "",
-        f"`{spec}` fine-tuned with Freezer (freezer-app) for {loaded.num_classes} "
+        f"`{shown}` fine-tuned with Freezer (freezer-app) for {loaded.num_classes} "
         f"classes: {', '.join(labels)}.",
         "",
         "## Load it",
@@ -80,7 +83,7 @@ def readme(src: ExportSource, loading_code: str, check_how: str) -> str:
         f"- interpolation: {dc.get('interpolation')}, crop_pct: {dc.get('crop_pct')}",
     ]
     if src.plan is not None:
-        tree = ModelTree(loaded.module, str(spec))
+        tree = ModelTree(loaded.module, shown)
         mask = resolve(src.plan, tree)
         lines += [
             "",
