@@ -20,6 +20,8 @@ from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.settings import setting
 
 PROJECT_VERSION = 2  # 2: plan.edits and resumes; version 1 files load unchanged
+# train.log_to: external trackers, read by core/train/external_trackers.py ("+" joins two).
+LOG_TO = ("none", "mlflow", "wandb", "mlflow+wandb")
 
 
 @dataclass
@@ -235,6 +237,14 @@ class TrainSettings:
         resumable=True,
         label="Checkpoint every",
     )
+    log_to: str = setting(
+        "none",
+        help="Also send the settings and metrics to MLflow or Weights & Biases (needs that "
+        "package; metrics.csv and TensorBoard events are written either way)",
+        choices=LOG_TO,
+        resumable=True,
+        label="Log to",
+    )
     compile: bool = setting(
         False,
         help="Compile the model with torch.compile (slower start, often faster steps on a "
@@ -345,6 +355,11 @@ class Project:
                 "Choose either pretrained weights or a weights file, not both.",
                 "Turn off pretrained, or remove the weights file.",
             )
+        # Imported here: core.train imports this module. A tracker the user asked for that
+        # cannot work stops the run before it starts, not silently later.
+        from freezer_app.core.train.external_trackers import check_installed
+
+        check_installed(self.train.log_to)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

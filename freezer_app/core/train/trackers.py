@@ -6,6 +6,9 @@ TensorBoard needs the `tensorboard` package (`pip install freezer-app[trackers]`
 the run says so once and writes the CSV only. On resume, events after the checkpoint's step
 are purged (SummaryWriter's purge_step) and the CSV is rebuilt from metrics.jsonl, so nothing
 is counted twice, as in the line logs.
+
+With `train.log_to` the same scalars also go to MLflow and/or Weights & Biases
+(external_trackers.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import importlib.util
 from pathlib import Path
 from typing import IO, Any
 
+from freezer_app.core.project import Project
 from freezer_app.core.run_folder import RunFolder, read_json_lines
+from freezer_app.core.train.external_trackers import ExternalTrackers, Warn
 
 CSV_COLUMNS = (
     "type",
@@ -47,9 +52,18 @@ def tensorboard_dir(folder: RunFolder) -> Path:
 class Trackers:
     """Receives the logbook's records (on the writer thread) and writes them again."""
 
-    def __init__(self, folder: RunFolder, layer_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: RunFolder,
+        layer_names: list[str] | None = None,
+        project: Project | None = None,
+        warn: Warn | None = None,
+    ) -> None:
+        """project: its `train.log_to` trackers get the scalars too, and its settings.
+        warn: how a tracker that fails is reported (once) to the user."""
         self.folder = folder
         self.layer_names = list(layer_names or [])
+        self.external = ExternalTrackers(folder, project, warn) if project is not None else None
         self._csv: IO[str] | None = None
         self._csv_writer: Any = None
         self._tb: Any = None
@@ -58,27 +72,30 @@ class Trackers:
     # ---------------------------------------------------------------- records
     def step(self, record: dict[str, Any]) -> None:
         self._row(record)
+        scalars = {"train/loss": record["loss"], "train/lr": record["lr"]}
+        for name, lr in (record.get("lrs") or {}).items():
+            scalars[f"lr/{name}"] = lr
         tb = self._board()
         if tb is not None:
-            tb.add_scalar("train/loss", record["loss"], record["step"])
-            tb.add_scalar("train/lr", record["lr"], record["step"])
-            for name, lr in (record.get("lrs") or {}).items():
-                tb.add_scalar(f"lr/{name}", lr, record["step"])
+            for tag, value in scalars.items():
+                tb.add_scalar(tag, value, record["step"])
+        if self.external:
+            self.external.scalars(scalars, record["step"])
 
     def epoch(self, record: dict[str, Any]) -> None:
         self._row(record)
-        tb = self._board()
-        if tb is None:
-            return
         step = record["step"]
-        for key, tag in (
-            ("train_loss", "epoch/train_loss"),
-            ("val_loss", "epoch/val_loss"),
-            ("val_acc", "epoch/val_acc"),
-            ("images_per_s", "epoch/images_per_s"),
-        ):
-            if record.get(key) is not None:
-                tb.add_scalar(tag, record[key], step)
+        scalars = {
+            f"epoch/{key}": record[key]
+            for key in ("train_loss", "val_loss", "val_acc", "images_per_s")
+            if record.get(key) is not None
+        }
+        tb = self._board()
+        if tb is not None:
+            for tag, value in scalars.items():
+                tb.add_scalar(tag, value, step)
+        if self.external:
+            self.external.scalars({**scalars, "epoch": record["epoch"]}, step)
 
     def telemetry(self, record: dict[str, Any]) -> None:
         tb = self._board()
@@ -91,16 +108,19 @@ class Trackers:
                 tb.add_scalar(f"{key}/{name}", value, step)
 
     def frozen_check(self, record: dict[str, Any]) -> None:
-        tb = self._board()
-        if tb is None:
-            return
         drifted = record.get("drifted") or []
         text = (
             f"PASSED: {record.get('checked', 0)} frozen tensors bit-identical"
             if not drifted
             else "FAILED: " + ", ".join(str(d.get("param")) for d in drifted)
         )
-        tb.add_text("frozen_check", text, record.get("step", 0))
+        tb = self._board()
+        if tb is not None:
+            tb.add_text("frozen_check", text, record.get("step", 0))
+        if self.external:
+            # The latest result as a tag/summary; the count of drifted tensors as a curve.
+            self.external.scalars({"frozen_check/drifted": len(drifted)}, record.get("step", 0))
+            self.external.text("frozen_check", text)
 
     # ---------------------------------------------------------------- files
     def _row(self, record: dict[str, Any]) -> None:
@@ -127,6 +147,8 @@ class Trackers:
             self._csv.flush()
         if self._tb is not None:
             self._tb.flush()
+        if self.external:
+            self.external.flush()
 
     def close(self) -> None:
         if self._csv is not None:
@@ -137,6 +159,8 @@ class Trackers:
             with contextlib.suppress(OSError):
                 self._tb.close()
             self._tb = None
+        if self.external:
+            self.external.close()
 
     def resume_after(self, step: int) -> None:
         """Before a resumed run writes: the CSV as metrics.jsonl now is (already truncated to

@@ -257,7 +257,12 @@ class Trainer:
         self._lr_scales = sorted({group.lr_scale for group in parts.groups})
         if self.main:
             # Before a resume truncates the logs: the CSV and events follow them.
-            self.log.trackers = Trackers(self.folder, parts.layers.names)
+            self.log.trackers = Trackers(
+                self.folder,
+                parts.layers.names,
+                self.project,
+                warn=lambda message: self._emit_after_start(LogEvent(message, "warning")),
+            )
         parts.features.emit = self._emit_after_start
         self.timeline = timeline.entries(self.project.plan, parts.steps_per_epoch)
 
