@@ -15,6 +15,7 @@ import pytest
 from conftest import FAST, Recorder, make_project
 
 from freezer_app.cli import main
+from freezer_app.core import events as ev
 from freezer_app.core.errors import ProjectError
 from freezer_app.core.events import LogEvent
 from freezer_app.core.train import Trainer
@@ -103,6 +104,7 @@ class WandbRun:
         self.summary: dict[str, Any] = {}
         self.logged: list[tuple[int, dict[str, float]]] = []
         self.finished = 0
+        self.exit_codes: list[int] = []
         run = self
 
         class Config:
@@ -118,8 +120,9 @@ class WandbRun:
             raise ConnectionError("the W&B server went away")
         self.logged.append((step, dict(values)))
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         self.finished += 1
+        self.exit_codes.append(exit_code)
 
 
 class StubWandb:
@@ -293,3 +296,30 @@ def test_log_to_is_a_train_flag_and_a_training_form_setting() -> None:
     assert s.flag == "--log-to" and s.spec.form and s.default == "none"
     assert set(s.spec.choices) == {"none", "mlflow", "wandb", "mlflow+wandb"}
     assert "train.log_to" in resumable_keys()  # a resume may add or drop a tracker
+
+
+def test_the_tracker_run_ends_with_the_run_s_outcome(
+    demo_data: Path, tmp_path: Path, mlflow: StubMlflow, wandb: StubWandb
+) -> None:
+    """Stopped: MLflow KILLED; failed: FAILED and a non-zero W&B exit code."""
+    control = ev.RunControl()
+
+    def stop_at_3(event: object) -> None:
+        if isinstance(event, ev.StepEvent) and event.step == 3:
+            control.stop()
+
+    project = make_project(demo_data, log_to="mlflow+wandb")
+    stopped = Trainer(project, tmp_path / "stopped", on_event=stop_at_3, control=control).run()
+    assert stopped.reason == "stopped"
+    (run,) = mlflow.runs.values()
+    assert run.ends == ["KILLED"] and wandb.runs[0].exit_codes == [0]
+
+    def fail_at_2(event: object) -> None:
+        if isinstance(event, ev.StepEvent) and event.step == 2:
+            raise RuntimeError("a failing step")
+
+    project = make_project(demo_data, log_to="mlflow+wandb")
+    failed = Trainer(project, tmp_path / "failed", on_event=fail_at_2).run()
+    assert failed.reason == "error"
+    second = next(r for r in mlflow.runs.values() if r is not run)
+    assert second.ends == ["FAILED"] and wandb.runs[1].exit_codes == [1]

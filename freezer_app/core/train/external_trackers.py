@@ -91,6 +91,8 @@ class Sink:
     def __init__(self, folder: RunFolder, project: Project) -> None:
         self.folder = folder
         self.project = project
+        # How the run ended ("completed", "stopped", "error", ...): the tracker's run status.
+        self.outcome = "completed"
 
     def start(self) -> None:
         raise NotImplementedError
@@ -179,7 +181,8 @@ class MlflowSink(Sink):
         try:
             self.flush()
         finally:
-            self._mlflow.end_run()
+            status = {"error": "FAILED", "stopped": "KILLED"}.get(self.outcome, "FINISHED")
+            self._mlflow.end_run(status=status)
 
 
 class WandbSink(Sink):
@@ -220,7 +223,7 @@ class WandbSink(Sink):
         self._run.summary[key] = value
 
     def close(self) -> None:
-        self._run.finish()
+        self._run.finish(exit_code=1 if self.outcome == "error" else 0)
 
 
 SINKS: dict[str, type[Sink]] = {"mlflow": MlflowSink, "wandb": WandbSink}
@@ -248,8 +251,11 @@ class ExternalTrackers:
     def flush(self) -> None:
         self._each(lambda sink: sink.flush(), start=False)
 
-    def close(self) -> None:
-        """End the tracker runs; a later record starts them again (the same runs)."""
+    def close(self, outcome: str = "completed") -> None:
+        """End the tracker runs with the run's outcome; a later record starts them again (the
+        same runs)."""
+        for sink in self._sinks:
+            sink.outcome = outcome
         self._each(lambda sink: sink.close(), start=False)
         self._started.clear()
 

@@ -64,6 +64,7 @@ class Trackers:
         self.folder = folder
         self.layer_names = list(layer_names or [])
         self.external = ExternalTrackers(folder, project, warn) if project is not None else None
+        self.outcome = "completed"  # set by the trainer before it closes the logbook
         self._csv: IO[str] | None = None
         self._csv_writer: Any = None
         self._tb: Any = None
@@ -160,7 +161,7 @@ class Trackers:
                 self._tb.close()
             self._tb = None
         if self.external:
-            self.external.close()
+            self.external.close(self.outcome)
 
     def resume_after(self, step: int) -> None:
         """Before a resumed run writes: the CSV as metrics.jsonl now is (already truncated to

@@ -730,6 +730,8 @@ class Trainer:
             else None,
             feature_cache=parts.features.record(),
         )
+        if self.log.trackers is not None:
+            self.log.trackers.outcome = reason  # MLflow/W&B run status
         self._release()
         self.emit(result)
         return result
