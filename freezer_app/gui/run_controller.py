@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
-from PySide6.QtWidgets import QLabel, QStatusBar
+from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar
 
 from freezer_app.core import events as ev
 from freezer_app.core.freeze import FreezePlan
+from freezer_app.core.progress import RunProgress, duration
 from freezer_app.core.project import Project
 from freezer_app.gui.freeze_controller import FreezeController
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
 from freezer_app.gui.run_views import FeatureCacheView, FrozenCheckView, RunLog
+from freezer_app.gui.taskbar import TaskbarProgress
 from freezer_app.gui.tree_model import FreezeTreeModel
 from freezer_app.gui.worker import TrainingSession
 
@@ -40,6 +42,8 @@ class RunViews:
     state: QLabel
     speed: QLabel
     device: QLabel
+    progress_text: QLabel  # epoch k/n · step · elapsed · ETA
+    progress_bar: QProgressBar
 
 
 class RunController(QObject):
@@ -67,6 +71,12 @@ class RunController(QObject):
         # so ~10 redraws a second keep the window responsive however fast steps arrive.
         self.redraw_timer = QTimer(self)
         self.redraw_timer.setInterval(100)
+        # Where the run stands (core/progress.py); elapsed and ETA move between steps too.
+        self.progress = RunProgress()
+        self.taskbar = TaskbarProgress()
+        self.progress_timer = QTimer(self)
+        self.progress_timer.setInterval(1000)
+        self.progress_timer.timeout.connect(self._show_progress)
         freeze.editForRun.connect(self._send_plan)
 
     # ------------------------------------------------------------------ commands
@@ -87,6 +97,9 @@ class RunController(QObject):
         self.session = session
         self.freeze.run_started(project.plan.selection())
         self.redraw_timer.start()
+        self.views.progress_text.setText("starting…")
+        self.views.progress_bar.setRange(0, 0)  # busy until the run reports its length
+        self.views.progress_bar.show()
         self.started.emit()
         session.start()
 
@@ -135,6 +148,7 @@ class RunController(QObject):
                 losses.append(event.loss)
                 lrs.append(event.lr)
                 self._speed = event.images_per_s
+                self.progress.on_step(event.step, event.images_per_s)
             elif isinstance(event, ev.TelemetryEvent):
                 r = event.record
                 v.updates.add(r.step, r.update_ratio, r.trainable)
@@ -163,6 +177,7 @@ class RunController(QObject):
                     v.status.showMessage(event.message, 8000)
             elif isinstance(event, ev.PausedEvent):
                 self.paused = event.paused
+                self.progress.set_paused(event.paused)
             elif isinstance(event, ev.ErrorEvent):
                 v.log.add(f"error at step {event.step}: {event.message}")
             elif isinstance(event, ev.LogEvent):
@@ -173,7 +188,10 @@ class RunController(QObject):
             v.loss.add_steps(steps, losses, lrs)
             v.speed.setText(f"{self._speed:,.0f} images/s")
             self._step = steps[-1]
-        v.state.setText("paused" if self.paused else self._progress(self._step))
+        if v.state.text() != "stopping…":
+            v.state.setText("paused" if self.paused else "training")
+        if steps or not self.progress_timer.isActive():
+            self._show_progress()
         self._flush_telemetry(last_telemetry)
 
     def _flush_telemetry(self, record) -> None:
@@ -189,13 +207,21 @@ class RunController(QObject):
             self._last_mask,
         )
 
-    def _progress(self, step: int) -> str:
-        if not step:
-            return "training: starting"
-        if not self.steps_per_epoch:
-            return f"training: step {step}"
-        epoch = (step - 1) // self.steps_per_epoch + 1
-        return f"training: epoch {epoch}/{self.epochs}, step {step}/{self.total_steps}"
+    def _show_progress(self) -> None:
+        if self.session is None or not self.progress.total_steps:
+            return
+        now = self.progress.snapshot()
+        v = self.views
+        v.progress_text.setText(now.text(speed=False) if now.step else "starting…")
+        if v.progress_bar.maximum() != 1000:
+            v.progress_bar.setRange(0, 1000)
+        v.progress_bar.setValue(round(now.fraction * 1000))
+        # Long runs start below 1 %: a decimal shows that it moves.
+        v.progress_bar.setFormat(
+            f"{now.fraction:.1%}" if now.fraction < 0.1 else f"{now.fraction:.0%}"
+        )
+        v.progress_bar.setToolTip(now.text())
+        self.taskbar.set_fraction(now.fraction)
 
     def _run_started(self, event: ev.RunStarted) -> None:
         # Only now: a run that cannot start leaves the previous run's plots on screen.
@@ -203,6 +229,10 @@ class RunController(QObject):
         v = self.views
         self.steps_per_epoch, self.epochs = event.steps_per_epoch, event.epochs
         self.total_steps = event.total_steps
+        self.progress.start(
+            event.total_steps, event.steps_per_epoch, event.epochs, event.start_step
+        )
+        self.progress_timer.start()
         v.gradients.set_layers(event.layer_names)
         v.updates.set_layers(event.layer_names)
         v.tree.set_layer_names(event.layer_names)
@@ -236,6 +266,18 @@ class RunController(QObject):
     def _on_ended(self) -> None:
         self.session = None
         self.redraw_timer.stop()
+        self.progress_timer.stop()
         self.freeze.run_ended()
-        self.views.state.setText("idle")
+        v = self.views
+        v.state.setText("idle")
+        v.progress_bar.hide()
+        if self.progress.total_steps:
+            last = self.progress.snapshot()
+            v.progress_text.setText(
+                f"last run: step {last.step}/{last.total_steps}, took {duration(last.elapsed_s)}"
+            )
+        else:
+            v.progress_text.setText("")
+        self.progress.total_steps = 0
+        self.taskbar.set_fraction(None)
         self.ended.emit()
