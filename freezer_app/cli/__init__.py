@@ -20,6 +20,7 @@ from freezer_app.cli import (
     install_desktop,
     models,
     push,
+    runs,
     schema,
     train,
 )
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_parser(sub)
     export.add_parser(sub)
     push.add_parser(sub)
+    runs.add_parser(sub)
     evaluate.add_parsers(sub)
     models.add_parser(sub)
     cache.add_parser(sub)

@@ -12,7 +12,7 @@ from typing import Any
 
 from freezer_app.core.errors import FreezerError
 
-TABS = ("loss", "gradients", "updates", "frozen", "evaluate", "log")
+TABS = ("loss", "gradients", "updates", "frozen", "evaluate", "log", "runs")
 
 
 def add_parser(sub: Any) -> None:

@@ -1,4 +1,10 @@
-"""Errors a user can act on: each says what is wrong and what to do about it."""
+"""Errors a user can act on: each says what is wrong and what to do about it.
+
+Messages name a setting by its `train` flag, in these forms: `--weights FILE` (the schema's
+metavar), `--device cpu` / `Use --device auto or cpu` (values), `without --pretrained`
+(switches). The CLI prints them as written; the window puts the control that sets the same
+setting in the flag's place (gui/guide.py, from the schema), so one message serves both.
+"""
 
 from __future__ import annotations
 

@@ -44,6 +44,8 @@ class RunFolder:
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
     best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
     weights = property(lambda self: self.path / "model.safetensors")
+    # How the run ended (reason, step, message), written last; removed when it resumes.
+    outcome = property(lambda self: self.path / "outcome.json")
 
     def check_new(self) -> None:
         """Refuse a folder that already holds files: a run never writes over other work."""

@@ -110,6 +110,11 @@ def _screenshot(window: MainWindow, path: Path, train_steps: int | None, tab: st
             print(f"run folder: {window.run_dir}")
     if tab:
         window.right.setCurrentIndex(TABS.index(tab))
+    if tab == "runs":
+        # The runs listed (in the background), the two newest overlaid.
+        panel = window.runs_panel
+        wait_until(lambda: panel.task is None, 60)
+        panel.select_newest(2)
     QTimer.singleShot(0, lambda: None)
     wait_until(lambda: False, 0.3)  # let plots and the tree repaint
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QComboBox,
@@ -35,6 +35,9 @@ from freezer_app.core.export import (
     replace_refusal,
 )
 from freezer_app.gui import tasks
+from freezer_app.gui.guide import in_window_words, plain
+
+REPORT_LINES = (5, 12)  # the result's box: at least / at most this many lines, then it scrolls
 
 
 class ExportDialog(QDialog):
@@ -70,25 +73,34 @@ class ExportDialog(QDialog):
         assert [self.checkpoint.itemData(i) for i in range(self.checkpoint.count())] == list(
             CHECKPOINTS
         )
-        form.addRow("Weights", self.checkpoint)
+        self.checkpoint_label = QLabel("Weights")
+        form.addRow(self.checkpoint_label, self.checkpoint)
         self.out = QLineEdit()
         browse_out = QPushButton("Browse…")
         row = QHBoxLayout()
         row.addWidget(self.out, 1)
         row.addWidget(browse_out)
-        form.addRow("To", row)
+        self.out_label = QLabel("To")
+        form.addRow(self.out_label, row)
         layout.addLayout(form)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         layout.addWidget(self.progress)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.status)
+        # The result (what was written, how it was checked) scrolls in a box of its own
+        # rather than pushing the buttons off the dialog.
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
+        self.report.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.report.setVisible(False)
-        self.report.setMinimumHeight(140)
-        layout.addWidget(self.report)
+        line = self.report.fontMetrics().lineSpacing()
+        frame = 2 * self.report.frameWidth() + 8  # frame and document margins
+        self.report.setMinimumHeight(REPORT_LINES[0] * line + frame)
+        self.report.setMaximumHeight(REPORT_LINES[1] * line + frame)
+        layout.addWidget(self.report, 1)
         self.buttons = QDialogButtonBox()
         self.export_button = self.buttons.addButton(
             "Export", QDialogButtonBox.ButtonRole.AcceptRole
@@ -207,6 +219,7 @@ class ExportDialog(QDialog):
         self.status.setText(f"Exported to {result.path}")
         self.report.setPlainText(result.summary())
         self.report.setVisible(True)
+        self.adjustSize()  # room for the result box, within the screen
         self.open_button.setEnabled(True)
 
     def _failed(self, message: str, hint: str, details: str) -> None:
@@ -215,7 +228,31 @@ class ExportDialog(QDialog):
 
     def _error(self, message: str, hint: str) -> None:
         self.status.setStyleSheet("color: #b00020")
-        self.status.setText(f"{message} {hint}".strip())
+        self.status.setText(self.in_own_words(f"{message} {hint}".strip()))
+
+    def in_own_words(self, text: str) -> str:
+        """A core message naming `export` flags, with this dialog's fields instead (and the
+        window's controls for `train` flags, see gui/guide.py)."""
+        to, weights = (
+            f"“{plain(self.out_label.text())}”",
+            f"“{plain(self.checkpoint_label.text())}”",
+        )
+        choice = lambda value: self.checkpoint.itemText(self.checkpoint.findData(value))
+        phrases = {
+            r"with or without --force": "even when you answer yes to Replace",
+            r"Pass --force to replace it": "Answer yes to Replace",
+            r"without --checkpoint": f"with {weights} set to {choice('final')}",
+            r"--checkpoint best": f"{weights} set to {choice('best')}",
+            r"--out(?: PATH)?(?![\w-])": to,
+        }
+        window = self.parent()
+        if hasattr(window, "act_resume_run"):  # the main window: its controls and menus
+            from freezer_app.gui.guide import window_controls, window_phrases
+
+            return in_window_words(
+                text, window_controls(window), {**phrases, **window_phrases(window)}
+            )
+        return in_window_words(text, {}, phrases)
 
     def _cancel_or_close(self) -> None:
         if self.task is not None:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMessageBox,
+    QProgressBar,
     QSplitter,
     QTabWidget,
     QToolBar,
@@ -45,7 +46,7 @@ from freezer_app.core.train import launcher
 from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import CodeTrust
 from freezer_app.core.weights import check_fit, read_shapes
-from freezer_app.gui import tasks
+from freezer_app.gui import guide, tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
 from freezer_app.gui.export_dialog import ExportDialog
 from freezer_app.gui.freeze_controller import FreezeController
@@ -54,6 +55,8 @@ from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
 from freezer_app.gui.project_controller import ProjectController, touches
 from freezer_app.gui.run_controller import RunController, RunViews
 from freezer_app.gui.run_views import FeatureCacheView, FrozenCheckView, RunLog
+from freezer_app.gui.runs_panel import RunsPanel
+from freezer_app.gui.runs_panel import attach as attach_runs_panel
 from freezer_app.gui.tree_model import FreezeTreeModel, human
 from freezer_app.gui.tree_view import TreePanel
 from freezer_app.gui.trust_dialog import ask_to_run
@@ -127,6 +130,8 @@ class MainWindow(QMainWindow):
         self.right.addTab(self.frozen_view, "Frozen check")
         self.right.addTab(self.evaluate_view, "Evaluate")
         self.right.addTab(self.log, "Log")
+        self.runs_panel = RunsPanel(settings=self.settings)  # the runs side by side
+        self.right.addTab(self.runs_panel, "Runs")
         # The run's area: its tabs, and under them (beside the plan's summary line) whether
         # the run caches the frozen layers' output, whichever tab is open.
         self.cache_view = FeatureCacheView()
@@ -159,6 +164,8 @@ class MainWindow(QMainWindow):
                 tree=self.tree_model,
                 status=self.statusBar(),
                 state=self.status_state,
+                progress_text=self.status_progress,
+                progress_bar=self.status_progress_bar,
                 speed=self.status_speed,
                 device=self.status_device,
             ),
@@ -168,6 +175,8 @@ class MainWindow(QMainWindow):
         self._set_running(False)
         self._connect()
         self._restore_settings()
+        # "1 Choose images → 2 Pick a model → 3 Train" above the main area until done.
+        self.steps_strip = guide.install_steps_strip(self)
         self.data_panel.last_dir = self._last_dir("data")
         self.model_panel.last_dir = self._last_dir("model")
         self.new_project(confirm=False)
@@ -288,6 +297,18 @@ class MainWindow(QMainWindow):
         ):
             run.addAction(a)
         help_menu = self.menuBar().addMenu("&Help")
+        self.act_quick_guide = self._action(
+            "&Quick guide",
+            lambda: guide.quick_guide(self),
+            QKeySequence.StandardKey.HelpContents,
+            "The three steps, the tree's colours, the plots, exporting",
+        )
+        self.act_shortcuts = self._action(
+            "&Keyboard shortcuts", lambda: guide.keyboard_shortcuts(self)
+        )
+        for a in (self.act_quick_guide, self.act_shortcuts):
+            help_menu.addAction(a)
+        help_menu.addSeparator()
         help_menu.addAction(self._action("&About Freezer", self._about))
 
         bar = QToolBar("Main")
@@ -310,7 +331,20 @@ class MainWindow(QMainWindow):
         self.status_params = QLabel()
         self.status_speed = QLabel()
         self.status_state = QLabel("idle")
-        for w in (self.status_state, self.status_device, self.status_params, self.status_speed):
+        # Epoch k/n · step · elapsed · ETA, and a bar (hidden when no run is going).
+        self.status_progress = QLabel()
+        self.status_progress_bar = QProgressBar()
+        self.status_progress_bar.setFixedWidth(140)
+        self.status_progress_bar.setTextVisible(True)
+        self.status_progress_bar.hide()
+        for w in (
+            self.status_state,
+            self.status_progress_bar,
+            self.status_progress,
+            self.status_device,
+            self.status_params,
+            self.status_speed,
+        ):
             w.setContentsMargins(8, 0, 8, 0)
             bar.addPermanentWidget(w)
 
@@ -365,6 +399,7 @@ class MainWindow(QMainWindow):
         self.run_ctl.finished.connect(self._on_finished)
         self.run_ctl.failed.connect(self._on_failed)
         self.run_ctl.ended.connect(self._on_run_ended)
+        attach_runs_panel(self)
 
     def _project_changed(self, keys: set[str]) -> None:
         """What follows from a project edit (or undo): the preview, the dataset check, …"""
@@ -993,6 +1028,8 @@ class MainWindow(QMainWindow):
     def error_dialog(self, title: str, message: str, hint: str = "", details: str = "") -> None:
         if not self.interactive:
             print(f"error: {message}" + (f"\n{hint}" if hint else ""), file=sys.stderr)
+        # Core speaks the command line; the window names its own controls instead.
+        message, hint = guide.window_message(self, message), guide.window_message(self, hint)
         box = QMessageBox(
             QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self
         )

@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import QSortFilterProxyModel, QStringListModel, Qt, Signal
+from PySide6.QtCore import QSize, QSortFilterProxyModel, QStringListModel, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -31,7 +32,10 @@ from freezer_app.core.catalog import all_model_names
 from freezer_app.core.data import DataReport, conversion_note
 from freezer_app.core.project import Project
 from freezer_app.core.text import printable
+from freezer_app.gui import tasks
+from freezer_app.gui.evaluate_view import decode_thumbnails
 from freezer_app.gui.forms import ScheduleEditor, SettingsForm, form_settings
+from freezer_app.gui.guide import plain
 from freezer_app.gui.project_controller import ProjectController, touches
 
 
@@ -75,7 +79,9 @@ class ModelPanel(QWidget):
             "A .safetensors/.pth file, an exported bundle folder, or a run folder"
         )
         menu = QMenu(self.open_weights)
-        menu.addAction("Weights file (.safetensors, .pth)…", self._pick_weights)
+        menu.setToolTipsVisible(True)
+        self.weights_action = menu.addAction("Weights file…", self._pick_weights)
+        self.weights_action.setToolTip("A .safetensors or .pth file of this architecture")
         menu.addAction("Bundle or run folder…", self._pick_folder)
         self.open_weights.setMenu(menu)
         self.open_factory = QPushButton("Open model file (.py)…")
@@ -97,6 +103,15 @@ class ModelPanel(QWidget):
         self.pretrained.toggled.connect(self.pretrainedChanged)
         self.open_factory.clicked.connect(self._pick_factory)
         self.last_dir = ""
+
+    @property
+    def controls(self) -> dict[str, tuple[str, str]]:
+        """Setting key → (its control, where on this tab): messages name these rather than
+        the `train` flags (gui/guide.py), in the words the widgets show."""
+        return {
+            "pretrained": (plain(self.pretrained.text()), ""),
+            "weights": (plain(self.weights_action.text()), plain(self.open_weights.text())),
+        }
 
     def select_model(self, model: str) -> None:
         """Highlight the current model in the list (when it is a catalog name)."""
@@ -177,6 +192,64 @@ class ModelPanel(QWidget):
 
 
 # ====================================================================== data
+# PIL's image modes in words (Pillow handbook, "Modes"): the Data tab says "grayscale", not "L".
+MODE_WORDS = {
+    "1": "black-and-white (1-bit)",
+    "L": "grayscale",
+    "LA": "grayscale with transparency",
+    "La": "grayscale with transparency",
+    "P": "palette",
+    "PA": "palette with transparency",
+    "RGB": "RGB",
+    "RGBA": "RGB with transparency",
+    "RGBa": "RGB with transparency",
+    "RGBX": "RGB (padded)",
+    "CMYK": "CMYK",
+    "YCbCr": "YCbCr",
+    "LAB": "Lab colour",
+    "HSV": "HSV colour",
+    "I": "32-bit grayscale (integer)",
+    "F": "32-bit grayscale (floating point)",
+    "I;16": "16-bit grayscale",
+    "I;16L": "16-bit grayscale",
+    "I;16B": "16-bit grayscale",
+    "I;16N": "16-bit grayscale",
+}
+THUMBS_PER_CLASS = 4  # example images shown per class
+THUMB_SIZE = 48  # pixels: small enough for four in the narrow left column
+THUMB_CLASSES = 200  # classes that get examples (a 1000-class folder would decode 4000 files)
+
+
+def mode_words(mode: str) -> str:
+    """An image mode as people say it: "grayscale" for "L", "palette" for "P"."""
+    return MODE_WORDS.get(mode, f"mode {printable(mode)}")
+
+
+def conversion_words(mode: str) -> str:
+    """What loading does to images of this mode, without PIL's mode letters."""
+    note = conversion_note(mode)
+    # core says "L converted to RGB" for modes it converts as they are: the mode's words
+    # already lead the line.
+    return "converted to RGB" if note.startswith(f"{printable(mode)} ") else note
+
+
+def thumbnail_strip(images: list[QImage], size: int = THUMB_SIZE) -> QPixmap:
+    """A class's example images side by side, each centred in a size×size cell (grey until
+    decoded, so the row does not jump)."""
+    gap = 4
+    strip = QPixmap(len(images) * (size + gap) - gap, size)
+    strip.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(strip)
+    for i, image in enumerate(images):
+        x = i * (size + gap)
+        if image.isNull():
+            painter.fillRect(x, 0, size, size, QColor("#e4e4e4"))
+            continue
+        painter.drawImage(x + (size - image.width()) // 2, (size - image.height()) // 2, image)
+    painter.end()
+    return strip
+
+
 class DataPanel(QWidget):
     """Choose an image folder (button or drag-and-drop), its settings (a form generated from
     the schema) and what the check found."""
@@ -216,7 +289,11 @@ class DataPanel(QWidget):
         self.report.setHeaderLabels(["Class / file", "Train", "Val"])
         self.report.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.report.setRootIsDecorated(True)
+        self.report.setIconSize(QSize(THUMBS_PER_CLASS * (THUMB_SIZE + 4) - 4, THUMB_SIZE))
         layout.addWidget(self.report, 1)
+        # Example images of each class, decoded on a background task (a row under the class).
+        self.thumbnail_task: tasks.Task | None = None
+        self._thumbnail_rows: list[tuple[QTreeWidgetItem, list[QImage]]] = []
         self.browse.clicked.connect(self._browse)
         self.folder.returnPressed.connect(
             lambda: self.folderChosen.emit(self.folder.text().strip())
@@ -262,6 +339,7 @@ class DataPanel(QWidget):
         self.progress.setValue(done)
 
     def show_report(self, report: DataReport | None, error: str = "") -> None:
+        self._cancel_thumbnails()
         self.report.clear()
         if report is None:
             self.summary.setText(
@@ -281,9 +359,10 @@ class DataPanel(QWidget):
         )
         if report.converted:
             text += (
-                " Converted: "
+                " Converted to RGB: "
                 + ", ".join(
-                    f"{n} {html.escape(printable(m))}" for m, n in sorted(report.converted.items())
+                    f"{n:,} {html.escape(mode_words(m))}"
+                    for m, n in sorted(report.converted.items())
                 )
                 + "."
             )
@@ -292,21 +371,37 @@ class DataPanel(QWidget):
         for w in report.warnings:
             text += f"<br><span style='color:#b26a00'>Warning: {html.escape(printable(w))}</span>"
         self.summary.setText(text)
-        for name, t, v in zip(
-            report.classes, report.counts(report.train), report.counts(report.val)
+        examples: list[str] = []
+        for i, (name, t, v) in enumerate(
+            zip(report.classes, report.counts(report.train), report.counts(report.val))
         ):
-            QTreeWidgetItem(self.report, [printable(name), f"{t:,}", f"{v:,}"])
+            item = QTreeWidgetItem(self.report, [printable(name), f"{t:,}", f"{v:,}"])
+            if i < THUMB_CLASSES:
+                paths = [p for p, label in report.train if label == i][:THUMBS_PER_CLASS]
+                if paths:
+                    examples += paths
+                    row = QTreeWidgetItem(item)
+                    row.setFirstColumnSpanned(True)
+                    row.setToolTip(0, "\n".join(printable(p) for p in paths))
+                    images = [QImage() for _ in paths]
+                    row.setIcon(0, thumbnail_strip(images))
+                    self._thumbnail_rows.append((row, images))
+                    item.setExpanded(True)
         if report.converted:
             group = QTreeWidgetItem(
-                self.report, [f"Converted images ({sum(report.converted.values())})", "", ""]
+                self.report,
+                [f"Converted images ({sum(report.converted.values()):,})", "", ""],
             )
+            group.setFirstColumnSpanned(True)  # the title is wider than the class column
             for mode, n in sorted(report.converted.items()):
-                item = QTreeWidgetItem(group, [f"{n} {printable(mode)}: {conversion_note(mode)}"])
-                item.setToolTip(0, conversion_note(mode))
+                line = f"{n:,} {mode_words(mode)}: {conversion_words(mode)}"
+                item = QTreeWidgetItem(group, [line])
+                item.setToolTip(0, f"{line} (image mode {printable(mode)})")
                 item.setFirstColumnSpanned(True)
             group.setExpanded(True)
         if report.skipped:
             group = QTreeWidgetItem(self.report, [f"Skipped files ({len(report.skipped)})", "", ""])
+            group.setFirstColumnSpanned(True)
             for s in report.skipped[:500]:
                 path, reason = printable(s.path), printable(s.reason)
                 item = QTreeWidgetItem(group, [f"{path}: {reason}"])
@@ -315,6 +410,56 @@ class DataPanel(QWidget):
             if len(report.skipped) > 500:
                 QTreeWidgetItem(group, [f"... and {len(report.skipped) - 500} more"])
             group.setExpanded(True)
+        self._decode_thumbnails(examples)
+
+    # ------------------------------------------------------------------ example images
+    def _decode_thumbnails(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        task = tasks.Task(
+            lambda _progress, cancelled: decode_thumbnails(
+                paths, task.partial, cancelled, THUMB_SIZE
+            )
+        )
+        task.signals.partial.connect(self._thumbnails_decoded)
+        task.signals.done.connect(self._thumbnails_done)
+        task.signals.failed.connect(self._thumbnails_done)
+        self.thumbnail_task = tasks.start(task)
+
+    def _cancel_thumbnails(self) -> None:
+        if self.thumbnail_task is not None:
+            self.thumbnail_task.cancel()
+            self.thumbnail_task = None
+        self._thumbnail_rows = []
+
+    def _current_thumbnails(self) -> bool:
+        """Thumbnails of a report that was replaced are dropped."""
+        task = self.thumbnail_task
+        return task is not None and self.sender() is task.signals
+
+    def _thumbnails_decoded(self, batch: list[tuple[int, QImage]]) -> None:
+        if not self._current_thumbnails():
+            return
+        touched: set[int] = set()
+        for index, image in batch:
+            # `index` counts through the classes' examples in order.
+            for r, (_row, images) in enumerate(self._thumbnail_rows):
+                if index < len(images):
+                    images[index] = image
+                    touched.add(r)
+                    break
+                index -= len(images)
+        for r in touched:
+            row, images = self._thumbnail_rows[r]
+            row.setIcon(0, thumbnail_strip(images))
+
+    def _thumbnails_done(self, *_args: object) -> None:
+        if self._current_thumbnails():
+            self.thumbnail_task = None
+
+    def thumbnails_shown(self) -> list[int]:
+        """How many example images each class row shows (decoded ones), for tests."""
+        return [sum(not i.isNull() for i in images) for _row, images in self._thumbnail_rows]
 
 
 # ====================================================================== training

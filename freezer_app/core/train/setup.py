@@ -111,7 +111,7 @@ def check_output(
         first = str(e).splitlines()[0] if str(e) else ""
         raise ProjectError(
             f"{label} cannot take {size}×{size} images: {type(e).__name__}: {first}",
-            "Pick an image size the model accepts (--image-size, or the Image size setting).",
+            "Pick an image size the model accepts (--image-size).",
         ) from None
     finally:
         model.train(was_training)

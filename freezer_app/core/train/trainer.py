@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,9 @@ class Trainer:
                 # Before anything is read: a second trainer of this folder is refused here.
                 self.folder.check_resumable()
                 self.lock.acquire()
+                # The last ending no longer describes the run once it goes on.
+                with contextlib.suppress(OSError):
+                    self.folder.outcome.unlink(missing_ok=True)
                 # Half-written files of a killed run (its temporary names) go now.
                 for folder in (self.folder.path, self.folder.checkpoints):
                     remove_stale_temp_files(folder)
@@ -732,6 +736,7 @@ class Trainer:
         )
         if self.log.trackers is not None:
             self.log.trackers.outcome = reason  # MLflow/W&B run status
+        self._write_outcome(result)
         self._release()
         self.emit(result)
         return result
@@ -779,6 +784,22 @@ class Trainer:
         else:
             hint = "No checkpoint had been written yet; start the run again."
         return message, hint
+
+    def _write_outcome(self, result: Finished) -> None:
+        """outcome.json: how the run ended, for `freezer-app runs` and the Runs tab (a killed
+        process writes none, which is how a crash reads)."""
+        if not self.main or not self.folder.project.exists():
+            return  # a run that could not start left no folder
+        outcome = {
+            "reason": result.reason,
+            "step": result.steps,
+            "epoch": result.epochs_completed,
+            "message": result.message,
+            "hint": result.hint,
+            "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        with contextlib.suppress(WriteError, OSError):  # the run's other files say enough
+            self.folder.write_json(self.folder.outcome, outcome)
 
     def _release(self) -> None:
         """End the data-loader workers and free the accelerator: the process stays usable for
