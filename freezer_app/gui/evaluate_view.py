@@ -13,7 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from PIL import Image
 from PySide6.QtCore import QPointF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
+from PySide6.QtGui import QColor, QFontMetrics, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -45,6 +45,8 @@ from freezer_app.gui.plots import LayerAxis
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 THUMBNAILS = 60  # images shown at once; enough to see what goes wrong without stalling
 THUMBNAIL_SIZE = 88  # pixels: the icon size of the image list
+TILE_WIDTH = 150  # pixels: the grid cell of one image, its text below the icon
+SHOWN_TOP = 3  # predictions written under a dropped image's tile (all top-k in its tooltip)
 
 
 def decode_thumbnail(path: str, size: int = THUMBNAIL_SIZE) -> QImage:
@@ -97,16 +99,27 @@ def placeholder_icon(size: int = THUMBNAIL_SIZE) -> QIcon:
 
 
 class ConfusionMatrix(QWidget):
-    """Rows: true class; columns: predicted class; colour: share of the row. Click a cell."""
+    """Rows: true class; columns: predicted class; colour: share of the row. Click a cell.
+
+    Every class is named on both axes (upright along the bottom, one per line height, elided
+    in the middle when long, full on hover) until there are more classes than lines; then
+    every k-th, and zooming shows the rest."""
 
     cellClicked = Signal(int, int)
+    LABEL_PX = 140  # pixels: a longer class name is elided in the middle
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.left_axis = LayerAxis("left", pixels_per_label=18)
-        self.bottom_axis = LayerAxis("bottom", pixels_per_label=70)
+        self.caption = QLabel(
+            "Rows: true class, columns: predicted; numbers: images, colour: share of the row. "
+            "Click a cell to see its images."
+        )
+        self.caption.setWordWrap(True)
+        layout.addWidget(self.caption)
+        self.left_axis = LayerAxis("left", paths=False, max_label_px=self.LABEL_PX)
+        self.bottom_axis = LayerAxis("bottom", rotate=True, paths=False, max_label_px=self.LABEL_PX)
         self.left_axis.offset = self.bottom_axis.offset = 0.5
         self.view = pg.PlotWidget(axisItems={"left": self.left_axis, "bottom": self.bottom_axis})
         self.view.setMenuEnabled(False)
@@ -122,7 +135,10 @@ class ConfusionMatrix(QWidget):
         plot.addItem(self.image)
         self.labels: list[pg.TextItem] = []
         self.view.scene().sigMouseClicked.connect(self._clicked)
+        self.view.scene().sigMouseMoved.connect(self._moved)
         self.n = 0
+        self.classes: list[str] = []
+        self.counts = np.zeros((0, 0))
 
     def show_matrix(self, classes: list[str], confusion: list[list[int]]) -> None:
         plot = self.view.getPlotItem()
@@ -131,6 +147,7 @@ class ConfusionMatrix(QWidget):
         self.labels = []
         counts = np.array(confusion, dtype=float)
         self.n = len(classes)
+        self.classes, self.counts = list(classes), counts
         share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
         self.image.setImage(share, levels=(0, 1))
         self.image.setRect(0, 0, self.n, self.n)
@@ -145,14 +162,32 @@ class ConfusionMatrix(QWidget):
                     self.labels.append(text)
         plot.setRange(xRange=(0, self.n), yRange=(0, self.n), padding=0.02)
 
-    def _clicked(self, event) -> None:
+    def cell_at(self, scene_pos: QPointF) -> tuple[int, int] | None:
+        """(true, predicted) of the cell under a scene position, or None."""
         plot = self.view.getPlotItem()
-        if not plot.sceneBoundingRect().contains(event.scenePos()):
+        if not plot.vb.sceneBoundingRect().contains(scene_pos):
+            return None
+        point: QPointF = plot.vb.mapSceneToView(scene_pos)
+        i, j = int(np.floor(point.y())), int(np.floor(point.x()))
+        return (i, j) if 0 <= i < self.n and 0 <= j < self.n else None
+
+    def _clicked(self, event) -> None:
+        cell = self.cell_at(event.scenePos())
+        if cell is not None:
+            self.cellClicked.emit(*cell)
+
+    def _moved(self, scene_pos: QPointF) -> None:
+        # The full class names of a cell (the axes may show them elided, or not every one).
+        cell = self.cell_at(scene_pos)
+        if cell is None:
+            self.image.setToolTip("")
             return
-        point: QPointF = plot.vb.mapSceneToView(event.scenePos())
-        i, j = int(point.y()), int(point.x())
-        if 0 <= i < self.n and 0 <= j < self.n:
-            self.cellClicked.emit(i, j)
+        i, j = cell
+        row = max(1.0, float(self.counts[i].sum()))
+        self.image.setToolTip(
+            f"true {self.classes[i]}, predicted {self.classes[j]}: "
+            f"{int(self.counts[i, j])} image(s), {self.counts[i, j] / row:.0%} of the row"
+        )
 
 
 class EvaluateView(QWidget):
@@ -165,6 +200,8 @@ class EvaluateView(QWidget):
         self.evaluation: Evaluation | None = None
         self.task: tasks.Task | None = None
         self.thumbnail_task: tasks.Task | None = None  # decoding the image list's icons
+        # Images dropped while an evaluation or prediction runs: predicted when it ends.
+        self.queued: list[str] = []
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.model_label = QLabel("Train a model, or choose a run folder or bundle to evaluate.")
@@ -202,12 +239,18 @@ class EvaluateView(QWidget):
         self.table.horizontalHeaderItem(2).setToolTip(
             "Share of the class's images predicted correctly (per-class accuracy)"
         )
+        # Numbers as wide as they are; the class column takes the rest, and when that is too
+        # narrow a name is elided in its middle (its start and end tell classes apart), full
+        # in the tooltip.
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         top.addWidget(self.table)
         top.setSizes([330, 270])
+        self.top = top
         splitter.addWidget(top)
         bottom = QWidget()
         bottom_layout = QVBoxLayout(bottom)
@@ -217,7 +260,7 @@ class EvaluateView(QWidget):
         self.images = QListWidget()
         self.images.setViewMode(QListView.ViewMode.IconMode)
         self.images.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        self.images.setGridSize(QSize(150, 140))
+        self.images.setGridSize(QSize(TILE_WIDTH, 140))
         self.images.setResizeMode(QListView.ResizeMode.Adjust)
         self.images.setWordWrap(True)
         self.images.setMovement(QListView.Movement.Static)
@@ -289,10 +332,17 @@ class EvaluateView(QWidget):
     def _task_done(self, result: object) -> None:
         self._finish()
         self._on_done(result)
+        self._start_queued()
 
     def _task_failed(self, message: str, hint: str, _details: str) -> None:
         self._finish()
         self._error(message, hint)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        if self.queued and self.task is None:
+            paths, self.queued = self.queued, []
+            self.predict_images(paths)
 
     def _finish(self) -> None:
         self.task = None
@@ -301,6 +351,8 @@ class EvaluateView(QWidget):
         self._update_buttons()
 
     def _cancel(self) -> None:
+        # Cancel means stop: images waiting for their turn are dropped too.
+        self.queued = []
         if self.task is not None:
             self.task.cancel()
 
@@ -316,6 +368,10 @@ class EvaluateView(QWidget):
         self._cancel_thumbnails()
         self.images_title.setText(title)
         self.images.clear()
+        # Tall enough for the icon and every line of the longest text (no line cut off).
+        lines = max((text.count("\n") + 1 for _path, text, _tip in rows), default=2)
+        spacing = QFontMetrics(self.images.font()).lineSpacing()
+        self.images.setGridSize(QSize(TILE_WIDTH, THUMBNAIL_SIZE + lines * spacing + 14))
         placeholder = placeholder_icon()
         for _path, text, tip in rows:
             item = QListWidgetItem(placeholder, text)
@@ -379,6 +435,14 @@ class EvaluateView(QWidget):
             )
             return
         if self.task is not None:
+            # One task at a time: these wait for the one running, and say so.
+            self.queued.extend(p for p in paths if p not in self.queued)
+            self.banner.setStyleSheet("")
+            self.banner.setText(
+                f"{len(self.queued)} image(s) queued: predicted when the "
+                f"{'evaluation' if self._on_done == self.show_evaluation else 'prediction'} "
+                "running now finishes."
+            )
             return
         source = str(self.source)
         self.banner.setStyleSheet("")
@@ -414,10 +478,26 @@ class EvaluateView(QWidget):
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
+                else:
+                    item.setToolTip(m.name)
                 self.table.setItem(r, c, item)
+        self._fit_table()
         self.show_images(
             "Worst predictions (lowest probability of the true class)", result.worst(THUMBNAILS)
         )
+
+    def _fit_table(self) -> None:
+        """Widen the table's side of the splitter (up to half) when the class names need it,
+        so that they show in full rather than elided."""
+        header = self.table.horizontalHeader()
+        needed = self.table.sizeHintForColumn(0) + 8
+        needed += sum(header.sectionSize(c) for c in range(1, self.table.columnCount()))
+        needed += self.table.frameWidth() * 2 + self.table.verticalScrollBar().sizeHint().width()
+        sizes = self.top.sizes()
+        total = sum(sizes)
+        if total > 0 and sizes[1] < needed:
+            table = min(needed, total // 2)
+            self.top.setSizes([total - table, table])
 
     def show_cell(self, true: int, predicted: int) -> None:
         if self.evaluation is None:
@@ -428,15 +508,23 @@ class EvaluateView(QWidget):
             f"True {c[true]}, predicted {c[predicted]}: {len(items)} image(s)", items[:THUMBNAILS]
         )
 
+    def tile_line(self, text: str) -> str:
+        """One line of a tile's text, elided in the middle to the tile's width (a file name's
+        start and its number or extension both tell images apart)."""
+        fm = QFontMetrics(self.images.font())
+        return fm.elidedText(text, Qt.TextElideMode.ElideMiddle, TILE_WIDTH - 10)
+
     def show_images(self, title: str, items: list[ImagePrediction]) -> None:
         assert self.evaluation is not None
         classes = self.evaluation.classes
+        line = self.tile_line
         self._set_images(
             title,
             [
                 (
                     p.path,
-                    f"{classes[p.true]} → {classes[p.predicted]}\n{p.confidence:.0%}",
+                    f"{line(Path(p.path).name)}\n{line(f'{classes[p.true]} → {classes[p.predicted]}')}"
+                    f"\n{p.confidence:.0%}",
                     f"{p.path}\ntrue {classes[p.true]} (p={p.true_probability:.3f})\npredicted {classes[p.predicted]} (p={p.confidence:.3f})",
                 )
                 for p in items
@@ -444,16 +532,30 @@ class EvaluateView(QWidget):
         )
 
     def show_predictions(self, results: list[PredictionResult]) -> None:
-        self.banner.setStyleSheet("")
-        self.banner.setText(f"Top-5 predictions for {len(results)} image(s)")
         rows = []
+        k = max((len(r.top) for r in results), default=0)
         for r in results:
+            name = self.tile_line(Path(r.path).name)
             if r.error:
-                text = f"{Path(r.path).name}\n{r.error}"
+                text = f"{name}\n{r.error}"
             else:
-                text = "\n".join(f"{c.label} {c.probability:.0%}" for c in r.top[:3])
+                text = "\n".join(
+                    [
+                        name,
+                        *(
+                            self.tile_line(f"{c.label} {c.probability:.0%}")
+                            for c in r.top[:SHOWN_TOP]
+                        ),
+                    ]
+                )
             tip = r.path + (
                 "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top) if r.top else ""
             )
             rows.append((r.path, text, tip))
+        self.banner.setStyleSheet("")
+        shown = min(k, SHOWN_TOP)
+        more = f" (top {k} in each image's tooltip)" if k > shown else ""
+        self.banner.setText(
+            f"Predictions for {len(results)} image(s): the top {shown} classes under each{more}"
+        )
         self._set_images("Predictions", rows)

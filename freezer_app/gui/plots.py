@@ -11,17 +11,21 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter
+from PySide6.QtWidgets import QApplication, QLabel, QVBoxLayout, QWidget
 
-from freezer_app.gui.tree_model import FROZEN_COLOUR, TRAINABLE_COLOUR
+from freezer_app.gui.tree_model import TRAINABLE_COLOUR
 
 pg.setConfigOptions(antialias=True, background="w", foreground="#333")
 
-FROZEN_RGB = (FROZEN_COLOUR.red(), FROZEN_COLOUR.green(), FROZEN_COLOUR.blue())
-# In the heat map frozen rows need a colour outside the viridis scale.
+# Frozen layers in the plots: a grey of their own, far from the blues of the |grad| bars and
+# outside the heat map's viridis scale.
+FROZEN_PLOT_RGB = (120, 120, 120)
 FROZEN_CELL_RGB = (207, 216, 220)
+STALE_FROZEN_RGB = (200, 200, 200)
+MEAN_BAR_RGB = (21, 101, 192)
+MAX_BAR_RGB = (144, 202, 249)
 
 
 class Series:
@@ -81,7 +85,8 @@ class LossPlot(QWidget):
         self.loss = self.view.addPlot(row=0, col=0)
         self.loss.setLabel("left", "loss")
         self.loss.showGrid(x=True, y=True, alpha=0.2)
-        self.legend = self.loss.addLegend(offset=(-10, 10))
+        # A light backing keeps the legend readable where a curve passes under it.
+        self.legend = self.loss.addLegend(offset=(-10, 10), brush=pg.mkBrush(255, 255, 255, 210))
         self.raw = self.loss.plot(pen=pg.mkPen("#b0bec5", width=1), name="train loss (step)")
         self.smooth = self.loss.plot(
             pen=pg.mkPen("#1565c0", width=2.5), name="train loss (smoothed)"
@@ -118,7 +123,8 @@ class LossPlot(QWidget):
         self.lr_plot.setLabel("bottom", "step")
         self.lr_plot.setXLink(self.loss)
         self.lr_plot.showGrid(x=True, y=True, alpha=0.2)
-        self.lr_curve = self.lr_plot.plot(pen=pg.mkPen("#6a1b9a", width=2))
+        self.lr_plot.addLegend(offset=(-10, 5), brush=pg.mkBrush(255, 255, 255, 210))
+        self.lr_curve = self.lr_plot.plot(pen=pg.mkPen("#6a1b9a", width=2), name="learning rate")
         self.lr_curve.setClipToView(True)
         self.view.ci.layout.setRowStretchFactor(0, 3)
         self.view.ci.layout.setRowStretchFactor(1, 1)
@@ -192,21 +198,81 @@ class LossPlot(QWidget):
 
 
 class LayerAxis(pg.AxisItem):
-    """An axis labelled with layer names, as many as fit without overlapping (also when zoomed)."""
+    """An axis labelled with names (layers or classes): as many as fit without overlapping at
+    the current zoom, the full name in a tooltip. A bottom axis can stand its labels upright,
+    so that one fits every line height instead of every label width.
 
-    def __init__(self, orientation: str, pixels_per_label: int) -> None:
+    Layer paths are shortened to distinct tails (`layer_labels`), class names kept whole;
+    either is elided in the middle past `max_label_px`.
+    """
+
+    def __init__(
+        self,
+        orientation: str,
+        pixels_per_label: int | None = None,
+        rotate: bool = False,
+        paths: bool = True,
+        max_label_px: int = 170,
+    ) -> None:
         super().__init__(orientation)
-        self.names: list[str] = []
-        self.pixels_per_label = pixels_per_label
-        self.offset = 0.0  # heat-map rows are centred on i + 0.5
+        self.rotate = rotate and orientation in ("bottom", "top")
+        self.paths = paths
+        self.max_label_px = max_label_px
+        self._pixels_per_label = pixels_per_label
+        self._names: list[str] = []
+        self.labels: list[str] = []  # what is drawn for each name
+        self._extent = 0  # pixels the upright labels reach below the axis line
+        self.offset = 0.0  # heat-map rows and matrix cells are centred on i + 0.5
+        self.setAcceptHoverEvents(True)
+
+    @property
+    def names(self) -> list[str]:
+        return self._names
+
+    @names.setter
+    def names(self, names: list[str]) -> None:
+        self._names = list(names)
+        fm = self.metrics()
+        shortened = layer_labels(self._names) if self.paths else self._names
+        self.labels = elide_distinct(shortened, fm, self.max_label_px)
+        self._extent = max((fm.horizontalAdvance(label) for label in self.labels), default=0) + 6
+        if self.rotate:
+            self._updateMaxTextSize(self._extent)
+        self.picture = None
+        self.update()
+
+    def metrics(self) -> QFontMetrics:
+        font = self.style["tickFont"]
+        return QFontMetrics(font if isinstance(font, QFont) else QApplication.font())
+
+    @property
+    def pixels_per_label(self) -> int:
+        """Pixels along the axis one label needs (a line's height when the labels read across
+        the axis' direction, else the widest label)."""
+        if self._pixels_per_label is not None:
+            return self._pixels_per_label
+        fm = self.metrics()
+        if self.orientation in ("left", "right") or self.rotate:
+            return fm.height() + 2
+        widest = max((fm.horizontalAdvance(label) for label in self.labels), default=40)
+        return widest + 12
+
+    @pixels_per_label.setter
+    def pixels_per_label(self, value: int | None) -> None:
+        self._pixels_per_label = value
+
+    def index_at(self, value: float) -> int | None:
+        """The name under an axis coordinate, or None."""
+        i = round(value - self.offset)
+        return i if 0 <= i < len(self._names) else None
 
     def tickValues(self, minVal: float, maxVal: float, size: float):
-        if not self.names:
+        if not self._names:
             return super().tickValues(minVal, maxVal, size)
         minVal, maxVal = sorted((minVal, maxVal))  # the heat map's y axis is inverted
         lo, hi = (
             max(0, math.ceil(minVal - self.offset)),
-            min(len(self.names) - 1, math.floor(maxVal - self.offset)),
+            min(len(self._names) - 1, math.floor(maxVal - self.offset)),
         )
         if hi < lo:
             return []
@@ -216,13 +282,54 @@ class LayerAxis(pg.AxisItem):
         return [(spacing, [i + self.offset for i in range(first, hi + 1, spacing)])]
 
     def tickStrings(self, values, scale, spacing):
-        if not self.names:
+        if not self._names:
             return super().tickStrings(values, scale, spacing)
         out = []
         for v in values:
-            i = round(v - self.offset)
-            out.append(_short(self.names[i], 14) if 0 <= i < len(self.names) else "")
+            i = self.index_at(v)
+            if i is None:
+                out.append("")
+            elif self.rotate:
+                # A narrow stand-in that pyqtgraph measures and places; drawPicture draws the
+                # label itself, upright.
+                out.append(str(i))
+            else:
+                out.append(self.labels[i])
         return out
+
+    def _updateMaxTextSize(self, x: int) -> None:
+        # Upright labels need their width below the axis, whatever pyqtgraph measured.
+        super()._updateMaxTextSize(self._extent if self.rotate and self._names else x)
+
+    def drawPicture(self, p: QPainter, axisSpec, tickSpecs, textSpecs) -> None:
+        if not (self.rotate and self._names):
+            super().drawPicture(p, axisSpec, tickSpecs, textSpecs)
+            return
+        super().drawPicture(p, axisSpec, tickSpecs, [])
+        height = self.metrics().height()
+        for rect, _flags, text in textSpecs:
+            if not text.isdigit() or int(text) >= len(self.labels):
+                continue
+            p.save()
+            # Turned a quarter left, the label reads upwards and ends at the tick.
+            p.translate(rect.center().x(), rect.top())
+            p.rotate(-90)
+            p.drawText(
+                QRectF(-self._extent, -height / 2, self._extent, height),
+                int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
+                self.labels[int(text)],
+            )
+            p.restore()
+
+    def hoverEvent(self, ev) -> None:
+        """The full name of the label under the mouse, as a tooltip."""
+        view = self.linkedView()
+        if ev.isExit() or view is None:
+            self.setToolTip("")
+            return
+        point = view.mapSceneToView(self.mapToScene(ev.pos()))
+        i = self.index_at(point.x() if self.orientation in ("bottom", "top") else point.y())
+        self.setToolTip(display_name(self._names[i]) if i is not None else "")
 
 
 class _LayerHover:
@@ -263,28 +370,33 @@ class GradientFlowPlot(QWidget, _LayerHover):
         self.caption = QLabel(self.CAPTION)
         self.caption.setWordWrap(True)
         layout.addWidget(self.caption)
-        self.axis = LayerAxis("bottom", pixels_per_label=95)
-        self.view = pg.PlotWidget(axisItems={"bottom": self.axis})
+        # Upright layer names: one fits every line height, so all of them show until the
+        # layers get denser than that (then every k-th; zoom in for the rest).
+        self.axis = LayerAxis("bottom", rotate=True)
+        self.view = pg.GraphicsLayoutWidget()
         layout.addWidget(self.view)
-        plot = self.view.getPlotItem()
+        # The legend sits in a row of its own above the plot, where no bar can hide under it.
+        self.legend = pg.LegendItem(colCount=3)
+        self.view.addItem(self.legend, row=0, col=0)
+        plot = self.view.addPlot(row=1, col=0, axisItems={"bottom": self.axis})
+        self.plot = plot
         plot.setLabel("left", "log10 |grad|")
         plot.setLabel("bottom", "layer (input → output)")
         plot.showGrid(y=True, alpha=0.2)
-        legend = plot.addLegend(offset=(-10, 10))
         self.max_bars = pg.BarGraphItem(
-            x=[], height=[], width=0.8, brush=pg.mkBrush(144, 202, 249), pen=pg.mkPen(None)
+            x=[], height=[], width=0.8, brush=pg.mkBrush(*MAX_BAR_RGB), pen=pg.mkPen(None)
         )
         self.mean_bars = pg.BarGraphItem(
-            x=[], height=[], width=0.45, brush=pg.mkBrush(21, 101, 192), pen=pg.mkPen(None)
+            x=[], height=[], width=0.45, brush=pg.mkBrush(*MEAN_BAR_RGB), pen=pg.mkPen(None)
         )
         self.frozen = pg.ScatterPlotItem(
-            symbol="s", size=7, brush=pg.mkBrush(*FROZEN_RGB), pen=pg.mkPen(None)
+            symbol="s", size=9, brush=pg.mkBrush(*FROZEN_PLOT_RGB), pen=pg.mkPen(70, 70, 70)
         )
         for item in (self.max_bars, self.mean_bars, self.frozen):
             plot.addItem(item)
-        legend.addItem(self.max_bars, "max |grad|")
-        legend.addItem(self.mean_bars, "mean |grad|")
-        legend.addItem(self.frozen, "frozen: exactly 0")
+        self.legend.addItem(self.max_bars, "max |grad|")
+        self.legend.addItem(self.mean_bars, "mean |grad|")
+        self.legend.addItem(self.frozen, "frozen: no gradient (exactly 0)")
         self._setup_hover(plot)
         self.names: list[str] = []
         self._mean = self._max = np.zeros(0)
@@ -309,13 +421,11 @@ class GradientFlowPlot(QWidget, _LayerHover):
     def set_stale(self, stale: bool) -> None:
         """Grey the bars when they were measured under another plan than the one shown."""
         grey = stale
-        self.max_bars.setOpts(
-            brush=pg.mkBrush(210, 210, 210) if grey else pg.mkBrush(144, 202, 249)
-        )
+        self.max_bars.setOpts(brush=pg.mkBrush(210, 210, 210) if grey else pg.mkBrush(*MAX_BAR_RGB))
         self.mean_bars.setOpts(
-            brush=pg.mkBrush(150, 150, 150) if grey else pg.mkBrush(21, 101, 192)
+            brush=pg.mkBrush(150, 150, 150) if grey else pg.mkBrush(*MEAN_BAR_RGB)
         )
-        self.frozen.setBrush(pg.mkBrush(170, 170, 170) if grey else pg.mkBrush(*FROZEN_RGB))
+        self.frozen.setBrush(pg.mkBrush(*(STALE_FROZEN_RGB if grey else FROZEN_PLOT_RGB)))
         self.caption.setText(self.STALE_CAPTION if grey else self.CAPTION)
 
     def clear_values(self) -> None:
@@ -350,10 +460,8 @@ class GradientFlowPlot(QWidget, _LayerHover):
         self.mean_bars.setOpts(x=x[has], y0=floor, height=(log_mean - floor)[has])
         zero = ~has
         self.frozen.setData(x=x[zero], y=np.full(zero.sum(), floor))
-        self.view.getPlotItem().setYRange(
-            floor, max(floor + 1, float(log_max.max()) + 0.3), padding=0
-        )
-        self.view.getPlotItem().setXRange(-1, len(max_abs), padding=0)
+        self.plot.setYRange(floor, max(floor + 1, float(log_max.max()) + 0.3), padding=0)
+        self.plot.setXRange(-1, len(max_abs), padding=0)
 
     def select(self, name: str) -> None:
         if name in self.names:
@@ -372,7 +480,7 @@ class GradientFlowPlot(QWidget, _LayerHover):
             )
         else:
             detail = f"mean |grad| {self._mean[i]:.3e}\nmax |grad| {self._max[i]:.3e}"
-        self.hover.setText(f"{self.names[i]}\n{detail}")
+        self.hover.setText(f"{display_name(self.names[i])}\n{detail}")
         self.hover.setPos(point)
         self.hover.show()
 
@@ -399,11 +507,26 @@ class UpdateHeatmap(QWidget, _LayerHover):
         )
         self.caption.setWordWrap(True)
         layout.addWidget(self.caption)
-        self.axis = LayerAxis("left", pixels_per_label=16)
+        self.axis = LayerAxis("left")
         self.axis.offset = 0.5
-        self.view = pg.PlotWidget(axisItems={"left": self.axis})
+        self.view = pg.GraphicsLayoutWidget()
         layout.addWidget(self.view)
-        plot = self.view.getPlotItem()
+        # A legend row above the map (an overlay would hide rows): the frozen grey; the
+        # colour bar at the right is the legend of the scale.
+        self.legend = pg.LegendItem(colCount=2)
+        self.view.addItem(self.legend, row=0, col=0)
+        plot = self.view.addPlot(row=1, col=0, axisItems={"left": self.axis})
+        self.plot = plot
+        self.frozen_sample = pg.ScatterPlotItem(
+            symbol="s", size=11, brush=pg.mkBrush(*FROZEN_CELL_RGB), pen=pg.mkPen(150, 150, 150)
+        )
+        self.legend.addItem(self.frozen_sample, "frozen: never updated")
+        self.update_sample = pg.ScatterPlotItem(
+            symbol="s", size=11, brush=pg.mkBrush(*pg.colormap.get("viridis").map(0.6, "byte"))
+        )
+        self.legend.addItem(
+            self.update_sample, "trainable: log10 update ratio (colour scale at right)"
+        )
         plot.setLabel("bottom", "step")
         plot.setLabel("left", "layer")
         plot.invertY(True)
@@ -504,7 +627,7 @@ class UpdateHeatmap(QWidget, _LayerHover):
         else:
             v = self._cols[col][row]
             value = "update ratio 0" if v <= self.LOW else f"update ratio {10**v:.2e}"
-        self.hover.setText(f"{self.names[row]}\nstep {self._steps[col]}\n{value}")
+        self.hover.setText(f"{display_name(self.names[row])}\nstep {self._steps[col]}\n{value}")
         self.hover.setPos(point)
         self.hover.show()
 
@@ -514,9 +637,69 @@ class UpdateHeatmap(QWidget, _LayerHover):
             self.layerClicked.emit(self.names[cell[0]])
 
 
-def _short(name: str, width: int = 18) -> str:
-    """The end of a module path, which tells layers apart (layer4.0.conv1 -> 4.0.conv1)."""
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
+def elide_distinct(texts: list[str], fm: QFontMetrics, pixels: int) -> list[str]:
+    """Texts elided in the middle to `pixels`, still telling each other apart: texts that
+    would elide alike drop the start they share instead (…or_squares_on… vs …or_stripes_on…);
+    any still alike are kept whole."""
+    middle = Qt.TextElideMode.ElideMiddle
+    labels = [fm.elidedText(t, middle, pixels) for t in texts]
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    for members in groups.values():
+        if len(members) < 2 or len({texts[i] for i in members}) < len(members):
+            continue
+        group = [texts[i] for i in members]
+        shared = next(
+            (k for k, chars in enumerate(zip(*group)) if len(set(chars)) > 1),
+            min(len(t) for t in group),
+        )
+        start = max(0, shared - 3)  # a few shared characters as context
+        for i in members:
+            labels[i] = fm.elidedText("…" + texts[i][start:], middle, pixels)
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [t if counts[label] > 1 else label for t, label in zip(texts, labels)]
+
+
+def layer_labels(names: list[str], width: int = 22) -> list[str]:
+    """Short labels for module paths that still tell every layer apart, in one style per model.
+
+    A leading component that every path shares (model.) is dropped. When any path is still
+    longer than `width`, every path's components but the last two shrink to their initial and
+    number (stages.2.blocks.1.mlp.fc1 -> s.2.b.1.mlp.fc1, layer3.0.downsample.1 ->
+    l3.0.downsample.1), so that equal endings (three ….downsample.1) keep what tells them
+    apart. Paths whose labels would still be equal are shown whole.
+    """
+    split = [name.split(".") for name in names]
+    # A leading component shared by all paths tells none apart (two stay: a.0, not 0).
+    while split and all(len(p) > 2 for p in split) and len({p[0] for p in split}) == 1:
+        split = [p[1:] for p in split]
+    labels = [".".join(p) for p in split]
+    if any(len(label) > width for label in labels):
+        labels = [".".join([_initial(c) for c in p[:-2]] + p[-2:]) for p in split]
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [
+        display_name(name if counts[label] > 1 else label) for name, label in zip(names, labels)
+    ]
+
+
+def display_name(path: str) -> str:
+    """A module path as shown; the model itself (parameters of its own, such as a ViT's
+    cls_token) has the empty path."""
+    return path or "(top level)"
+
+
+def _initial(component: str) -> str:
+    """A path component shortened to its first letter and its number (layer3 -> l3); an
+    index stays whole."""
+    if component.isdigit() or not component:
+        return component
+    digits = len(component) - len(component.rstrip("0123456789"))
+    return component[0] + (component[-digits:] if digits else "")
 
 
 def colour_hex(colour: QColor) -> str:

@@ -35,6 +35,13 @@ STATE_COLOURS = {
     State.FROZEN: FROZEN_COLOUR,
     State.PARTIAL: PARTIAL_COLOUR,
 }
+# What the tree's colours mean, for its legend (derived from the colours above, never retyped).
+LEGEND: tuple[tuple[QColor, str, str], ...] = (
+    (TRAINABLE_COLOUR, "trainable", "ticked: every parameter below trains"),
+    (FROZEN_COLOUR, "frozen", "unticked: requires_grad=False, no gradient, never updated"),
+    (PARTIAL_COLOUR, "partly frozen", "some children frozen, some trainable"),
+    (PENDING_BACKGROUND, "pending", "edited during a run: takes effect at the next step"),
+)
 
 # Custom roles the views use.
 PathRole = Qt.ItemDataRole.UserRole + 1  # selector for this row (module path / parameter name)

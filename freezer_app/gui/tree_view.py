@@ -5,8 +5,18 @@ from __future__ import annotations
 import html
 import math
 
-from PySide6.QtCore import QModelIndex, QRect, QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QPainter
+from PySide6.QtCore import (
+    QEvent,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QAction, QColor, QFontMetrics, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -33,8 +43,10 @@ from freezer_app.gui.freeze_controller import FreezeController
 from freezer_app.gui.tree_model import (
     FROZEN_COLOUR,
     GRAD,
+    LEGEND,
     NAME,
     PARAMS,
+    PENDING_BACKGROUND,
     TRAINABLE,
     TYPE,
     UPDATE,
@@ -80,10 +92,44 @@ STALE_BAR = QColor(170, 170, 170, 150)
 STALE_TEXT = QColor("#8a8a8a")
 
 
-class BarDelegate(QStyledItemDelegate):
-    """Draws the live telemetry columns as small bars (log scale); frozen rows show an exact 0."""
+FROZEN_TEXT = "0 (frozen)"
+NUMBER_SAMPLE = "8.88e-88"  # the widest number a bar column shows (bar_text's format)
+BAR_MIN = 30  # pixels: the shortest bar area worth drawing beside the number
 
-    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+
+class BarDelegate(QStyledItemDelegate):
+    """Draws the live telemetry columns as small bars (log scale); frozen rows show an exact 0.
+
+    Row height and text rect come from the font, so the numbers are never clipped whatever
+    the font size (the bar, not the text, is inset)."""
+
+    PAD = 2  # pixels around the text and the bar
+
+    def sizeHint(
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> QSize:
+        hint = super().sizeHint(option, index)
+        fm = QFontMetrics(option.font)
+        width = max(
+            fm.horizontalAdvance(FROZEN_TEXT), fm.horizontalAdvance(NUMBER_SAMPLE) + BAR_MIN
+        )
+        return QSize(
+            max(hint.width(), width + 4 * self.PAD), max(hint.height(), fm.height() + 2 * self.PAD)
+        )
+
+    def text_rect(self, option: QStyleOptionViewItem) -> QRect:
+        """Where the number is drawn: the cell less side margins, never shorter than the font
+        (centred on the row when a row is shorter than the font, which sizeHint prevents)."""
+        rect = option.rect.adjusted(self.PAD, 0, -self.PAD, 0)
+        height = max(rect.height(), QFontMetrics(option.font).height())
+        return QRect(rect.left(), rect.center().y() - (height - 1) // 2, rect.width(), height)
+
+    def paint(
+        self,
+        painter: QPainter,
+        option: QStyleOptionViewItem,
+        index: QModelIndex | QPersistentModelIndex,
+    ) -> None:
         super().paint(painter, option, index)
         value = index.data(BarRole)
         if value is None:
@@ -95,25 +141,52 @@ class BarDelegate(QStyledItemDelegate):
             source = source.sourceModel()
         text = source.bar_text(index)
         stale = bool(index.data(StaleRole))  # measured under another plan: greyed
-        rect = option.rect.adjusted(2, 3, -2, -3)
+        text_rect = self.text_rect(option)
         painter.save()
+        painter.setFont(option.font)
         if frozen:
             painter.setPen(STALE_TEXT if stale else FROZEN_COLOUR)
             painter.drawText(
-                rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, "0 (frozen)"
+                text_rect, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, FROZEN_TEXT
             )
         else:
-            # Log scale over four decades below the largest value; the number sits beside the bar.
+            # Log scale over four decades below the largest value; the number sits beside the
+            # bar, which gets whatever width the number leaves.
             width = 0.0 if fraction <= 0 else max(0.03, min(1.0, (math.log10(fraction) + 4) / 4))
-            bar_space = max(10, rect.width() - 62)
-            bar = QRect(rect.left(), rect.top() + 1, int(bar_space * width), rect.height() - 2)
+            text_width = QFontMetrics(option.font).horizontalAdvance(text)
+            bar_space = max(4, text_rect.width() - text_width - 2 * self.PAD)
+            inset = max(1, (option.rect.height() - QFontMetrics(option.font).height()) // 2 + 1)
+            bar = QRect(
+                text_rect.left(),
+                option.rect.top() + inset,
+                int(bar_space * width),
+                max(2, option.rect.height() - 2 * inset),
+            )
             painter.fillRect(bar, STALE_BAR if stale else QColor(66, 133, 244, 190))
             painter.setPen(STALE_TEXT if stale else QColor("#222"))
-            text_rect = rect.adjusted(bar_space + 2, 0, 0, 0)
             painter.drawText(
                 text_rect, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text
             )
         painter.restore()
+
+
+def legend_html() -> str:
+    """The tree's colours and what they mean (from tree_model.LEGEND), as one line: state
+    colours as coloured words (the tree colours its names so), pending as its background."""
+    parts = []
+    for colour, name, _meaning in LEGEND:
+        if colour == PENDING_BACKGROUND:
+            parts.append(f"<span style='background:{colour.name()}'>&nbsp;{name}&nbsp;</span>")
+        else:
+            parts.append(f"<span style='color:{colour.name()}'>&#9632;&nbsp;{name}</span>")
+    return "&nbsp;&nbsp; ".join(parts)
+
+
+def legend_tooltip() -> str:
+    return "\n".join(f"{name}: {meaning}" for _colour, name, meaning in LEGEND) + (
+        "\nGrad norm / Update ratio bars: log scale over four decades; "
+        "grey: measured under an earlier freeze plan"
+    )
 
 
 class TreePanel(QWidget):
@@ -202,11 +275,15 @@ class TreePanel(QWidget):
         self.view.setItemDelegateForColumn(UPDATE, BarDelegate(self.view))
         header = self.view.header()
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.resizeSection(NAME, 215)
-        for col, width in ((TYPE, 100), (PARAMS, 78), (TRAINABLE, 78), (GRAD, 100), (UPDATE, 100)):
-            header.resizeSection(col, width)
+        self.fit_columns()
+        self.view.viewport().installEventFilter(self)  # its width decides the Module column's
         layout.addWidget(self.view, 1)
+
+        self.legend = QLabel(legend_html())
+        self.legend.setToolTip(legend_tooltip())
+        layout.addWidget(self.legend)
 
         bottom = QHBoxLayout()
         self.summary = QLabel()
@@ -226,6 +303,8 @@ class TreePanel(QWidget):
         self.copy_code.clicked.connect(self._copy_code)
         controller.planChanged.connect(lambda _plan: self.update_summary())
         self.model.modelReset.connect(self._model_reset)
+        # Rows revealed by expanding may hold longer type names.
+        self.view.expanded.connect(lambda _index: self._fit_type_column())
 
     # ------------------------------------------------------------------ updates
     def show_busy(self, text: str) -> None:
@@ -239,7 +318,56 @@ class TreePanel(QWidget):
     def _model_reset(self) -> None:
         self._build_preset_menus()
         self.expand_to_depth(self.depth.value())
+        self.fit_columns()
         self.update_summary()
+
+    MAX_TYPE_WIDTH = 240  # pixels: a longer class name is cut (it is in the row's tooltip)
+
+    def fit_columns(self) -> None:
+        """Columns as wide as their contents: counts from the widest one (the root's total,
+        with separators), types from the rows shown, bars from the font."""
+        header = self.view.header()
+        fm = self.view.fontMetrics()
+        margin = 12  # the cell's text margins, both sides
+        tree = self.controller.tree
+        widest = f"{tree.root.total:,}" if tree is not None else "0,000,000"
+        for col in (PARAMS, TRAINABLE):
+            header.resizeSection(
+                col, max(header.sectionSizeHint(col), fm.horizontalAdvance(widest) + margin)
+            )
+        bar = BarDelegate.PAD * 4 + max(
+            fm.horizontalAdvance(FROZEN_TEXT), fm.horizontalAdvance(NUMBER_SAMPLE) + BAR_MIN
+        )
+        for col in (GRAD, UPDATE):
+            header.resizeSection(col, max(header.sectionSizeHint(col), bar))
+        self._fit_type_column(grow_only=False)
+        self._fit_name_column()
+
+    MIN_NAME_WIDTH = 170  # pixels: below this the Module column stops shrinking (scroll)
+
+    def _fit_name_column(self) -> None:
+        """The Module column takes the width the others leave, so that every column shows
+        without scrolling while there is room."""
+        header = self.view.header()
+        others = sum(header.sectionSize(c) for c in range(header.count()) if c != NAME)
+        header.resizeSection(NAME, max(self.MIN_NAME_WIDTH, self.view.viewport().width() - others))
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.view.viewport() and event.type() == QEvent.Type.Resize:
+            self._fit_name_column()
+        return super().eventFilter(watched, event)
+
+    def _fit_type_column(self, grow_only: bool = True) -> None:
+        header = self.view.header()
+        wanted = max(header.sectionSizeHint(TYPE), self.view.sizeHintForColumn(TYPE) + 4)
+        wanted = min(self.MAX_TYPE_WIDTH, wanted)
+        # While one model is shown the column only grows: expanding and collapsing rows must
+        # not make the columns to its right jump.
+        if grow_only:
+            wanted = max(wanted, header.sectionSize(TYPE))
+        if wanted != header.sectionSize(TYPE):
+            header.resizeSection(TYPE, wanted)
+            self._fit_name_column()
 
     def _build_preset_menus(self) -> None:
         tree = self.controller.tree
