@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QFileDialog,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -466,11 +468,34 @@ class DataPanel(QWidget):
 class TrainingPanel(QWidget):
     """Training settings (a form generated from the schema) and the unfreezing schedule."""
 
+    findLrRequested = Signal()  # "Find learning rate…": the window runs the range test
+
     def __init__(self, controller: ProjectController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        layout = QVBoxLayout(self)
+        # The form is long (every training setting): it scrolls, so the window still fits a
+        # laptop screen.
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer.addWidget(scroll)
+        content = QWidget()
+        scroll.setWidget(content)
+        self.scroll = scroll
+        layout = QVBoxLayout(content)
         self.form = SettingsForm(controller, form_settings(Project, ("train", "plan")))
         layout.addWidget(self.form)
+        # Right under the learning rate it suggests (gui/lr_find_view.py).
+        self.find_lr = QPushButton("Find learning rate…")
+        self.find_lr.setToolTip(
+            "A short range test with the current freeze plan: plots the loss against the "
+            "learning rate and suggests one. The model's weights are not changed."
+        )
+        self.find_lr.clicked.connect(self.findLrRequested)
+        lr_row, _role = self.form.layout_.getWidgetPosition(self.form.editor("train.lr"))
+        self.form.layout_.insertRow(lr_row + 1, "", self.find_lr)
         box = QGroupBox("Gradual unfreezing")
         box.setToolTip(
             "Change the freeze selection as training goes, e.g. head only for 1 epoch, then the "

@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QTableView,
     QVBoxLayout,
@@ -246,6 +247,7 @@ class RunsPanel(QWidget):
         layout.setSpacing(4)
         top = QHBoxLayout()
         self.where = QLabel()
+        self.where.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         top.addWidget(self.where, 1)
         self.add_button = QPushButton("Add run folder…")
@@ -298,6 +300,8 @@ class RunsPanel(QWidget):
         buttons.addStretch(1)
         self.hint = QLabel()
         self.hint.setStyleSheet(f"color: {QUIET_COLOUR}")
+        # Long hints are cut, never widen the window (its full text is in the tooltip).
+        self.hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         buttons.addWidget(self.hint)
 
         self.plots = pg.GraphicsLayoutWidget()
