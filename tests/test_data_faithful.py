@@ -283,5 +283,7 @@ def test_the_window_shows_escaped_names_and_every_reason(tmp_path: Path, qtbot) 
         texts.append(item.text(0))
         texts += [item.child(j).text(0) for j in range(item.childCount())]
     assert "cats\\x1b[31m" in texts and not any("\x1b" in t for t in texts)
-    assert any("I;16: 16-bit grayscale scaled to 8 bits" in t for t in texts), texts
+    # The mode in words ("16-bit grayscale", not "I;16"), and what was done to it.
+    assert any("16-bit grayscale: 16-bit grayscale scaled to 8 bits" in t for t in texts), texts
+    assert not any("I;16" in t for t in texts), texts
     assert any(t.startswith("dogs/notes.txt: not an image file") for t in texts), texts

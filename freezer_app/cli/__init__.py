@@ -18,6 +18,7 @@ from freezer_app.cli import (
     gui,
     inspect,
     install_desktop,
+    lr_find,
     models,
     push,
     runs,
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     inspect.add_parser(sub)
     train.add_parser(sub)
+    lr_find.add_parser(sub)
     demo_data.add_parser(sub)
     export.add_parser(sub)
     push.add_parser(sub)

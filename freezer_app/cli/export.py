@@ -12,7 +12,7 @@ from freezer_app.cli.common import EXIT_OK, add_trust_option, code_trust
 # As in core.export (spelled out so that building the parser imports no torch; a test checks
 # that they agree).
 EXPORT_FORMATS = ("bundle", "pth", "torchscript", "pt2", "onnx", "triton", "code")
-EXPORT_CHECKPOINTS = ("final", "best")
+EXPORT_CHECKPOINTS = ("final", "best", "ema")
 
 
 def add_parser(sub: Any) -> None:
@@ -38,7 +38,8 @@ def add_parser(sub: Any) -> None:
         "--checkpoint",
         choices=EXPORT_CHECKPOINTS,
         default="final",
-        help="a run's final weights or those of its best epoch",
+        help="a run's final weights, those of its best epoch, or its moving average of the "
+        "weights (runs trained with --ema)",
     )
     add_trust_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")

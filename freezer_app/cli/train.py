@@ -58,6 +58,15 @@ def add_parser(sub: Any) -> None:
         help="do not clip gradients (as --grad-clip off)",
     )
     add_plan_options(p)
+    p.add_argument(
+        "--lr-mult",
+        action="append",
+        default=[],
+        type=_lr_mult,
+        metavar="PATH=X",
+        help=f"{settings.find(Project, 'plan.lr_mult').spec.help}, e.g. --lr-mult blocks.0=0.1; "
+        "the last one given for a path wins (repeatable)",
+    )
     add_trust_option(p)
     p.add_argument(
         "--unfreeze-schedule",
@@ -78,6 +87,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _lr_mult(text: str) -> tuple[str, float]:
+    """`PATH=X` of --lr-mult."""
+    path, sep, value = text.rpartition("=")
+    try:
+        mult = float(value)
+    except ValueError:
+        mult = float("nan")
+    if not sep or not path.strip() or not (0 < mult <= 10_000):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write a module path, '=' and a multiplier in (0, 10000], e.g. layer4=0.5"
+        )
+    return path.strip(), mult
 
 
 def project_from_args(args: argparse.Namespace) -> Any:
@@ -118,6 +141,8 @@ def project_from_args(args: argparse.Namespace) -> Any:
             "the data, so this run will not repeat the one that recorded them"
         )
     project.plan = plan_from_args(args, project.plan)
+    for path, mult in getattr(args, "lr_mult", None) or []:  # lr-find has no --lr-mult
+        project.plan = project.plan.with_lr_mult(path, mult)
     if args.unfreeze_schedule:
         project.plan.schedule = timeline.parse_schedule(args.unfreeze_schedule)
     return project
@@ -145,7 +170,7 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, Any]:
             "--resume continues a run in its own folder.",
             "Drop PROJECT.json and --out (or repeat the run with `train RUN/project.json --out NEW`).",
         )
-    flags = plan_flags_given(args)
+    flags = plan_flags_given(args) + (["--lr-mult"] if getattr(args, "lr_mult", None) else [])
     if flags:
         raise FreezerError(
             f"A resumed run keeps its freeze plan and timeline; {', '.join(flags)} cannot be given.",

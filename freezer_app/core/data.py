@@ -32,6 +32,33 @@ from freezer_app.core.shards import merge_short_tail, shard
 from freezer_app.core.text import printable
 
 AUGMENTATIONS = ("none", "light", "strong")
+# data.auto_augment: timm's policy strings (RandAugment "rand-...", AugMix "augmix-...", AutoAugment
+# "original", "v0", "3a"...), suggested in the form; "off" turns the preset's policy off.
+AUTO_AUGMENT_EXAMPLES = (
+    "off",
+    "rand-m9-mstd0.5-inc1",
+    "trivialaugment",
+    "augmix-m5-w4-d2",
+    "original",
+    "v0",
+)
+# timm has no TrivialAugment by name: its RandAugment with one op per image at a uniformly
+# drawn magnitude, always applied, is that recipe with timm's op set.
+AUTO_AUGMENT_ALIASES = {"trivialaugment": "rand-n1-m10-mstd101-inc1-p1"}
+# The training-image preset of each data.augmentation, as create_transform arguments.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "light": {"scale": (0.6, 1.0), "hflip": 0.5, "color_jitter": None, "auto_augment": None},
+    "strong": {
+        "scale": (0.25, 1.0),
+        "hflip": 0.5,
+        "color_jitter": 0.3,
+        "auto_augment": "rand-m9-mstd0.5-inc1",
+        "re_prob": 0.25,
+    },
+}
+# The data check warns when the largest class has more than this many times the smallest's
+# training images (train.class_balance is the remedy it names).
+IMBALANCE_RATIO = 5.0
 # Grayscale modes with more than 8 bits per pixel, and what loading does to them (load_rgb).
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _SCALED = {
@@ -321,7 +348,33 @@ def scan_folder(
                 )
     if not report.val:
         report.warnings.append("no validation images: accuracy cannot be measured")
+    imbalance = imbalance_warning(report)
+    if imbalance:
+        report.warnings.append(imbalance)
     return report
+
+
+def imbalance_warning(report: DataReport) -> str | None:
+    """A warning when the largest class has more than IMBALANCE_RATIO× the smallest's
+    training images: a model then learns to favour the large classes."""
+    counts = report.counts(report.train)
+    if not counts or min(counts) == 0:
+        return None
+    large, small = max(counts), min(counts)
+    if large <= IMBALANCE_RATIO * small:
+        return None
+    return (
+        f"classes are imbalanced: {printable(report.classes[counts.index(large)])} has "
+        f"{large} training images, {printable(report.classes[counts.index(small)])} "
+        f"{small} ({large / small:.1f}×); consider --class-balance sampler or loss"
+    )
+
+
+def class_weights(counts: list[int]) -> list[float]:
+    """Inverse-frequency class weights, normalised so that the images' mean weight is 1
+    (n / (classes × count), scikit-learn's "balanced"): a balanced set gets all ones."""
+    n, k = sum(counts), len(counts)
+    return [n / (k * c) if c else 0.0 for c in counts]
 
 
 _SCAN_THREADS = 8
@@ -386,10 +439,47 @@ def stratified_split(
 
 
 # ---------------------------------------------------------------------- transforms
+def timm_policy(policy: str | None) -> str | None:
+    """The auto-augment policy as timm's create_transform takes it (None: off)."""
+    if policy is None or policy.strip().lower() == "off":
+        return None
+    policy = policy.strip()
+    return AUTO_AUGMENT_ALIASES.get(policy.lower(), policy)
+
+
+def auto_augment_problem(policy: str | None) -> str | None:
+    """Why timm cannot build this auto-augment policy, or None when it can (a 32 px trial
+    transform: no image is read)."""
+    aa = timm_policy(policy)
+    if aa is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            create_transform(input_size=(3, 32, 32), is_training=True, auto_augment=aa)
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
+        return str(e) or "timm cannot read it"
+    return None
+
+
+def train_is_random(augmentation: str) -> bool:
+    """Whether training images are augmented (a random transform), so neither they nor their
+    features can be kept ready between epochs (the image and feature caches)."""
+    return augmentation != "none"
+
+
 def build_transforms(
-    data_config: dict[str, Any], image_size: int | None = None, augmentation: str = "light"
+    data_config: dict[str, Any],
+    image_size: int | None = None,
+    augmentation: str = "light",
+    auto_augment: str | None = None,
+    random_erase: float | None = None,
 ) -> tuple[Callable, Callable]:
-    """(train, eval) transforms from the model's own data config (timm's create_transform)."""
+    """(train, eval) transforms from the model's own data config (timm's create_transform).
+
+    augmentation picks a preset of create_transform arguments (_PRESETS); auto_augment (a timm
+    policy, "off", or None: the preset's) and random_erase (a probability, or None: the
+    preset's) override its own. "none" is resize and center crop only."""
     if augmentation not in AUGMENTATIONS:
         raise DataError(
             f"Unknown augmentation {augmentation!r}.", f"Use one of: {', '.join(AUGMENTATIONS)}."
@@ -404,27 +494,20 @@ def build_transforms(
     eval_tf = create_transform(
         **common, is_training=False, crop_pct=data_config.get("crop_pct", 0.875), crop_mode="center"
     )
-    if augmentation == "none":
+    if not train_is_random(augmentation):
         return eval_tf, eval_tf
-    if augmentation == "light":
-        train_tf = create_transform(
-            **common,
-            is_training=True,
-            scale=(0.6, 1.0),
-            hflip=0.5,
-            color_jitter=None,
-            auto_augment=None,
+    args = dict(_PRESETS[augmentation])
+    if auto_augment is not None:
+        args["auto_augment"] = timm_policy(auto_augment)
+    if random_erase is not None:
+        args["re_prob"] = random_erase
+    problem = auto_augment_problem(args["auto_augment"])
+    if problem:
+        raise DataError(
+            f"Unknown auto-augment policy {args['auto_augment']!r} ({problem}).",
+            "Use e.g. " + ", ".join(AUTO_AUGMENT_EXAMPLES[1:]) + ", or off.",
         )
-    else:
-        train_tf = create_transform(
-            **common,
-            is_training=True,
-            scale=(0.25, 1.0),
-            hflip=0.5,
-            color_jitter=0.3,
-            auto_augment="rand-m9-mstd0.5-inc1",
-            re_prob=0.25,
-        )
+    train_tf = create_transform(**common, is_training=True, **args)
     return train_tf, eval_tf
 
 
@@ -539,15 +622,26 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     Each epoch uses every index exactly once (see `batches`), and `set_epoch(epoch, start_batch)`
     skips the batches already trained, so a resumed run sees exactly the remaining batches.
+
+    weights (train.class_balance sampler): each epoch instead draws n indices with replacement,
+    index i with probability weights[i] / sum (torch.multinomial, WeightedRandomSampler's
+    draw), from the same (seed, epoch) generator: as deterministic, and resumable mid-epoch.
     """
 
     def __init__(
-        self, n: int, batch_size: int, seed: int, shuffle: bool = True, world: int = 1
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        world: int = 1,
+        weights: list[float] | None = None,
     ) -> None:
         self.n = n
         self.batch_size = max(1, min(batch_size, n))
         self.seed = seed
         self.shuffle = shuffle
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights else None
         # Processes sharing each batch (torch.distributed): every one needs an image of it.
         self.world = max(1, world)
         self.epoch = 0
@@ -567,7 +661,10 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         one batch of 3. Every index still appears exactly once. (With batch size 1 every batch
         holds one image, as asked.)
         """
-        if self.shuffle:
+        if self.shuffle and self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+            order = torch.multinomial(self.weights, self.n, True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -662,6 +759,12 @@ class Loaders:
             "train", self.train, self._train_order, self.train_cache, batches, epoch, skip, totals
         )
 
+    def train_batch_sizes(self, epoch: int) -> list[int]:
+        """The image count of each of this epoch's (global) training batches, all of them: a
+        step of accumulated batches weights each by its share of the step's images."""
+        self.train_sampler.set_epoch(epoch, self.train_sampler.start_batch)
+        return [len(b) for b in self.train_sampler.batches()]
+
     def val_batches(self, skip: Skip | None = None) -> Iterator[Batch]:
         if self.val is None or self._val_order is None:
             return iter(())
@@ -695,16 +798,19 @@ class Loaders:
         labels = self._labels[split]
         totals = totals or [len(b) for b in batches]
         skipped = [skip is not None and skip(b) for b in batches]
-        missing = [
-            b for b, s in zip(batches, skipped) if not s and (cache is None or not cache.holds(b))
-        ]
+        # Decided once, before the loader starts: with a class-balancing sampler an image can
+        # recur within an epoch, so a batch the cache lacks now may be held by the time it is
+        # served, and the loader's batches must still line up with those it was given.
+        cached = [not s and cache is not None and cache.holds(b) for b, s in zip(batches, skipped)]
+        missing = [b for b, s, c in zip(batches, skipped, cached) if not s and not c]
         order.set([[(i, epoch) for i in b] for b in missing])
         loaded = iter(loader) if missing else iter(())
-        for batch, skipped_batch, total in zip(batches, skipped, totals):
+        for batch, skipped_batch, held, total in zip(batches, skipped, cached, totals):
             if skipped_batch:
                 yield Batch(batch, None, labels[torch.as_tensor(batch)], total)
                 continue
-            if cache is not None and cache.holds(batch):
+            if held:
+                assert cache is not None
                 x, y = cache.get(batch)
                 if self.pin_memory:
                     x, y = x.pin_memory(), y.pin_memory()
@@ -809,8 +915,11 @@ def make_loaders(
     image_size: int | None = None,
     rank: int = 0,
     world: int = 1,
+    sample_weights: list[float] | None = None,
 ) -> Loaders:
     """Train and validation loaders; pinned memory and persistent workers where they help.
+
+    sample_weights: one per training image, for a class-balancing sampler (EpochBatchSampler).
 
     random_train: whether the training transform is random (augmentation). A deterministic
     one is split (split_normalize) and its finished images kept in up to `cache_bytes` of RAM
@@ -836,7 +945,9 @@ def make_loaders(
         report.train, train_split[0] if train_split else train_tf, seed, random_train, decoded
     )
     # batch_size is the global batch: with `world` processes each takes its share of it.
-    sampler = EpochBatchSampler(len(train_ds), batch_size, seed, world=world)
+    sampler = EpochBatchSampler(
+        len(train_ds), batch_size, seed, world=world, weights=sample_weights
+    )
     extra: dict[str, Any] = {}
     if workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": 2}

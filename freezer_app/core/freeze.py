@@ -57,6 +57,21 @@ class Edit:
 
 
 @dataclass
+class LrMult:
+    """A per-layer learning-rate multiplier: every parameter under `path` trains at the
+    group's rate × `mult` (the most specific path of a parameter applies)."""
+
+    path: str = setting("", help="A module path or parameter name (not a glob)")
+    mult: float = setting(
+        1.0,
+        help="Learning-rate multiplier for that module's parameters",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=10_000.0,
+    )
+
+
+@dataclass
 class FreezePlan:
     """Which parameters train: a selection (preset, then freezes, then unfreezes) and its
     timeline (schedule phases by epoch, edits by step)."""
@@ -88,6 +103,13 @@ class FreezePlan:
     edits: list[Edit] = setting(
         default_factory=list, help="Changes made during a run, keyed by step", form=False
     )
+    # Last, so positional FreezePlan(preset, freeze, unfreeze, bn_policy, ...) calls still work.
+    lr_mult: list[LrMult] = setting(
+        default_factory=list,
+        help="Per-layer learning-rate multipliers (module path and factor; the most specific "
+        "path applies; combined with head and layer-decay multipliers by multiplication)",
+        form=False,  # edited in the tree's LR × column
+    )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +138,7 @@ class FreezePlan:
         return FreezePlan(self.preset, list(self.freeze), list(self.unfreeze), self.bn_policy)
 
     def with_selection(self, preset: str, freeze: list[str], unfreeze: list[str]) -> FreezePlan:
-        """The same timeline and BatchNorm policy with another selection."""
+        """The same timeline, BatchNorm policy and multipliers with another selection."""
         return FreezePlan(
             preset,
             list(freeze),
@@ -124,7 +146,24 @@ class FreezePlan:
             self.bn_policy,
             copy.deepcopy(self.schedule),
             copy.deepcopy(self.edits),
+            copy.deepcopy(self.lr_mult),
         )
+
+    def lr_mults(self) -> dict[str, float]:
+        """{path: multiplier} of the per-layer learning-rate multipliers."""
+        return {m.path: m.mult for m in self.lr_mult}
+
+    def with_lr_mult(self, path: str, mult: float | None) -> FreezePlan:
+        """A copy with `path`'s multiplier set (None removes it: the one inherited applies;
+        1 is kept, to override an inherited one)."""
+        plan = copy.deepcopy(self)
+        kept = [m for m in plan.lr_mult if m.path != path]
+        if mult is not None:
+            # In place when already listed, so the file keeps the user's order.
+            at = next((i for i, m in enumerate(plan.lr_mult) if m.path == path), len(kept))
+            kept.insert(at, LrMult(path, float(mult)))
+        plan.lr_mult = kept
+        return plan
 
     def same_selection(self, other: FreezePlan) -> bool:
         return (self.preset, self.freeze, self.unfreeze, self.bn_policy) == (
@@ -206,6 +245,37 @@ def _suggestion(close: list[str]) -> str:
     if close:
         return "Closest module paths: " + ", ".join(close)
     return "Run `freezer-app inspect MODEL` to see the module paths."
+
+
+# ---------------------------------------------------------------------- learning-rate multipliers
+def mult_of(name: str, mults: dict[str, float]) -> float:
+    """A parameter's multiplier: that of its most specific listed path ("blocks.1" covers
+    "blocks.1.x", never "blocks.10"), 1 when none covers it."""
+    path = name
+    while True:
+        if path in mults:
+            return mults[path]
+        if "." not in path:
+            return 1.0
+        path = path.rsplit(".", 1)[0]
+
+
+def check_lr_mult(plan: FreezePlan, tree: ModelTree) -> None:
+    """Every multiplier's path names a module or parameter of the model, once."""
+    seen: set[str] = set()
+    for m in plan.lr_mult:
+        if m.path in seen:
+            raise SelectorError(
+                f"The learning-rate multiplier of {m.path!r} is given twice.",
+                "Keep one entry per path in plan.lr_mult.",
+            )
+        seen.add(m.path)
+        if not m.path or (m.path not in tree.nodes and m.path not in tree.name_to_index):
+            raise SelectorError(
+                f"No module or parameter named {m.path!r} in {tree.label} "
+                "(learning-rate multiplier).",
+                _suggestion(_close_matches(tree, m.path)),
+            )
 
 
 # ---------------------------------------------------------------------- presets

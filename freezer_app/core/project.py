@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from freezer_app.core import settings as schema
-from freezer_app.core.data import AUGMENTATIONS
+from freezer_app.core.data import AUGMENTATIONS, auto_augment_problem
 from freezer_app.core.errors import ProjectError
 from freezer_app.core.files import write_json
 from freezer_app.core.freeze import FreezePlan
+from freezer_app.core.optim import OPTIMIZER_EXAMPLES, SCHEDULES, check_optimizer
 from freezer_app.core.settings import setting
 
 PROJECT_VERSION = 2  # 2: plan.edits and resumes; version 1 files load unchanged
@@ -63,6 +64,28 @@ class DataSettings:
         choices=AUGMENTATIONS,
         flag="--augment",
         label="Augmentation",
+    )
+    auto_augment: str | None = setting(
+        None,
+        help="timm auto-augment policy for training images: rand-m9-mstd0.5-inc1 (RandAugment), "
+        "trivialaugment, augmix-m5-w4-d2, original (AutoAugment), or off; needs augmentation "
+        "light or strong",
+        # Free text, not choices: any policy timm reads is allowed (checked in validate).
+        none="the augmentation preset's (strong: rand-m9-mstd0.5-inc1, light: off)",
+        none_word="auto",
+        metavar="POLICY",
+        label="Auto-augment",
+    )
+    random_erase: float | None = setting(
+        None,
+        help="Probability of erasing a random rectangle of each training image (timm's "
+        "RandomErasing); needs augmentation light or strong",
+        minimum=0.0,
+        maximum=1.0,
+        none="the augmentation preset's (strong: 0.25, light: 0)",
+        none_word="auto",
+        metavar="P",
+        label="Random erasing",
     )
     workers: int | None = setting(
         None,
@@ -115,8 +138,11 @@ class TrainSettings:
     )
     optimizer: str = setting(
         "adamw",
-        help="AdamW suits most fine-tuning; SGD uses Nesterov momentum",
-        choices=("adamw", "sgd"),
+        help="Any optimizer of timm's create_optimizer_v2 (timm.optim.list_optimizers(), "
+        "optionally lookahead_NAME); AdamW suits most fine-tuning; SGD uses Nesterov momentum",
+        choices=OPTIMIZER_EXAMPLES,
+        open_choices=True,  # checked against timm's list in Project.validate
+        metavar="NAME",
     )
     weight_decay: float = setting(
         0.05,
@@ -126,16 +152,62 @@ class TrainSettings:
     )
     momentum: float = setting(
         0.9,
-        help="SGD momentum (Nesterov when above 0)",
+        help="Momentum of the optimizers that take one (sgd: Nesterov when above 0; rmsprop, "
+        "lars, …)",
         minimum=0.0,
         maximum=1.0,
         exclusive_maximum=True,
     )
     schedule: str = setting(
         "cosine",
-        help="Learning-rate schedule after warmup",
-        choices=("cosine", "constant"),
+        help="Learning-rate schedule after warmup (timm's schedulers, stepped every optimizer "
+        "step; down to 1% of the rate): cosine, tanh, poly (linear), step (× LR decay rate "
+        "every LR decay epochs), plateau (× LR decay rate when the early-stopping metric "
+        "stalls), constant; none: no warmup either",
+        choices=SCHEDULES,
         label="LR schedule",
+    )
+    lr_cycles: int = setting(
+        1,
+        help="cosine, tanh, poly: restart the schedule this many times (equal cycles)",
+        minimum=1,
+        maximum=1000,
+        label="LR cycles",
+    )
+    lr_cycle_decay: float = setting(
+        1.0,
+        help="cosine, tanh, poly: each cycle's peak rate = the previous cycle's × this",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=1.0,
+        label="LR cycle decay",
+    )
+    lr_decay_rate: float = setting(
+        0.1,
+        help="step and plateau: multiply the learning rate by this at each decay",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=1.0,
+        label="LR decay rate",
+    )
+    lr_decay_epochs: float | None = setting(
+        None,
+        help="step: epochs between decays",
+        minimum=0.0,
+        exclusive_minimum=True,
+        maximum=100_000.0,
+        none="a third of the run after warmup",
+        none_word="auto",
+        unit="epochs",
+        label="LR decay every",
+    )
+    lr_patience: int = setting(
+        1,
+        help="plateau: epochs without a better early-stopping metric before the rate decays",
+        minimum=0,
+        maximum=100_000,
+        unit="epochs",
+        label="LR patience",
     )
     warmup_epochs: float = setting(
         1.0,
@@ -176,6 +248,58 @@ class TrainSettings:
         minimum=0.0,
         maximum=1.0,
         exclusive_maximum=True,
+    )
+    mixup: float = setting(
+        0.0,
+        help="Mixup alpha (timm's Mixup): blend pairs of training images and their labels, "
+        "trained with the soft-target loss (label smoothing folded in); e.g. 0.8",
+        minimum=0.0,
+        maximum=100.0,
+        zero="off",
+        metavar="ALPHA",
+        label="Mixup α",
+    )
+    cutmix: float = setting(
+        0.0,
+        help="CutMix alpha (timm's Mixup): paste a patch of another training image, labels "
+        "mixed by area; with mixup too, each batch uses one or the other; e.g. 1.0",
+        minimum=0.0,
+        maximum=100.0,
+        zero="off",
+        metavar="ALPHA",
+        label="CutMix α",
+    )
+    ema: float | None = setting(
+        None,
+        help="Keep an exponential moving average of the weights with this decay (timm's "
+        "ModelEmaV3), validated each epoch and saved as model-ema.safetensors (export "
+        "--checkpoint ema); e.g. 0.9998, lower for short runs",
+        minimum=0.0,
+        maximum=1.0,
+        exclusive_minimum=True,
+        exclusive_maximum=True,
+        none="no EMA",
+        none_word="off",
+        example="0.9998",
+        metavar="DECAY",
+        label="Model EMA",
+    )
+    accum_steps: int = setting(
+        1,
+        help="Batches per optimizer step (gradient accumulation): the effective batch is "
+        "batch size × this; steps, the step limit, the schedule and the timeline count "
+        "optimizer steps",
+        minimum=1,
+        maximum=4096,
+        metavar="N",
+        label="Accumulation steps",
+    )
+    class_balance: str = setting(
+        "off",
+        help="For classes of very different sizes: sampler draws training images inversely "
+        "to their class's count; loss weights the cross-entropy by inverse class frequency",
+        choices=("off", "sampler", "loss"),
+        label="Class balance",
     )
     early_stop_patience: int = setting(
         0,
@@ -350,6 +474,8 @@ class Project:
     def validate(self) -> None:
         """Raise ProjectError naming the first setting that cannot work."""
         schema.validate(self)
+        self._validate_recipe()
+        check_optimizer(self.train.optimizer)  # any of timm's names: not a closed choice
         if self.pretrained and self.weights:
             raise ProjectError(
                 "Choose either pretrained weights or a weights file, not both.",
@@ -360,6 +486,37 @@ class Project:
         from freezer_app.core.train.external_trackers import check_installed
 
         check_installed(self.train.log_to)
+
+    def _validate_recipe(self) -> None:
+        """Augmentation, mixup and class-balance settings that cannot work together."""
+        d, t = self.data, self.train
+        extras = [
+            flag
+            for flag, given in (
+                ("--auto-augment", d.auto_augment is not None and d.auto_augment != "off"),
+                ("--random-erase", bool(d.random_erase)),
+            )
+            if given
+        ]
+        if extras and d.augmentation == "none":
+            raise ProjectError(
+                f"{' and '.join(extras)} {'needs' if len(extras) == 1 else 'need'} "
+                "augmentation light or strong, not none.",
+                "Give --augment light (or strong) with them; none keeps training images "
+                "unchanged (as the feature cache needs).",
+            )
+        problem = auto_augment_problem(d.auto_augment)
+        if problem:
+            raise ProjectError(
+                f"Unknown auto-augment policy {d.auto_augment!r} ({problem}).",
+                "Use e.g. rand-m9-mstd0.5-inc1 (RandAugment), trivialaugment, "
+                "augmix-m5-w4-d2 (AugMix), original or v0 (AutoAugment), or off.",
+            )
+        if t.class_balance == "loss" and (t.mixup or t.cutmix):
+            raise ProjectError(
+                "--class-balance loss cannot weight mixup's or cutmix's mixed labels.",
+                "Use --class-balance sampler with mixup or cutmix.",
+            )
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from freezer_app.core.export import (
     FORMAT_TITLES,
     FORMATS,
     ExportResult,
+    available_checkpoints,
     default_export_path,
     existing_targets,
     export,
@@ -70,6 +71,7 @@ class ExportDialog(QDialog):
         self.checkpoint = QComboBox()
         self.checkpoint.addItem("final weights (end of training)", "final")
         self.checkpoint.addItem("best validation epoch", "best")
+        self.checkpoint.addItem("moving average of the weights (EMA)", "ema")
         assert [self.checkpoint.itemData(i) for i in range(self.checkpoint.count())] == list(
             CHECKPOINTS
         )
@@ -120,12 +122,23 @@ class ExportDialog(QDialog):
         self.format.currentIndexChanged.connect(self._default_out)
         self.checkpoint.currentIndexChanged.connect(self._default_out)
         self.source.textChanged.connect(self._default_out)
+        self.source.textChanged.connect(self._offer_checkpoints)
+        self._offer_checkpoints()
         self.out.textEdited.connect(lambda _t: setattr(self, "_out_edited", True))
         self._default_out()
 
     # ------------------------------------------------------------------ inputs
     def fmt(self) -> str:
         return str(self.format.currentData())
+
+    def _offer_checkpoints(self) -> None:
+        """Only the weights the run has can be picked (e.g. EMA only after a run with it)."""
+        available = available_checkpoints(self.source.text().strip() or ".")
+        model = self.checkpoint.model()
+        for i in range(self.checkpoint.count()):
+            model.item(i).setEnabled(self.checkpoint.itemData(i) in available)
+        if self.checkpoint.currentData() not in available and available:
+            self.checkpoint.setCurrentIndex(self.checkpoint.findData(available[0]))
 
     def _default_out(self) -> None:
         if self._out_edited:
@@ -243,6 +256,7 @@ class ExportDialog(QDialog):
             r"Pass --force to replace it": "Answer yes to Replace",
             r"without --checkpoint": f"with {weights} set to {choice('final')}",
             r"--checkpoint best": f"{weights} set to {choice('best')}",
+            r"--checkpoint ema": f"{weights} set to {choice('ema')}",
             r"--out(?: PATH)?(?![\w-])": to,
         }
         window = self.parent()

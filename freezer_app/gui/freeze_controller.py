@@ -9,6 +9,8 @@ plan in effect. The tree's boxes, the summary line and the status bar all read `
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
@@ -35,6 +37,7 @@ class FreezeController(QObject):
         self.requested: FreezePlan | None = None  # sent to the run, not applied yet
         self.misfit = ""  # why the plan shown does not fit the model (then nothing is ticked)
         model.editRequested.connect(self.edit)
+        model.lrMultRequested.connect(self.set_lr_mult)
         project.changed.connect(self._project_changed)
 
     @property
@@ -72,10 +75,13 @@ class FreezeController(QObject):
                 self.tree.trainable = np.ones(len(self.tree.params), dtype=bool)
                 self.misfit = f"The freeze plan does not fit this model: {e.message}"
                 self.error.emit(self.misfit)
+        self.model.set_lr_mults(self.project.project.plan.lr_mults())
         self.model.refresh_states()
         self.planChanged.emit(plan)
 
     def _project_changed(self, keys: set[str]) -> None:
+        if touches(keys, "plan"):
+            self.model.set_lr_mults(self.project.project.plan.lr_mults())
         if self.live is None and touches(keys, "plan"):
             self._show()
 
@@ -99,6 +105,7 @@ class FreezeController(QObject):
     # ------------------------------------------------------------------ the run
     def run_started(self, plan: FreezePlan) -> None:
         self.live, self.requested = plan, None
+        self.model.lr_editable = False  # the run's groups are built: multipliers are fixed
 
     def follow_run(self, plan: FreezePlan, mask: np.ndarray | None, reason: str) -> None:
         """The run's plan in effect (it changed, or a change was refused)."""
@@ -119,6 +126,7 @@ class FreezeController(QObject):
     def run_ended(self) -> None:
         """Back to the project's plan; live values measured under another plan are dropped."""
         self.live = self.requested = None
+        self.model.lr_editable = True
         self.model.set_applied_mask(None)
         self._show()
 
@@ -183,3 +191,29 @@ class FreezeController(QObject):
 
     def freeze_type(self, type_name: str, trainable: bool = False) -> None:
         self.edit(f"type:{type_name}", trainable)
+
+    def set_lr_mult(self, path: str, text: str) -> None:
+        """A learning-rate multiplier typed in the tree's LR × column (empty: reset), as one
+        undoable project edit."""
+        if self.running:
+            self.error.emit(
+                "Learning-rate multipliers are fixed while a run trains: set them before the next."
+            )
+            return
+        text = text.strip().lstrip("×x*").strip()
+        mult: float | None = None
+        if text:
+            try:
+                mult = float(text)
+            except ValueError:
+                mult = math.nan
+            if not 0 < mult <= 10_000:
+                self.error.emit(f"LR × of {path}: {text!r} is not a number in (0, 10000].")
+                self.model.set_lr_mults(self.project.project.plan.lr_mults())
+                return
+        plan = self.project.project.plan
+        edited = plan.with_lr_mult(path, mult)
+        if edited.lr_mult == plan.lr_mult:
+            return
+        words = f"Set LR × {mult:g} on {path}" if mult is not None else f"Reset LR × of {path}"
+        self.project.set_values({"plan": edited}, words)

@@ -50,6 +50,7 @@ from freezer_app.gui import guide, tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
 from freezer_app.gui.export_dialog import ExportDialog
 from freezer_app.gui.freeze_controller import FreezeController
+from freezer_app.gui.lr_find_view import open_lr_finder
 from freezer_app.gui.panels import DataPanel, ModelPanel, TrainingPanel
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
 from freezer_app.gui.project_controller import ProjectController, touches
@@ -374,6 +375,7 @@ class MainWindow(QMainWindow):
         schedule = self.settings_panel.schedule
         schedule.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
         schedule.fineTuneRequested.connect(self._fine_tune_schedule)
+        self.settings_panel.findLrRequested.connect(lambda: open_lr_finder(self))
         schedule.check_phases = self.controller.phase_problems
         self.controller.planChanged.connect(lambda _plan: schedule.mark_problems())
         # The tree panel's Undo/Redo trigger the window's actions (so they are disabled

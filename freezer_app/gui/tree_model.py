@@ -13,6 +13,7 @@ import numpy as np
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 
+from freezer_app.core.freeze import mult_of
 from freezer_app.core.tree import ModelTree, ModuleNode, ParamEntry, State
 
 NAME, TYPE, PARAMS, TRAINABLE, GRAD, UPDATE = range(6)
@@ -25,6 +26,15 @@ HEADER_TIPS = (
     "Gradient L2 norm at the last telemetry step (frozen: exactly 0)",
     "||Δw|| / ||w|| at the last telemetry step (frozen: exactly 0)",
 )
+# The plan's per-layer learning-rate multiplier, edited on its row; last, so the columns
+# before it keep their numbers.
+LR_MULT = len(HEADERS)
+HEADERS += ("LR ×",)
+HEADER_TIPS += (
+    "Per-layer learning-rate multiplier (× the head's and layer decay's), saved in the plan. "
+    "Double-click to type one; empty resets to the one inherited (grey) from above",
+)
+INHERITED_COLOUR = QColor("#8a8a8a")
 
 TRAINABLE_COLOUR = QColor("#2e7d32")
 FROZEN_COLOUR = QColor("#1f5fa8")
@@ -69,6 +79,7 @@ class _Item:
 
 class FreezeTreeModel(QAbstractItemModel):
     editRequested = Signal(str, bool)  # selector, trainable
+    lrMultRequested = Signal(str, str)  # module path or parameter name, the text typed
     telemetryStale = Signal(bool)  # live values measured under a plan other than the one shown
 
     def __init__(
@@ -89,6 +100,8 @@ class FreezeTreeModel(QAbstractItemModel):
         self.stale = False  # the live values belong to another plan than the one shown
         self._max_grad = 1.0
         self._max_ratio = 1.0
+        self._lr_mults: dict[str, float] = {}  # the plan's {path: multiplier}
+        self.lr_editable = True  # multipliers are fixed while a run trains
         if tree is not None:
             self.set_tree(tree)
 
@@ -181,6 +194,8 @@ class FreezeTreeModel(QAbstractItemModel):
         item = self._items[index.internalId()]
         if index.column() == NAME and (item.entry is not None or item.node.indices.size):
             flags |= Qt.ItemFlag.ItemIsUserCheckable
+        if index.column() == LR_MULT and self.lr_editable and self.lr_path(item):
+            flags |= Qt.ItemFlag.ItemIsEditable
         return flags
 
     # ------------------------------------------------------------------ data
@@ -213,6 +228,8 @@ class FreezeTreeModel(QAbstractItemModel):
             return None
         item = self._items[index.internalId()]
         col = index.column()
+        if col == LR_MULT:
+            return self._lr_data(item, role)
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(item, col)
         if role == Qt.ItemDataRole.CheckStateRole and col == NAME:
@@ -272,6 +289,63 @@ class FreezeTreeModel(QAbstractItemModel):
             return f"{tree.trainable_in(node):,}"
         return None
 
+    # ------------------------------------------------------------------ LR ×
+    def lr_path(self, item: _Item) -> str:
+        """The path a multiplier of this row is saved under ("" where none can be: the whole
+        model, modules without parameters, a tied parameter's second name)."""
+        if item.entry is not None:
+            entry = item.entry
+            return entry.full_name if entry.full_name == entry.info.name else ""
+        return item.node.path if item.node.indices.size else ""
+
+    def lr_mult_of(self, item: _Item) -> tuple[float, bool]:
+        """(the row's multiplier, whether the plan sets it on this very row)."""
+        path = self.lr_path(item)
+        if path and path in self._lr_mults:
+            return self._lr_mults[path], True
+        name = item.entry.info.name if item.entry is not None else item.node.path
+        return (mult_of(name, self._lr_mults) if name else 1.0), False
+
+    def _lr_data(self, item: _Item, role: int):
+        if role not in (
+            Qt.ItemDataRole.DisplayRole,
+            Qt.ItemDataRole.EditRole,
+            Qt.ItemDataRole.ForegroundRole,
+            Qt.ItemDataRole.TextAlignmentRole,
+            Qt.ItemDataRole.ToolTipRole,
+            PathRole,
+        ):
+            return None
+        if role == PathRole:
+            return self.selector_of(item)
+        mult, own = self.lr_mult_of(item)
+        if role == Qt.ItemDataRole.EditRole:
+            return f"{mult:g}" if own else ""
+        if role == Qt.ItemDataRole.DisplayRole:
+            # Nothing where no multiplier applies, so the ones that do stand out.
+            return f"{mult:g}" if own or mult != 1.0 else ""
+        if role == Qt.ItemDataRole.ForegroundRole:
+            return None if own else QBrush(INHERITED_COLOUR)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        path = self.lr_path(item)
+        if own:
+            return f"{path}: learning rate × {mult:g} (empty resets it)"
+        if not path:
+            return "No multiplier can be set here"
+        return (
+            f"{path}: learning rate × {mult:g}"
+            + (" (inherited)" if mult != 1.0 else "")
+            + "; double-click to set one"
+        )
+
+    def set_lr_mults(self, mults: dict[str, float]) -> None:
+        """The plan's per-layer multipliers changed: repaint the column."""
+        if mults == self._lr_mults:
+            return
+        self._lr_mults = dict(mults)
+        self._emit_all(LR_MULT, LR_MULT)
+
     def _tooltip(self, item: _Item, col: int = NAME) -> str:
         tree = self.tree
         assert tree is not None
@@ -326,6 +400,11 @@ class FreezeTreeModel(QAbstractItemModel):
         value,
         role: int = Qt.ItemDataRole.EditRole,
     ) -> bool:
+        if role == Qt.ItemDataRole.EditRole and index.isValid() and index.column() == LR_MULT:
+            path = self.lr_path(self._items[index.internalId()])
+            if path:
+                self.lrMultRequested.emit(path, str(value or ""))  # the controller checks it
+            return bool(path)
         if role != Qt.ItemDataRole.CheckStateRole or not index.isValid() or index.column() != NAME:
             return False
         item = self._items[index.internalId()]

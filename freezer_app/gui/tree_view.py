@@ -44,6 +44,7 @@ from freezer_app.gui.tree_model import (
     FROZEN_COLOUR,
     GRAD,
     LEGEND,
+    LR_MULT,
     NAME,
     PARAMS,
     PENDING_BACKGROUND,
@@ -340,6 +341,10 @@ class TreePanel(QWidget):
         )
         for col in (GRAD, UPDATE):
             header.resizeSection(col, max(header.sectionSizeHint(col), bar))
+        # LR ×: its header, or a multiplier such as 0.0001, whichever is wider.
+        header.resizeSection(
+            LR_MULT, max(header.sectionSizeHint(LR_MULT), fm.horizontalAdvance("0.0001") + margin)
+        )
         self._fit_type_column(grow_only=False)
         self._fit_name_column()
 

@@ -42,8 +42,9 @@ from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import is_run_folder, read_json_lines, read_jsonl
 
 FORMATS: tuple[str, ...] = ("bundle", "pth", "torchscript", "pt2", "onnx", "triton", "code")
-CHECKPOINTS: tuple[str, ...] = ("final", "best")
-# Default names under RUN_DIR/export/ (with "-best" added for the best checkpoint).
+# final: model.safetensors; best: the best epoch's; ema: the moving average (train.ema).
+CHECKPOINTS: tuple[str, ...] = ("final", "best", "ema")
+# Default names under RUN_DIR/export/ (with "-best" or "-ema" added for those checkpoints).
 DEFAULT_NAMES = {
     "bundle": "bundle",
     "pth": "model.pth",
@@ -120,10 +121,18 @@ class ExportSource:
 
 def _run_weights(run: Path, checkpoint: str) -> Path:
     if checkpoint not in CHECKPOINTS:
-        raise ExportError(f"Unknown checkpoint {checkpoint!r}.", "Use final or best.")
+        raise ExportError(f"Unknown checkpoint {checkpoint!r}.", "Use final, best or ema.")
     if checkpoint == "best":
         path = run / "checkpoints" / "best.safetensors"
         hint = "No epoch has finished yet; export the final weights, or let the run go on."
+    elif checkpoint == "ema":
+        from freezer_app.core.train.checkpoint import EMA_WEIGHTS
+
+        path = run / EMA_WEIGHTS
+        hint = (
+            "EMA weights exist for runs trained with --ema DECAY, from their first checkpoint "
+            "on; export the final or best weights of this one."
+        )
     else:
         path = run / "model.safetensors"
         hint = (
@@ -135,11 +144,27 @@ def _run_weights(run: Path, checkpoint: str) -> Path:
     return path
 
 
+def available_checkpoints(source: str | Path) -> tuple[str, ...]:
+    """The checkpoints a run folder has weights for (all of them for other sources, which
+    have one set of weights and ignore the choice)."""
+    run = Path(source).expanduser()
+    if not (run / "project.json").is_file():
+        return CHECKPOINTS
+    found = []
+    for checkpoint in CHECKPOINTS:
+        try:
+            _run_weights(run, checkpoint)
+        except ExportError:
+            continue
+        found.append(checkpoint)
+    return tuple(found)
+
+
 def open_source(source: str | Path, checkpoint: str = "final") -> ExportSource:
     """A run folder, bundle folder, weights file or model string, ready to export.
 
-    checkpoint: for a run folder, "final" (model.safetensors) or "best"
-    (checkpoints/best.safetensors).
+    checkpoint: for a run folder, "final" (model.safetensors), "best"
+    (checkpoints/best.safetensors) or "ema" (model-ema.safetensors, with train.ema).
     """
     from freezer_app.core.project import Project
 
@@ -160,7 +185,7 @@ def open_source(source: str | Path, checkpoint: str = "final") -> ExportSource:
         )
     if checkpoint != "final":
         raise ExportError(
-            "--checkpoint best applies to run folders only.",
+            f"--checkpoint {checkpoint} applies to run folders only.",
             f"Export {text} without --checkpoint, or pass the run folder.",
         )
     loaded = load_model(text)
@@ -263,9 +288,9 @@ def default_export_path(source: str | Path, fmt: str, checkpoint: str = "final")
             "Pass --out PATH (the default RUN_DIR/export/... applies to run folders only).",
         )
     name = DEFAULT_NAMES[fmt]
-    if checkpoint == "best":
+    if checkpoint != "final":
         stem, dot, ext = name.partition(".")
-        name = f"{stem}-best{dot}{ext}"
+        name = f"{stem}-{checkpoint}{dot}{ext}"
     return path / "export" / name
 
 

@@ -30,6 +30,9 @@ from freezer_app.core.files import WriteError, link_or_copy, save_safetensors, t
 CHECKPOINT_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # 2: the weights inside last.pt under "model"
 WEIGHTS_GLOB = "weights-*.safetensors"
+# train.ema: the averaged weights, in the run folder beside model.safetensors (export
+# --checkpoint ema). The resume state keeps its own copy in last.pt, under "ema".
+EMA_WEIGHTS = "model-ema.safetensors"
 
 
 def weights_name(step: int) -> str:
@@ -54,9 +57,11 @@ def snapshot(value: Any) -> Any:
 
 
 def named_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
-    """The optimizer's per-parameter state keyed by parameter name."""
+    """The optimizer's per-parameter state keyed by parameter name (timm's Lookahead keeps it
+    in the optimizer it wraps)."""
     name_of = {id(p): n for n, p in model.named_parameters()}
-    return {name_of[id(p)]: dict(state) for p, state in optimizer.state.items()}
+    state = getattr(optimizer, "_base_optimizer", optimizer).state
+    return {name_of[id(p)]: dict(s) for p, s in state.items()}
 
 
 def load_named_optimizer_state(
@@ -108,6 +113,28 @@ def save(
         ) from None
     remove_unused_weights(folder, weights_path.name)
     return weights_path
+
+
+def save_ema(run: Path, weights: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The EMA weights as RUN/model-ema.safetensors (atomically, like every weights file)."""
+    path = run / EMA_WEIGHTS
+    try:
+        save_safetensors(weights, path, metadata)
+    except (RuntimeError, OSError) as e:
+        raise WriteError(
+            f"Could not write the EMA weights {path}: {_why(path, e)}.",
+            "Free some space on that disk (or move the run folder), then continue with "
+            "`freezer-app train --resume RUN_DIR`.",
+        ) from None
+
+
+def restore_ema(ema: Any, model: nn.Module, saved: dict[str, torch.Tensor] | None) -> None:
+    """Put a checkpoint's EMA weights back into `ema` (timm's ModelEmaV3); a checkpoint
+    without them (a run that had no EMA) starts the average from the model's weights."""
+    if saved:
+        ema.module.load_state_dict(saved)
+    else:
+        ema.set(model)
 
 
 def remove_unused_weights(folder: Path, keep: str | None) -> None:

@@ -9,6 +9,7 @@ nothing in a later phase or edit fails at once.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,11 @@ from freezer_app.core.data import (
     DataReport,
     Loaders,
     build_transforms,
+    class_weights,
     default_workers,
     make_loaders,
     scan_folder,
+    train_is_random,
 )
 from freezer_app.core.device import (
     Precision,
@@ -34,8 +37,9 @@ from freezer_app.core.device import (
     wants_channels_last,
 )
 from freezer_app.core.errors import ProjectError
+from freezer_app.core.freeze import check_lr_mult
 from freezer_app.core.image_cache import cache_budget
-from freezer_app.core.optim import GroupSpec, build_optimizer, lr_factor, param_groups
+from freezer_app.core.optim import GroupSpec, LrSchedule, build_optimizer, param_groups
 from freezer_app.core.project import Project, absolute_model
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.telemetry import FrozenVerifier, LayerIndex, TelemetryProbe
@@ -45,6 +49,9 @@ from freezer_app.core.tree import ModelTree
 from freezer_app.core.trust import USER, CodeTrust
 
 if TYPE_CHECKING:
+    from timm.data import Mixup
+    from timm.utils import ModelEmaV3
+
     from freezer_app.core.train.distributed import Distributed
 
 
@@ -78,7 +85,7 @@ class RunParts:
     warmup_steps: int
     groups: list[GroupSpec]
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: LrSchedule  # timm's, stepped per optimizer step
     scaler: torch.amp.GradScaler | None
     criterion: nn.Module
     layers: LayerIndex
@@ -90,6 +97,12 @@ class RunParts:
     # number of processes, or, on resume, the run's own (the step grid stays the same).
     global_batch: int = 0
     world: int = 1
+    # Batches per epoch; with train.accum_steps N, steps_per_epoch is ceil(batches / N): a
+    # step is an optimizer step, and the last one of an epoch may take fewer batches.
+    batches_per_epoch: int = 0
+    accum_steps: int = 1
+    mixup: Mixup | None = None  # train.mixup / train.cutmix: applied to each training batch
+    ema: ModelEmaV3 | None = None  # train.ema: the averaged copy of the model
 
 
 @torch.no_grad()
@@ -188,7 +201,9 @@ def prepare(
     else:
         # Fail fast, before any download: every selection of the timeline must resolve.
         preview = preview_model(project.model, num_classes=report.num_classes, trust=trust)
-        timeline.check(project.plan, ModelTree(preview.module, project.model))
+        preview_tree = ModelTree(preview.module, project.model)
+        timeline.check(project.plan, preview_tree)
+        check_lr_mult(project.plan, preview_tree)
         loaded = load_model(
             project.model,
             num_classes=report.num_classes,
@@ -205,6 +220,7 @@ def prepare(
     model = loaded.module
     tree = ModelTree(model, project.model)
     timeline.check(project.plan, tree)
+    check_lr_mult(project.plan, tree)
     channels_last = wants_channels_last(model, device, t.channels_last)
     try:
         model.to(device)
@@ -224,9 +240,13 @@ def prepare(
     size = project.data.image_size or int(loaded.data_config["input_size"][-1])
     check_output(model, device, size, report.num_classes, str(loaded.spec))
 
+    d = project.data
     train_tf, eval_tf = build_transforms(
-        loaded.data_config, project.data.image_size, project.data.augmentation
+        loaded.data_config, d.image_size, d.augmentation, d.auto_augment, d.random_erase
     )
+    counts = report.counts(report.train)
+    balance = class_weights(counts) if t.class_balance != "off" else None
+    mixing = bool(t.mixup or t.cutmix)
     workers = project.data.workers if project.data.workers is not None else default_workers()
     loaders = make_loaders(
         report,
@@ -236,24 +256,57 @@ def prepare(
         workers,
         t.seed,
         pin_memory=device.type == "cuda",
-        random_train=project.data.augmentation != "none",
+        random_train=train_is_random(d.augmentation),
         cache_bytes=cache_budget(project.data.image_cache),
         image_size=size,
         rank=dist.rank if dist else 0,
         world=world,
+        # Each image weighted by its class's weight: every class is drawn equally often.
+        sample_weights=[balance[label] for _, label in report.train]
+        if balance and t.class_balance == "sampler"
+        else None,
     )
-    steps_per_epoch = len(loaders.train_sampler)
+    batches_per_epoch = len(loaders.train_sampler)
+    steps_per_epoch = math.ceil(batches_per_epoch / t.accum_steps)
     total = total_steps(project, steps_per_epoch)
     # The schedule spans every epoch whatever the step limit: a run stopped by --max-steps is
     # the start of the full run, so resuming it gives the uninterrupted run's steps exactly.
     schedule_steps = t.epochs * steps_per_epoch
     warmup = min(int(t.warmup_epochs * steps_per_epoch), schedule_steps // 5)
 
-    groups = param_groups(model, tree, t)
+    groups = param_groups(model, tree, t, project.plan.lr_mults())
     optimizer = build_optimizer(groups, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, schedule_steps, warmup, t.schedule)
-    )
+    scheduler = LrSchedule(optimizer, t, schedule_steps, warmup, steps_per_epoch)
+    ema = None
+    if t.ema is not None:
+        from timm.utils import ModelEmaV3
+
+        # A copy of the model as it starts (a resume loads the saved average into it). Made
+        # before anything else holds the model; the update takes every floating tensor of the
+        # state dict, so frozen ones (never changed) stay bit-identical in the copy too.
+        ema = ModelEmaV3(model, decay=t.ema)
+        ema.requires_grad_(False)
+    mixup = None
+    if mixing:
+        from timm.data import Mixup
+
+        mixup = Mixup(
+            mixup_alpha=t.mixup,
+            cutmix_alpha=t.cutmix,
+            label_smoothing=t.label_smoothing,
+            num_classes=report.num_classes,
+            mode="batch",
+        )
+    if mixing:
+        from timm.loss import SoftTargetCrossEntropy
+
+        # Mixup's targets are soft (label smoothing folded in): timm's soft-target loss.
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif balance and t.class_balance == "loss":
+        weight = torch.tensor(balance, dtype=torch.float32, device=device)
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     layers = LayerIndex(model, tree)
     verifier = FrozenVerifier(model)
     features = FeatureCache(
@@ -267,7 +320,8 @@ def prepare(
         image_size=size,
         train_items=report.train,
         val_items=report.val,
-        augmented=project.data.augmentation != "none",
+        # Mixed batches differ every epoch too: features of training images cannot be reused.
+        augmented=train_is_random(d.augmentation) or mixing,
         device=device,
         autocast_dtype=precision.autocast_dtype,
         channels_last=channels_last,
@@ -293,7 +347,7 @@ def prepare(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=torch.amp.GradScaler(device.type) if precision.use_scaler else None,
-        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        criterion=criterion,
         layers=layers,
         probe=TelemetryProbe(layers, device, t.telemetry_every),
         verifier=verifier,
@@ -301,4 +355,8 @@ def prepare(
         saved=saved,
         global_batch=global_batch,
         world=world,
+        batches_per_epoch=batches_per_epoch,
+        accum_steps=t.accum_steps,
+        mixup=mixup,
+        ema=ema,
     )

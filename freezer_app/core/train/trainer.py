@@ -12,6 +12,7 @@ project.json, so `freezer-app train RUN/project.json` repeats the run exactly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -20,10 +21,12 @@ import shutil
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,7 +55,7 @@ from freezer_app.core.files import (
     save_safetensors,
 )
 from freezer_app.core.freeze import Edit, FreezePlan, apply_mask, resolve
-from freezer_app.core.optim import lr_factor, restrict_to_trainable
+from freezer_app.core.optim import restrict_to_trainable
 from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
 from freezer_app.core.run_folder import RunFolder, RunLock
 from freezer_app.core.telemetry import FrozenCheck, PendingRecord
@@ -155,8 +158,8 @@ class Trainer:
         self._checkpoint_weights: tuple[int, Path] | None = None
         self.paused_seconds = 0.0  # in the current epoch: not counted as training time
         self._pending_losses: list[torch.Tensor] = []
-        self._pending_lrs: list[float] = []
-        self._lr_scales: list[float] = [1.0]
+        # Each step's (scheduled base rate, {group name: rate}) as it trained.
+        self._pending_lrs: list[tuple[float, dict[str, float]]] = []
         self._pending_steps: list[tuple[int, int]] = []
         self.current_plan = FreezePlan()
         self._entry_key: tuple[str, int] | None = None
@@ -164,6 +167,7 @@ class Trainer:
         self._forward: Any = None  # the model, or its torch.compile (and DDP) wrapper
         self._eval_forward: Any = None  # for validation: never DDP's (no collectives)
         self._rest_forward: Any = None  # the part after the feature cache's cut, likewise
+        self._ddp: Any = None  # the DistributedDataParallel wrapper of the plan in effect
         # Events of setup (the feature cache's), sent once RunStarted is out.
         self._held_events: list[Any] | None = []
         self._compile_failed = False
@@ -258,7 +262,6 @@ class Trainer:
                 )
             )
         self.model, self.tree, self.report = parts.model, parts.tree, parts.report
-        self._lr_scales = sorted({group.lr_scale for group in parts.groups})
         if self.main:
             # Before a resume truncates the logs: the CSV and events follow them.
             self.log.trackers = Trackers(
@@ -380,8 +383,39 @@ class Trainer:
             # it is built, so one kept from the last plan would never all-reduce a layer
             # unfrozen since. Validation uses the model itself: DDP's forward joins
             # collectives, and the ranks' validation shares may have unequal batch counts.
-            self._forward = None  # the old wrapper (and its reducer) goes first
-            self._forward = self._compiled(self.dist.wrap(self.parts.model))
+            self._forward = self._ddp = None  # the old wrapper (and its reducer) goes first
+            self._ddp = self.dist.wrap(self.parts.model)
+            self._forward = self._compiled(self._ddp)
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
+        """DDP's no_sync for a batch whose gradients only accumulate (no optimizer step)."""
+        if skip and self._ddp is not None:
+            return self._ddp.no_sync()
+        return contextlib.nullcontext()
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Mixup/CutMix a training batch in place (timm's Mixup, one draw per batch), adding
+        its soft targets to `targets`. timm needs an even batch: an odd one (an epoch's last,
+        or a process's share) mixes all but its last image, which keeps its own (smoothed)
+        label. timm draws from NumPy's global generator: it is seeded per batch, as ImageItems
+        seeds each image, so a resumed run mixes as the uninterrupted one did."""
+        from timm.data.mixup import mixup_target
+
+        mixup = self.parts.mixup
+        assert mixup is not None
+        even = x.shape[0] - x.shape[0] % 2
+        rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
+        key = self.project.train.seed * 1_000_003 + self.epoch * 7_919 + self.batch_in_epoch
+        state = np.random.get_state()
+        np.random.seed((key * world + rank) % 2**32)
+        try:
+            pieces = [mixup(x[:even], y[:even])[1]] if even else []  # x[:even] mixes in place
+        finally:
+            np.random.set_state(state)
+        if even < x.shape[0]:
+            pieces.append(mixup_target(y[even:], mixup.num_classes, 1.0, mixup.label_smoothing))
+        targets.append(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+        return x
 
     def _compiled(self, module: nn.Module) -> Any:
         if not self.project.train.compile or self._compile_failed:
@@ -472,11 +506,14 @@ class Trainer:
             {
                 "model": parts.model.state_dict(),
                 "optimizer": checkpoint.named_optimizer_state(parts.optimizer, parts.model),
+                "scheduler": parts.scheduler.state_dict(),
                 "scaler": parts.scaler.state_dict() if parts.scaler else None,
                 "rng": self._rng_state(),
+                "ema": parts.ema.module.state_dict() if parts.ema else None,
             }
         )
         weights = state.pop("model")
+        ema_weights = state["ema"]  # kept in last.pt too, for a resume
         record = {
             **state,
             "architecture": str(parts.loaded.spec),
@@ -510,6 +547,8 @@ class Trainer:
         def write() -> None:
             try:
                 self.log.flush_now(durable=True)
+                if ema_weights is not None:
+                    checkpoint.save_ema(self.folder.path, ema_weights, metadata)
                 checkpoint.save(path, record, weights, metadata, links)
                 self.last_checkpoint_step = step
                 if whole_epoch:
@@ -523,6 +562,8 @@ class Trainer:
         parts = self.parts
         assert parts is not None
         parts.model.load_state_dict(ckpt["model"])
+        if parts.ema is not None:
+            checkpoint.restore_ema(parts.ema, parts.model, ckpt.get("ema"))
         self.step = int(ckpt["step"])
         self.epoch = int(ckpt["epoch"])
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
@@ -535,12 +576,9 @@ class Trainer:
         # so apply it before putting their state back (by name).
         self._apply_plan(FreezePlan.from_dict(ckpt["plan"]), "resume", announce=False)
         checkpoint.load_named_optimizer_state(parts.optimizer, parts.model, ckpt["optimizer"])
-        # The schedule is a function of the step: no positional state to restore, and a new
-        # epoch count (a resume may change it) stretches the rest of the schedule.
-        parts.scheduler.last_epoch = self.step
-        factor = self._lr_factor(self.step)
-        for group in parts.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        # Most schedules are a function of the step, rebuilt from the settings (a new epoch
+        # count, which a resume may change, stretches the rest); plateau's state is saved.
+        parts.scheduler.load_state_dict(ckpt.get("scheduler"), self.step)
         if parts.scaler and ckpt.get("scaler"):
             parts.scaler.load_state_dict(ckpt["scaler"])
         parts.verifier.load_state_dict(ckpt["frozen"])
@@ -557,12 +595,6 @@ class Trainer:
             LogEvent(
                 f"resumed at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})"
             )
-        )
-
-    def _lr_factor(self, step: int) -> float:
-        parts = self.parts
-        return lr_factor(
-            step, parts.schedule_steps, parts.warmup_steps, self.project.train.schedule
         )
 
     def _weights_metadata(self) -> dict[str, str]:
@@ -816,6 +848,8 @@ class Trainer:
         parts.optimizer.state.clear()
         if parts.device.type != "cpu":
             parts.model.to("cpu")
+            if parts.ema is not None:
+                parts.ema.module.to("cpu")  # the average holds as much memory as the model
         if parts.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -874,17 +908,27 @@ class Trainer:
         if rest is not None:
             rest.train(training)
 
-    def _scores(self, split: str, batch: Batch, finish: Any) -> torch.Tensor:
+    def _scores(
+        self,
+        split: str,
+        batch: Batch,
+        finish: Any,
+        mix: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The class scores of a batch: the model's forward, or, where the feature cache
-        serves this split, the rest of it from the cached (or just computed) features."""
+        serves this split, the rest of it from the cached (or just computed) features.
+        mix: applied to the images first (mixup; the cache never serves mixed batches)."""
         features = self.parts.features
         if features.serves(split):
+            assert mix is None, "mixed batches are not served by the feature cache"
             f = features.features(
                 split, batch.indices, lambda: self._images(split, batch, finish), batch.y
             )
             with self._autocast():
                 return logits_of(self._rest_forward(f))
         x = self._images(split, batch, finish)
+        if mix is not None:
+            x = mix(x)
         forward = self._forward if split == "train" else self._eval_forward
         with self._autocast():
             return logits_of(forward(x))
@@ -930,23 +974,48 @@ class Trainer:
             batches = parts.loaders.train_batches(
                 self.epoch, self.batch_in_epoch, lambda b: features.holds("train", b)
             )
+            # Gradient accumulation: a step is one optimizer step over `accum` batches (the
+            # epoch's last step over what is left). Stop, pause, plan edits, the step limit
+            # and checkpoints all fall between steps, never inside one.
+            accum = parts.accum_steps
+            sizes = parts.loaders.train_batch_sizes(self.epoch) if accum > 1 else []
+            step_loss: Any = 0.0  # with accumulation: the sum of the step's losses × images
             for batch in batches:
-                self._boundary()
+                at = self.batch_in_epoch % accum
+                if at == 0:
+                    self._boundary()
+                    optimizer.zero_grad(set_to_none=True)
+                    step_loss = 0.0
+                stepping = at == accum - 1 or self.batch_in_epoch + 1 >= parts.batches_per_epoch
                 y = batch.y.to(parts.device, non_blocking=parts.device.type == "cuda")
-                optimizer.zero_grad(set_to_none=True)
-                scores = self._scores("train", batch, parts.loaders.train_finish)
-                with self._autocast():
-                    loss = parts.criterion(scores, y)
                 local, total = y.shape[0], batch.total or y.shape[0]
-                # DDP averages the ranks' gradients; weighting each rank's mean by its share
-                # makes that the global batch's mean, as one process computes it (shares
-                # may differ by an image).
-                backward = loss * (local * self.dist.world / total) if self.dist else loss
+                start = self.batch_in_epoch - at
+                step_images = sum(sizes[start : start + accum]) if accum > 1 else total
+                # DDP averages the ranks' gradients and the accumulated batches add up: each
+                # rank's mean loss weighted by its share of the step's images makes the sum
+                # the mean over all of them, as one process computes it for one batch (shares
+                # may differ by an image; 1/N for N equal batches).
+                weight = local * (self.dist.world if self.dist else 1) / step_images
+                # Batches that do not step skip DDP's all-reduce: gradients add up locally.
+                with self._no_sync(not stepping):
+                    mixed: list[torch.Tensor] = []
+                    mix = functools.partial(self._mix, y=y, targets=mixed) if parts.mixup else None
+                    scores = self._scores("train", batch, parts.loaders.train_finish, mix)
+                    with self._autocast():
+                        loss = parts.criterion(scores, mixed[0] if mixed else y)
+                    backward = loss * weight if weight != 1 else loss
+                    if parts.scaler:
+                        parts.scaler.scale(backward).backward()
+                    else:
+                        backward.backward()
+                if accum > 1:
+                    step_loss = step_loss + loss.detach().float() * local
+                images += total
+                if not stepping:
+                    self.batch_in_epoch += 1
+                    continue
                 if parts.scaler:
-                    parts.scaler.scale(backward).backward()
                     parts.scaler.unscale_(optimizer)
-                else:
-                    backward.backward()
                 self.step += 1
                 parts.probe.begin(self.step, self.epoch + 1)
                 if t.grad_clip:
@@ -956,14 +1025,22 @@ class Trainer:
                     parts.scaler.update()
                 else:
                     optimizer.step()
-                parts.scheduler.step()
+                lrs = (parts.scheduler.base_lr(), parts.scheduler.group_lrs())  # this step's
+                parts.scheduler.step_update(self.step)
+                if parts.ema is not None:
+                    # By optimizer step: timm's first update copies the weights, then averages.
+                    parts.ema.update(parts.model, step=self.step)
                 self.batch_in_epoch += 1
-                images += total
                 telemetry = parts.probe.end()
+                # The step's mean loss over all its images (every batch, every process).
+                if accum > 1:
+                    loss, local, total = step_loss, 1, step_images
+                    if not self.dist:
+                        loss = loss / step_images
                 self._pending_losses.append(
                     self.dist.mean_loss(loss, local, total) if self.dist else loss.detach()
                 )
-                self._pending_lrs.append(t.lr * self._lr_factor(self.step - 1))
+                self._pending_lrs.append(lrs)
                 self._pending_steps.append((self.step, self.epoch + 1))
                 if telemetry is not None or (self.step - 1) % every == 0:
                     rate = images / self._training_seconds(epoch_start)
@@ -971,7 +1048,7 @@ class Trainer:
                 if (
                     t.max_steps
                     and self.step >= t.max_steps
-                    and self.batch_in_epoch < parts.steps_per_epoch
+                    and self.batch_in_epoch < parts.batches_per_epoch
                 ):
                     batches.close()
                     raise _StopRequested("step-limit")
@@ -1006,38 +1083,47 @@ class Trainer:
             record = telemetry.to_record(host[n:])
             self.log.telemetry(record.to_json)  # formatted on the writer thread
             self.emit(TelemetryEvent(record))
-        scales = self._lr_scales
-        for value, lr, (step, epoch) in pending:
+        for value, (lr, group_lrs), (step, epoch) in pending:
             if not math.isfinite(value):
                 raise _NonFiniteLoss(step, value)
             self.epoch_loss_sum += value
             self.epoch_loss_count += 1
             # Each group's rate (head, body, layer-decay groups), by its multiplier.
-            lrs = {f"x{scale:g}": lr * scale for scale in scales} if len(scales) > 1 else None
+            lrs = group_lrs if len(group_lrs) > 1 else None
             self.log.step(step, epoch, value, lr, lrs)
             self.emit(StepEvent(step, epoch, value, lr, rate))
 
     @torch.no_grad()
-    def _validate(self) -> tuple[float | None, float | None]:
+    def _validate(self, module: nn.Module | None = None) -> tuple[float | None, float | None]:
+        """(loss, accuracy) on the validation images of the model, or of `module` (the EMA
+        copy: always in eval mode, run on the images, not on the feature cache's features)."""
         parts = self.parts
         if parts.loaders.val is None:
             return None, None
         features = parts.features
-        self._set_mode(False)
+        skip = (lambda b: features.holds("val", b)) if module is None else None
+        if module is None:
+            self._set_mode(False)
         total_loss = torch.zeros((), device=parts.device)
         correct = torch.zeros((), device=parts.device, dtype=torch.long)
         count = 0
-        for batch in parts.loaders.val_batches(lambda b: features.holds("val", b)):
+        for batch in parts.loaders.val_batches(skip):
             # Under torch.distributed a stop waits for the epoch's end (the ranks agree there).
             if self.dist is None and self.control.stop_requested:
                 # All batches are done, so a resumed run goes straight to this validation.
                 raise _StopRequested
             y = batch.y.to(parts.device, non_blocking=parts.device.type == "cuda")
-            logits = self._scores("val", batch, parts.loaders.val_finish)
+            if module is None:
+                logits = self._scores("val", batch, parts.loaders.val_finish)
+            else:
+                x = self._images("val", batch, parts.loaders.val_finish)
+                with self._autocast():
+                    logits = logits_of(module(x))
             total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             count += y.shape[0]
-        self._set_mode(True)
+        if module is None:
+            self._set_mode(True)
         loss_sum, correct_sum = float(total_loss), float(correct)
         if self.dist is not None:
             # Each rank scored its own share of the validation images: sum them exactly.
@@ -1058,6 +1144,10 @@ class Trainer:
     def _end_epoch(self, images_per_s: float, seconds: float) -> bool:
         t = self.project.train
         val_loss, val_acc = self._validate()
+        ema: dict[str, Any] = {}
+        if self.parts.ema is not None:
+            ema_loss, ema_acc = self._validate(self.parts.ema.module)
+            ema = {"ema_val_loss": ema_loss, "ema_val_acc": ema_acc}
         self.parts.features.epoch_done(self.step)
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -1076,6 +1166,7 @@ class Trainer:
             self.stale_epochs = 0
         else:
             self.stale_epochs += 1
+        self.parts.scheduler.epoch_end(self.step, metric)  # plateau: may decay the rate
         in_sync: dict[str, Any] = {}
         if self.dist is not None:
             apart = self.dist.ranks_out_of_sync(self.parts.model)
@@ -1102,6 +1193,7 @@ class Trainer:
                 "val_acc": val_acc,
                 "images_per_s": images_per_s,
                 "seconds": seconds,
+                **ema,
                 **in_sync,
                 **(
                     {"feature_cache": cache}
