@@ -355,3 +355,19 @@ def test_recipe_settings_are_in_the_schema_and_the_run_folder(
     again = Project.load(run / "project.json")
     assert again.train.accum_steps == 2 and again.train.cutmix == 1.0
     assert again.data.auto_augment == "trivialaugment" and again.data.random_erase == 0.25
+
+
+def test_ema_flag_alone_means_the_usual_decay(demo_data: Path, tmp_path: Path) -> None:
+    from freezer_app.cli import build_parser
+    from freezer_app.cli.train import project_from_args
+
+    def project(*flags: str):
+        args = build_parser().parse_args(
+            ["train", "--model", "timm:test_resnet", "--data", str(demo_data), *flags]
+        )
+        return project_from_args(args)
+
+    assert project("--ema").train.ema == 0.9998
+    assert project("--ema", "0.99").train.ema == 0.99
+    assert project("--ema", "off").train.ema is None
+    assert project().train.ema is None

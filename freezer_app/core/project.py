@@ -281,6 +281,7 @@ class TrainSettings:
         none="no EMA",
         none_word="off",
         example="0.9998",
+        flag_alone="0.9998",
         metavar="DECAY",
         label="Model EMA",
     )

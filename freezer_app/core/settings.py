@@ -51,6 +51,7 @@ class Spec:
     resumable: bool = False  # may be changed when resuming a run
     required: bool = False  # must be non-empty before a run starts
     example: str = ""  # a value to suggest in messages
+    flag_alone: str = ""  # the value the flag stands for when given without one (--ema)
 
 
 def setting(
@@ -415,6 +416,8 @@ def add_flag(parser: argparse.ArgumentParser | Any, s: Setting, **overrides: Any
         help_text += f"; {s.spec.none_word}: {s.spec.none}"
     if s.spec.zero:
         help_text += f"; 0: {s.spec.zero}"
+    if s.spec.flag_alone:
+        help_text += f"; {s.flag} alone: {s.spec.flag_alone}"
     if s.spec.required:
         help_text += " (required)"
     elif shown:
@@ -434,6 +437,8 @@ def add_flag(parser: argparse.ArgumentParser | Any, s: Setting, **overrides: Any
         kwargs.setdefault("metavar", s.spec.metavar or None)
     else:
         kwargs.setdefault("metavar", s.spec.metavar or _metavar(s))
+    if s.spec.flag_alone:
+        kwargs.update(nargs="?", const=_flag_parser(s)(s.spec.flag_alone))
     parser.add_argument(s.flag, type=_flag_parser(s), **kwargs)
 
 
