@@ -46,6 +46,10 @@ class FrozenCheckView(QWidget):
         explain.setStyleSheet("color: #555")
         layout.addWidget(explain)
         self.list = QListWidget()
+        # Long lines wrap rather than hide behind a horizontal scroll bar.
+        self.list.setWordWrap(True)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setResizeMode(QListWidget.ResizeMode.Adjust)
         layout.addWidget(self.list, 1)
         self.clear()
 
