@@ -313,3 +313,26 @@ def test_mixup_and_accumulation_as_training_does(demo_data: Path) -> None:
     assert all(math.isfinite(p.loss) for p in result.points)
     after = _state(parts.model)
     assert all(_bit_identical(before[n], after[n]) for n in before)
+
+
+def test_no_run_starts_until_a_closed_test_has_ended(qtbot, window, monkeypatch) -> None:
+    """Closing the dialog cancels the test, but its thread ends only at its next step: until
+    then Train and a second test wait (same device, same random generators)."""
+    from freezer_app.gui.lr_find_view import LR_TEST_STOPPING, LrFindDialog, open_lr_finder
+
+    monkeypatch.setattr(LrFindDialog, "steps", 200)
+    dialog = open_lr_finder(window)
+    assert dialog is not None and window.lr_find_task is dialog.task
+    task = dialog.task
+    dialog.close()
+    # Building the model and loaders alone takes longer than getting here.
+    assert window.lr_find_task is task
+    window.act_train.trigger()
+    assert window.session is None
+    assert window.statusBar().currentMessage() == LR_TEST_STOPPING
+    assert open_lr_finder(window) is None
+    qtbot.waitUntil(lambda: window.lr_find_task is None, timeout=60_000)
+    window.act_train.trigger()
+    assert window.session is not None
+    window.stop_training()
+    qtbot.waitUntil(lambda: window.session is None, timeout=60_000)

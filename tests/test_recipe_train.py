@@ -371,3 +371,49 @@ def test_ema_flag_alone_means_the_usual_decay(demo_data: Path, tmp_path: Path) -
     assert project("--ema", "0.99").train.ema == 0.99
     assert project("--ema", "off").train.ema is None
     assert project().train.ema is None
+
+
+def test_an_image_drawn_twice_in_an_epoch_is_augmented_differently(tmp_path: Path) -> None:
+    """The class-balancing sampler draws with replacement: each repeat of a minority image
+    must be a new view of it (else oversampling adds no variety), and the same again on resume."""
+    from freezer_app.core.data import ImageItems, build_transforms
+
+    report = scan_folder(_imbalanced(tmp_path / "data"))
+    labels = [label for _, label in report.train]
+    weights = class_weights(report.counts(report.train))
+    sampler = EpochBatchSampler(len(labels), 8, seed=3, weights=[weights[y] for y in labels])
+    sampler.set_epoch(2)
+    draws = sampler.draws()
+    assert draws is not None and [len(d) for d in draws] == [len(b) for b in sampler.batches()]
+    flat = [(i, d) for b, ds in zip(sampler.batches(), draws) for i, d in zip(b, ds)]
+    repeated = next(i for i, d in flat if d == 1)  # an image drawn a second time
+    assert [d for i, d in flat if i == repeated][:2] == [0, 1]
+    assert EpochBatchSampler(len(labels), 8, seed=3).draws() is None  # no repeats to tell apart
+
+    train_tf, _ = build_transforms({"input_size": (3, 24, 24)}, 24, "strong")
+    items = ImageItems(report.train, train_tf, seed=3)
+    first, second = items[(repeated, 2, 0)][0], items[(repeated, 2, 1)][0]
+    assert not torch.equal(first, second)
+    assert torch.equal(items[(repeated, 2, 1)][0], second)  # deterministic: resumable
+    assert torch.equal(items[(repeated, 2)][0], first)  # draw 0 is the unbalanced key
+
+
+def test_ema_alone_before_the_project_file(demo_data: Path, tmp_path: Path) -> None:
+    from freezer_app.core.project import Project
+    from freezer_app.core.settings import fill_flags_alone
+
+    assert fill_flags_alone(["train", "--ema", "p.json"], Project) == [
+        "train",
+        "--ema",
+        "0.9998",
+        "p.json",
+    ]
+    assert fill_flags_alone(["train", "--ema", "0.99", "p.json"], Project)[2] == "0.99"
+    assert fill_flags_alone(["train", "--ema", "off"], Project)[2] == "off"
+    assert fill_flags_alone(["train", "--ema", "--epochs", "2"], Project)[2] == "--epochs"
+    project = make_project(demo_data, epochs=1, max_steps=2)
+    path = tmp_path / "p.json"
+    project.save(path)
+    out = tmp_path / "run"
+    assert main(["train", "--ema", str(path), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "project.json").read_text())["train"]["ema"] == 0.9998

@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if not argv or opens_project(argv, _commands(parser)):
         argv = ["gui", *argv]
+    # `--ema PROJECT.json` is --ema alone, then the project (argparse would read the file name
+    # as the decay).
+    from freezer_app.core.project import Project
+    from freezer_app.core.settings import fill_flags_alone
+
+    argv = fill_flags_alone(argv, Project)
     args = parser.parse_args(argv)
     args.argv = list(argv)  # `train --nproc-per-node` hands the same command to its processes
     if not getattr(args, "func", None):

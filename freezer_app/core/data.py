@@ -582,8 +582,10 @@ class ImageItems(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
+        # (index, epoch) or (index, epoch, draw): the draw-th time a class-balancing sampler
+        # drew this image in the epoch gets an augmentation of its own.
+        index, epoch, draw = (*key, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
         for attempt in range(len(self.items)):
             at = (index + attempt) % len(self.items)
             path, label = self.items[at]
@@ -603,7 +605,7 @@ class ImageItems(Dataset):
             raise DataError("No image in the dataset could be decoded.", "Check the image files.")
         if not self.random_transform:
             return self.transform(image), label
-        sample_seed = (self.seed * 1_000_003 + epoch * 7_919 + index) % (2**31)
+        sample_seed = (self.seed * 1_000_003 + epoch * 7_919 + index + draw * 104_729) % (2**31)
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed also seeds every accelerator backend,
@@ -676,6 +678,21 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             half = (len(tail) + 1) // 2
             out += [tail[:half], tail[half:]] if size >= 3 else [tail]
         return merge_short_tail(out, self.world) if self.world > 1 else out
+
+    def draws(self) -> list[list[int]] | None:
+        """For each image of `batches()`, how many times this epoch drew it before (drawing
+        with replacement: each repeat is augmented differently); None without weights."""
+        if self.weights is None or not self.shuffle:
+            return None
+        seen: dict[int, int] = {}
+        out = []
+        for batch in self.batches():
+            row = []
+            for i in batch:
+                row.append(seen.get(i, 0))
+                seen[i] = row[-1] + 1
+            out.append(row)
+        return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self.batches()[self.start_batch :]:
@@ -755,8 +772,22 @@ class Loaders:
         whole = self.train_sampler.batches()[start_batch:]
         batches = [shard(b, self.rank, self.world) for b in whole]
         totals = [len(b) for b in whole]
+        every_draw = self.train_sampler.draws()
+        draws = (
+            [shard(d, self.rank, self.world) for d in every_draw[start_batch:]]
+            if every_draw is not None
+            else None
+        )
         return self._serve(
-            "train", self.train, self._train_order, self.train_cache, batches, epoch, skip, totals
+            "train",
+            self.train,
+            self._train_order,
+            self.train_cache,
+            batches,
+            epoch,
+            skip,
+            totals,
+            draws,
         )
 
     def train_batch_sizes(self, epoch: int) -> list[int]:
@@ -794,6 +825,7 @@ class Loaders:
         epoch: int,
         skip: Skip | None,
         totals: list[int] | None = None,
+        draws: list[list[int]] | None = None,
     ) -> Iterator[Batch]:
         labels = self._labels[split]
         totals = totals or [len(b) for b in batches]
@@ -802,8 +834,13 @@ class Loaders:
         # recur within an epoch, so a batch the cache lacks now may be held by the time it is
         # served, and the loader's batches must still line up with those it was given.
         cached = [not s and cache is not None and cache.holds(b) for b, s in zip(batches, skipped)]
-        missing = [b for b, s, c in zip(batches, skipped, cached) if not s and not c]
-        order.set([[(i, epoch) for i in b] for b in missing])
+        keep = [not s and not c for s, c in zip(skipped, cached)]
+        missing = [b for b, k in zip(batches, keep) if k]
+        if draws is None:
+            order.set([[(i, epoch) for i in b] for b in missing])
+        else:
+            kept_draws = [d for d, k in zip(draws, keep) if k]
+            order.set([list(zip(b, [epoch] * len(b), d)) for b, d in zip(missing, kept_draws)])
         loaded = iter(loader) if missing else iter(())
         for batch, skipped_batch, held, total in zip(batches, skipped, cached, totals):
             if skipped_batch:
@@ -841,17 +878,17 @@ class Loaders:
             self.train.dataset.decoded = None  # type: ignore[attr-defined]
 
 
-class ListedBatches(Sampler[list[tuple[int, int]]]):
+class ListedBatches(Sampler[list[tuple[int, ...]]]):
     """The batch sampler the DataLoader reads: exactly the batches it was last given (those
-    of this epoch the image cache does not hold), as (index, epoch) keys."""
+    of this epoch the image cache does not hold), as (index, epoch[, draw]) keys."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int]]] = []
+        self.batches: list[list[tuple[int, ...]]] = []
 
-    def set(self, batches: list[list[tuple[int, int]]]) -> None:
+    def set(self, batches: list[list[tuple[int, ...]]]) -> None:
         self.batches = batches
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         return iter(self.batches)
 
     def __len__(self) -> int:

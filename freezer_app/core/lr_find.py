@@ -40,7 +40,7 @@ from freezer_app.core.data import DataReport
 from freezer_app.core.device import select_device
 from freezer_app.core.errors import FreezerError, ProjectError
 from freezer_app.core.freeze import FreezePlan, apply_mask, resolve
-from freezer_app.core.optim import restrict_to_trainable
+from freezer_app.core.optim import inner_optimizer, restrict_to_trainable
 from freezer_app.core.project import Project
 from freezer_app.core.run_folder import RunFolder
 from freezer_app.core.train.setup import RunParts, prepare
@@ -225,7 +225,7 @@ def release(parts: RunParts) -> None:
     parts.features.close()
     parts.loaders.close()
     parts.probe.release()
-    parts.optimizer.state.clear()
+    inner_optimizer(parts.optimizer).state.clear()  # Lookahead keeps its moments inside
     if parts.device.type == "cuda":
         parts.model.to("cpu")
         torch.cuda.empty_cache()
@@ -393,6 +393,7 @@ def find_lr(
     the project cannot train (bad settings, no data, a plan that leaves nothing to train)."""
     check_range(steps, start_lr, end_lr)
     project = copy.deepcopy(project)  # `prepare` notes the classes in it
+    project.train.ema = None  # the test never reads an EMA copy: do not build one
     say = on_status or (lambda text: None)
     say("building the model and loading the data")
     if select_device(project.train.device).type == "cuda":

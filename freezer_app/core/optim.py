@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import timm
 import torch
 from timm.models._manipulate import group_with_matcher
 from timm.optim import create_optimizer_v2, get_optimizer_class, get_optimizer_info
@@ -321,6 +322,11 @@ class LrSchedule:
                 step_on_epochs=False,
                 updates_per_epoch=1,  # counts are in steps already
                 **common,
+            )
+        if scheduler is None:  # an older timm that does not know this name returns none
+            raise ProjectError(
+                f"This timm ({timm.__version__}) has no {self.name!r} schedule.",
+                "Upgrade timm (pip install -U timm), or choose another --schedule.",
             )
         self.scheduler = scheduler
 

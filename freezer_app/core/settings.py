@@ -457,6 +457,26 @@ def _flag_parser(s: Setting) -> Callable[[str], Any]:
     return parse
 
 
+def fill_flags_alone(argv: list[str], cls: type) -> list[str]:
+    """argv with the value written in where a flag that may stand alone (`--ema`) is followed
+    by a word that is not its value (`--ema PROJECT.json`): argparse would take the word."""
+    alone = {s.flag: s for s in flag_settings(cls) if s.spec.flag_alone}
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        out.append(word)
+        s = alone.get(word)
+        if s is None:
+            continue
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if following is None or following.startswith("-"):
+            continue  # argparse's const covers it
+        try:
+            parse_text(s, following)
+        except ValueError:
+            out.append(s.spec.flag_alone)
+    return out
+
+
 def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """{setting key: value} for the setting flags present on the command line."""
     present = vars(args)

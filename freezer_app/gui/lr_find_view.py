@@ -369,6 +369,9 @@ class LrFindDialog(QDialog):
         super().closeEvent(event)
 
 
+LR_TEST_STOPPING = "The learning-rate test is still stopping; try again in a moment."
+
+
 def open_lr_finder(window: Any) -> LrFindDialog | None:
     """The Training form's "Find learning rate…": check the project as Train does, then open
     the dialog and start the test. None (with a message) when it cannot run now."""
@@ -377,6 +380,9 @@ def open_lr_finder(window: Any) -> LrFindDialog | None:
 
     if window._running():
         window.statusBar().showMessage("The learning rate finder waits for the run to end.", 5000)
+        return None
+    if window.lr_find_task is not None:
+        window.statusBar().showMessage(LR_TEST_STOPPING, 5000)
         return None
     if window.scan_task is not None:
         window.statusBar().showMessage("Still checking the dataset; try again in a moment.", 5000)
@@ -401,6 +407,18 @@ def open_lr_finder(window: Any) -> LrFindDialog | None:
     dialog.setWindowModality(Qt.WindowModality.WindowModal)
     dialog.show()
     dialog.start()
+    # The test's thread may outlive the dialog (it stops at its next step): until it has
+    # ended, no run or second test starts beside it (same device, same random generators).
+    task = dialog.task
+    if task is not None:
+        window.lr_find_task = task
+
+        def ended(*_args: object) -> None:
+            if window.lr_find_task is task:
+                window.lr_find_task = None
+
+        task.signals.done.connect(ended)
+        task.signals.failed.connect(ended)
     return dialog
 
 

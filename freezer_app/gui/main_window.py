@@ -50,7 +50,7 @@ from freezer_app.gui import guide, tasks
 from freezer_app.gui.evaluate_view import IMAGE_SUFFIXES, EvaluateView
 from freezer_app.gui.export_dialog import ExportDialog
 from freezer_app.gui.freeze_controller import FreezeController
-from freezer_app.gui.lr_find_view import open_lr_finder
+from freezer_app.gui.lr_find_view import LR_TEST_STOPPING, open_lr_finder
 from freezer_app.gui.panels import DataPanel, ModelPanel, TrainingPanel
 from freezer_app.gui.plots import GradientFlowPlot, LossPlot, UpdateHeatmap
 from freezer_app.gui.project_controller import ProjectController, touches
@@ -100,6 +100,8 @@ class MainWindow(QMainWindow):
         self.interactive = True
         self.trust_code = False  # --trust-code: run model code named by files without asking
         self.scan_task: tasks.Task | None = None
+        # The learning-rate test on its thread (gui/lr_find_view.py), until it has ended.
+        self.lr_find_task: tasks.Task | None = None
         # The model preview being built in the background (None: the tree shown is current),
         # and what it is for: (model, weights, num_classes) and, for a model the user just
         # picked, the undo label of the edit that makes it the project's once it is built.
@@ -881,6 +883,9 @@ class MainWindow(QMainWindow):
         """What Train (button, menu, Ctrl+Return) does: check everything, then start a run of
         a copy of the project."""
         if self._running():
+            return False
+        if self.lr_find_task is not None:
+            self.statusBar().showMessage(LR_TEST_STOPPING, 5000)
             return False
         if self.scan_task is not None:
             self.statusBar().showMessage("Still checking the dataset; try again in a moment.", 5000)

@@ -55,7 +55,7 @@ from freezer_app.core.files import (
     save_safetensors,
 )
 from freezer_app.core.freeze import Edit, FreezePlan, apply_mask, resolve
-from freezer_app.core.optim import restrict_to_trainable
+from freezer_app.core.optim import inner_optimizer, restrict_to_trainable
 from freezer_app.core.project import Project, ResumeRecord, apply_resume_changes
 from freezer_app.core.run_folder import RunFolder, RunLock
 from freezer_app.core.telemetry import FrozenCheck, PendingRecord
@@ -845,7 +845,7 @@ class Trainer:
         parts.features.close()
         parts.loaders.close()
         parts.probe.release()
-        parts.optimizer.state.clear()
+        inner_optimizer(parts.optimizer).state.clear()  # Lookahead keeps its moments inside
         if parts.device.type != "cpu":
             parts.model.to("cpu")
             if parts.ema is not None:
