@@ -336,3 +336,23 @@ def test_no_run_starts_until_a_closed_test_has_ended(qtbot, window, monkeypatch)
     assert window.session is not None
     window.stop_training()
     qtbot.waitUntil(lambda: window.session is None, timeout=60_000)
+
+
+def test_escape_stops_the_test_and_run_again_is_tracked(qtbot, window, monkeypatch) -> None:
+    from PySide6.QtCore import Qt
+
+    from freezer_app.gui.lr_find_view import LrFindDialog, open_lr_finder
+
+    monkeypatch.setattr(LrFindDialog, "steps", 200)
+    dialog = open_lr_finder(window)
+    assert dialog is not None
+    first = dialog.task
+    dialog.cancel()
+    qtbot.waitUntil(lambda: not dialog.running, timeout=60_000)
+    qtbot.waitUntil(lambda: window.lr_find_task is None, timeout=60_000)
+    dialog.start()  # Run again: the window tracks this test too
+    second = dialog.task
+    assert second is not None and second is not first and window.lr_find_task is second
+    qtbot.keyClick(dialog, Qt.Key.Key_Escape)
+    assert second.cancelled.is_set() and not dialog.isVisible()
+    qtbot.waitUntil(lambda: window.lr_find_task is None, timeout=60_000)

@@ -417,3 +417,9 @@ def test_ema_alone_before_the_project_file(demo_data: Path, tmp_path: Path) -> N
     out = tmp_path / "run"
     assert main(["train", "--ema", str(path), "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "project.json").read_text())["train"]["ema"] == 0.9998
+
+
+def test_an_ema_value_out_of_range_is_named_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--ema", "1.5", "--model", "timm:test_resnet"])
+    assert "must be in (0, 1)" in capsys.readouterr().err

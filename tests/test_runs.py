@@ -327,3 +327,39 @@ def test_a_failed_run_reads_as_failed_with_its_error(demo_data: Path, tmp_path: 
     assert info.status == "failed" and "the disk went away" in info.detail
     outcome = json.loads((tmp_path / "failed" / "outcome.json").read_text())
     assert outcome["reason"] == "error" and outcome["step"] >= 2
+
+
+def test_the_runs_tab_follows_the_project_and_a_resume_keeps_its_folder(
+    qtbot, tmp_path: Path, demo_data: Path, runs_root: Path, monkeypatch
+) -> None:
+    from PySide6.QtCore import QSettings, QThreadPool
+    from PySide6.QtWidgets import QMessageBox
+
+    from freezer_app.gui.main_window import MainWindow
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs_root, a / "runs")
+    for folder in (a, b):
+        make_project(demo_data, epochs=2, feature_cache="off").save(folder / "project.json")
+    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    w.show()
+    try:
+        assert w.open_project(a / "project.json")
+        panel = w.runs_panel
+        w.right.setCurrentWidget(panel)
+        qtbot.waitUntil(lambda: panel.task is None and panel.model.rowCount() == 3, timeout=30_000)
+        assert w.open_project(b / "project.json")  # the tab on screen: B's (no) runs now
+        qtbot.waitUntil(lambda: panel.task is None and panel.model.rowCount() == 0, timeout=30_000)
+        assert str(b / "runs") in panel.where.text()
+        # A resumed run's project has no file: its runs folder stays the run's own.
+        qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
+        assert w.resume_run(a / "runs" / "last-20260102-120000")
+        assert w._runs_root() == a / "runs"
+        w.stop_training()
+        qtbot.waitUntil(lambda: w.session is None, timeout=60_000)
+    finally:
+        w.project_ctl.undo_stack.setClean()
+        w.close()
+        QThreadPool.globalInstance().waitForDone(60_000)
+        w.deleteLater()

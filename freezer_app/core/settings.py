@@ -471,9 +471,10 @@ def fill_flags_alone(argv: list[str], cls: type) -> list[str]:
         if following is None or following.startswith("-"):
             continue  # argparse's const covers it
         try:
-            parse_text(s, following)
+            float(following)  # a number, in range or not: argparse checks it and says so
         except ValueError:
-            out.append(s.spec.flag_alone)
+            if following != s.spec.none_word:
+                out.append(s.spec.flag_alone)
     return out
 
 

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QMenu,
+    QSizePolicy,
     QTextBrowser,
     QToolButton,
     QTreeWidget,
@@ -230,6 +231,8 @@ class StepsStrip(QFrame):
         # What to do for the next step, in a word (the step's tooltip says the same).
         self.next_hint = QLabel()
         self.next_hint.setStyleSheet("color: #5f6b7a; margin-left: 12px")
+        # Cut at the window's edge rather than setting the window's minimum width.
+        self.next_hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         row.addWidget(self.next_hint)
         row.addStretch(1)
         self.guide = QToolButton()

@@ -194,6 +194,7 @@ class LrFindDialog(QDialog):
     "Use <rate>", which sets `train.lr` through the project controller (one undoable edit)."""
 
     finished_test = Signal(object)  # the LrFindResult, or None when it failed
+    test_started = Signal(object)  # the tasks.Task of each test (the first, and Run again)
     steps = STEPS  # of each test (tests shorten it)
 
     def __init__(
@@ -289,6 +290,7 @@ class LrFindDialog(QDialog):
         self._set_busy(True)
         self.timer.start()
         tasks.start(task)
+        self.test_started.emit(task)
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -357,7 +359,16 @@ class LrFindDialog(QDialog):
         return True
 
     def closeEvent(self, event: Any) -> None:
-        # The test stops with the dialog; its thread ends at the next step.
+        self._stop_with_the_dialog()
+        super().closeEvent(event)
+
+    def done(self, result: int) -> None:
+        # Esc and the dialog's buttons end here (Qt sends no closeEvent for them).
+        self._stop_with_the_dialog()
+        super().done(result)
+
+    def _stop_with_the_dialog(self) -> None:
+        """The test stops with the dialog; its thread ends at the next step."""
         if self.task is not None:
             signals = self.task.signals
             signals.partial.disconnect(self._point)
@@ -366,7 +377,6 @@ class LrFindDialog(QDialog):
             self.task.cancel()
             self.task = None
         self.timer.stop()
-        super().closeEvent(event)
 
 
 LR_TEST_STOPPING = "The learning-rate test is still stopping; try again in a moment."
@@ -405,21 +415,23 @@ def open_lr_finder(window: Any) -> LrFindDialog | None:
     dialog = LrFindDialog(window.project_ctl, project, window.report, WINDOW_TRUST, window)
     # Window-modal: no training starts, and no setting changes, under a running test.
     dialog.setWindowModality(Qt.WindowModality.WindowModal)
+    dialog.test_started.connect(lambda task: _track(window, task))
     dialog.show()
     dialog.start()
-    # The test's thread may outlive the dialog (it stops at its next step): until it has
-    # ended, no run or second test starts beside it (same device, same random generators).
-    task = dialog.task
-    if task is not None:
-        window.lr_find_task = task
-
-        def ended(*_args: object) -> None:
-            if window.lr_find_task is task:
-                window.lr_find_task = None
-
-        task.signals.done.connect(ended)
-        task.signals.failed.connect(ended)
     return dialog
+
+
+def _track(window: Any, task: tasks.Task) -> None:
+    """Each test's thread may outlive the dialog (it stops at its next step): until it has
+    ended, no run or second test starts beside it (same device, same random generators)."""
+    window.lr_find_task = task
+
+    def ended(*_args: object) -> None:
+        if window.lr_find_task is task:
+            window.lr_find_task = None
+
+    task.signals.done.connect(ended)
+    task.signals.failed.connect(ended)
 
 
 __all__ = ["LrFindDialog", "LrFindPlot", "open_lr_finder", "rounded_lr", "short_lr"]

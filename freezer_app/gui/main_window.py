@@ -102,6 +102,7 @@ class MainWindow(QMainWindow):
         self.scan_task: tasks.Task | None = None
         # The learning-rate test on its thread (gui/lr_find_view.py), until it has ended.
         self.lr_find_task: tasks.Task | None = None
+        self._resumed_runs_root: Path | None = None  # set by resume_run
         # The model preview being built in the background (None: the tree shown is current),
         # and what it is for: (model, weights, num_classes) and, for a model the user just
         # picked, the undo label of the edit that makes it the project's once it is built.
@@ -239,7 +240,7 @@ class MainWindow(QMainWindow):
             "&Pause", self.toggle_pause, "Ctrl+P", "Pause or resume training"
         )
         self.act_stop = self._action(
-            "S&top", self.stop_training, "Ctrl+.", "Stop after this step and save a checkpoint"
+            "St&op", self.stop_training, "Ctrl+.", "Stop after this step and save a checkpoint"
         )
         self.act_resume_run = self._action(
             "Resume a stopped run…",
@@ -443,6 +444,14 @@ class MainWindow(QMainWindow):
             self.data_panel.show_report(None)
         self.project_ctl.replace(project, path)
         self.run_ctl.clear_views()
+        self._resumed_runs_root = None
+        self._refresh_runs()
+
+    def _refresh_runs(self) -> None:
+        """The Runs tab lists the runs of the project shown (when it is on screen; showing it
+        refreshes it too)."""
+        if self.runs_panel.isVisible():
+            self.runs_panel.refresh()
 
     def open_project_dialog(self) -> None:
         if not self._maybe_save():
@@ -495,6 +504,7 @@ class MainWindow(QMainWindow):
         self._add_recent(path)
         self._remember_dir("project", path.parent)
         self.statusBar().showMessage(f"Saved {path}", 4000)
+        self._refresh_runs()  # Save As may have moved the project, and its runs folder
         return True
 
     def _maybe_save(self) -> bool:
@@ -877,7 +887,8 @@ class MainWindow(QMainWindow):
             if is_run_folder(folder) and (folder / "metrics.jsonl").exists():
                 return folder.parent  # a run's project.json: new runs go beside that run
             return folder / "runs"
-        return default_runs_dir()
+        # A resumed run's project has no file of its own: its runs are beside it.
+        return self._resumed_runs_root or default_runs_dir()
 
     def start_training(self) -> bool:
         """What Train (button, menu, Ctrl+Return) does: check everything, then start a run of
@@ -942,6 +953,7 @@ class MainWindow(QMainWindow):
             self.error_dialog("Cannot resume the run", e.message, e.hint or "")
             return False
         self.set_project(project, None)
+        self._resumed_runs_root = folder.parent
         self.run_ctl.start(self.project_ctl.snapshot(), folder, resume=True)
         return True
 

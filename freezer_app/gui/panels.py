@@ -374,12 +374,25 @@ class DataPanel(QWidget):
             text += f"<br><span style='color:#b26a00'>Warning: {html.escape(printable(w))}</span>"
         self.summary.setText(text)
         examples: list[str] = []
+        # A few images per class, in one pass that stops as soon as each class has them (a
+        # folder of a million images must not hold the window up).
+        per_class: dict[int, list[str]] = {
+            i: [] for i in range(min(THUMB_CLASSES, len(report.classes)))
+        }
+        wanted = len(per_class)
+        for p, label in report.train:
+            got = per_class.get(label)
+            if got is not None and len(got) < THUMBS_PER_CLASS:
+                got.append(p)
+                wanted -= len(got) == THUMBS_PER_CLASS
+                if not wanted:
+                    break
         for i, (name, t, v) in enumerate(
             zip(report.classes, report.counts(report.train), report.counts(report.val))
         ):
             item = QTreeWidgetItem(self.report, [printable(name), f"{t:,}", f"{v:,}"])
             if i < THUMB_CLASSES:
-                paths = [p for p, label in report.train if label == i][:THUMBS_PER_CLASS]
+                paths = per_class[i]
                 if paths:
                     examples += paths
                     row = QTreeWidgetItem(item)

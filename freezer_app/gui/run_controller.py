@@ -134,6 +134,9 @@ class RunController(QObject):
         v.cache.clear()
         v.tree.clear_telemetry()
         v.gradients.clear_values()
+        # The previous run's layers go too (a run that starts sets its own).
+        v.gradients.set_layers([])
+        v.updates.set_layers([])
 
     # ------------------------------------------------------------------ events
     def _on_events(self, batch: list) -> None:

@@ -289,6 +289,9 @@ class TreePanel(QWidget):
         bottom = QHBoxLayout()
         self.summary = QLabel()
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # A long plan wraps here; it never widens the window.
+        self.summary.setWordWrap(True)
+        self.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         bottom.addWidget(self.summary, 1)
         self.copy_code = QPushButton("Copy PyTorch code")
         self.copy_code.setToolTip(
