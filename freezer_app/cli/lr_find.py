@@ -19,6 +19,7 @@ from freezer_app.cli.common import (
     code_trust,
     err,
 )
+from freezer_app.cli.train import add_lr_mult_option
 
 
 def _positive_float(text: str) -> float:
@@ -49,6 +50,7 @@ def add_parser(sub: Any) -> None:
     )
     settings.add_flags(p, Project, exclude=("plan",))
     add_plan_options(p)
+    add_lr_mult_option(p)
     add_trust_option(p)
     p.add_argument(
         "--steps",

@@ -58,15 +58,7 @@ def add_parser(sub: Any) -> None:
         help="do not clip gradients (as --grad-clip off)",
     )
     add_plan_options(p)
-    p.add_argument(
-        "--lr-mult",
-        action="append",
-        default=[],
-        type=_lr_mult,
-        metavar="PATH=X",
-        help=f"{settings.find(Project, 'plan.lr_mult').spec.help}, e.g. --lr-mult blocks.0=0.1; "
-        "the last one given for a path wins (repeatable)",
-    )
+    add_lr_mult_option(p)
     add_trust_option(p)
     p.add_argument(
         "--unfreeze-schedule",
@@ -87,6 +79,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_lr_mult_option(p: argparse.ArgumentParser) -> None:
+    """--lr-mult PATH=X, for train and lr-find (the plan's per-layer multipliers)."""
+    from freezer_app.core import settings
+    from freezer_app.core.project import Project
+
+    p.add_argument(
+        "--lr-mult",
+        action="append",
+        default=[],
+        type=_lr_mult,
+        metavar="PATH=X",
+        help=f"{settings.find(Project, 'plan.lr_mult').spec.help}, e.g. --lr-mult blocks.0=0.1; "
+        "the last one given for a path wins (repeatable)",
+    )
 
 
 def _lr_mult(text: str) -> tuple[str, float]:

@@ -366,7 +366,7 @@ def imbalance_warning(report: DataReport) -> str | None:
     return (
         f"classes are imbalanced: {printable(report.classes[counts.index(large)])} has "
         f"{large} training images, {printable(report.classes[counts.index(small)])} "
-        f"{small} ({large / small:.1f}×); consider --class-balance sampler or loss"
+        f"{small} ({large / small:.1f}×); --class-balance sampler or loss evens them out"
     )
 
 

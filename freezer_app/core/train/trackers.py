@@ -32,6 +32,8 @@ CSV_COLUMNS = (
     "train_loss",
     "val_loss",
     "val_acc",
+    "ema_val_loss",
+    "ema_val_acc",
     "images_per_s",
     "seconds",
 )
@@ -88,7 +90,14 @@ class Trackers:
         step = record["step"]
         scalars = {
             f"epoch/{key}": record[key]
-            for key in ("train_loss", "val_loss", "val_acc", "images_per_s")
+            for key in (
+                "train_loss",
+                "val_loss",
+                "val_acc",
+                "ema_val_loss",
+                "ema_val_acc",
+                "images_per_s",
+            )
             if record.get(key) is not None
         }
         tb = self._board()
