@@ -363,3 +363,26 @@ def test_the_runs_tab_follows_the_project_and_a_resume_keeps_its_folder(
         w.close()
         QThreadPool.globalInstance().waitForDone(60_000)
         w.deleteLater()
+
+
+def test_an_evaluation_is_shown_only_under_the_model_it_is_of(
+    qtbot, runs_root: Path, demo_data: Path
+) -> None:
+    """Evaluate an old run, then (say, as a run finishes) another: the first stops and the
+    result shown is the second's, under its name."""
+    from freezer_app.gui.evaluate_view import EvaluateView
+
+    view = EvaluateView()
+    qtbot.addWidget(view)
+    shown: list[object] = []
+    view.show_evaluation = shown.append  # type: ignore[method-assign]
+    old, new = runs_root / "head-20260101-120000", runs_root / "last-20260102-120000"
+    view.set_source(old, str(demo_data))
+    view.run()
+    assert view.task is not None
+    view.set_source(new, str(demo_data))
+    view.run()
+    qtbot.waitUntil(lambda: view.task is None and bool(shown), timeout=60_000)
+    (shown_one,) = shown
+    assert new.name in str(shown_one.model) and old.name not in str(shown_one.model)  # type: ignore[attr-defined]
+    assert new.name in view.model_label.text()

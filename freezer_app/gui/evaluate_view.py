@@ -199,6 +199,7 @@ class EvaluateView(QWidget):
         self.seed = 0
         self.evaluation: Evaluation | None = None
         self.task: tasks.Task | None = None
+        self._task_source: Path | None = None  # the model the running task is of
         self.thumbnail_task: tasks.Task | None = None  # decoding the image list's icons
         # Images dropped while an evaluation or prediction runs: predicted when it ends.
         self.queued: list[str] = []
@@ -315,6 +316,7 @@ class EvaluateView(QWidget):
     def _start(self, work, on_done) -> None:
         # Bound methods (not lambdas) as slots: Qt drops them if this view is deleted first.
         self._on_done = on_done
+        self._task_source = self.source  # a result is shown only under the model it is of
         task = tasks.Task(work)
         task.signals.progress.connect(self._progress)
         task.signals.done.connect(self._task_done)
@@ -331,12 +333,18 @@ class EvaluateView(QWidget):
 
     def _task_done(self, result: object) -> None:
         self._finish()
-        self._on_done(result)
+        if self._task_source == self.source:
+            self._on_done(result)
+        elif self.source is not None and self.data:
+            self.run()  # the model changed while it ran: evaluate the one now shown
         self._start_queued()
 
     def _task_failed(self, message: str, hint: str, _details: str) -> None:
         self._finish()
-        self._error(message, hint)
+        if self._task_source != self.source and self.source is not None and self.data:
+            self.run()  # stopped for the model now shown (or failed on an older one)
+        else:
+            self._error(message, hint)
         self._start_queued()
 
     def _start_queued(self) -> None:
@@ -414,7 +422,12 @@ class EvaluateView(QWidget):
         self.banner.setText(f"{message} {hint}".strip())
 
     def run(self) -> None:
-        if self.source is None or not self.data or self.task is not None:
+        if self.source is None or not self.data:
+            return
+        if self.task is not None:
+            # Busy with another model (an earlier run): stop it; its end starts this one.
+            if self._task_source != self.source:
+                self.task.cancel()
             return
         source, data, split, seed = str(self.source), self.data, self.val_split, self.seed
         self.banner.setStyleSheet("")
