@@ -524,9 +524,8 @@ class UpdateHeatmap(QWidget, _LayerHover):
         self.update_sample = pg.ScatterPlotItem(
             symbol="s", size=11, brush=pg.mkBrush(*pg.colormap.get("viridis").map(0.6, "byte"))
         )
-        self.legend.addItem(
-            self.update_sample, "trainable: log10 update ratio (colour scale at right)"
-        )
+        # Short: two entries side by side must fit the pane at the window's default width.
+        self.legend.addItem(self.update_sample, "trainable: log10 ratio (scale at right)")
         plot.setLabel("bottom", "step")
         plot.setLabel("left", "layer")
         plot.invertY(True)

@@ -528,17 +528,21 @@ class RunsPanel(QWidget):
                 continue
             run = shown[i]
             colour = PALETTE[i % len(PALETTE)]
+            # Past the palette, colours come round again with another dash: no two runs alike.
+            dash = (Qt.PenStyle.SolidLine, Qt.PenStyle.DashLine, Qt.PenStyle.DotLine)[
+                (i // len(PALETTE)) % 3
+            ]
             colours[run.info.path] = colour
             c = run.curves
             finite = np.isfinite(c.losses)
             smooth = Smoother()(c.losses[finite]) if finite.any() else np.zeros(0)
-            loss_item.setData(c.steps[finite], smooth, pen=pg.mkPen(colour, width=2))
+            loss_item.setData(c.steps[finite], smooth, pen=pg.mkPen(colour, width=2, style=dash))
             epochs = np.arange(1, c.val_accs.size + 1)
             ok = np.isfinite(c.val_accs)
             acc_item.setData(
                 epochs[ok],
                 c.val_accs[ok],
-                pen=pg.mkPen(colour, width=2),
+                pen=pg.mkPen(colour, width=2, style=dash),
                 symbol="o",
                 symbolSize=6,
                 symbolBrush=colour,
@@ -616,6 +620,7 @@ class RunsPanel(QWidget):
         if self.current_run() is None:
             return
         menu = QMenu(self)
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one per right-click: not kept
         for button in (
             self.open_button,
             self.resume_button,

@@ -58,14 +58,17 @@ def installed(package: str) -> bool:
 
 def check_installed(log_to: str) -> None:
     """Raise ProjectError when a selected tracker's package is not installed."""
-    for name in selected(log_to):
-        package = PACKAGES[name]
-        if not installed(package):
-            raise ProjectError(
-                f"--log-to {log_to} needs the {package} package: pip install {package}",
-                f"Or install Freezer with it (pip install 'freezer-app[{name}]'), or train "
-                "without it: --log-to none (Log to: none in the Training form).",
-            )
+    missing = [name for name in selected(log_to) if not installed(PACKAGES[name])]
+    if missing:  # all of them at once: one install, not one failure per package
+        packages = [PACKAGES[name] for name in missing]
+        extras = ",".join(missing)
+        raise ProjectError(
+            f"--log-to {log_to} needs the {' and '.join(packages)} package"
+            f"{'s' if len(packages) > 1 else ''}: pip install {' '.join(packages)}",
+            f"Or install Freezer with {'them' if len(packages) > 1 else 'it'} (pip install "
+            f"'freezer-app[{extras}]'), or train without: --log-to none (Log to: none in the "
+            "Training form).",
+        )
 
 
 def flat_settings(project: Project) -> dict[str, Any]:
