@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
     QSizePolicy,
     QSplitter,
     QTableView,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -277,17 +278,17 @@ class RunsPanel(QWidget):
         header.setStretchLastSection(True)
 
         buttons = QHBoxLayout()
-        self.open_button = QPushButton("Open")
+        self.open_button = _compact_button("Open")
         self.open_button.setToolTip(
             "Show this run's loss, gradient flow, heat map, frozen check and evaluation again"
         )
-        self.resume_button = QPushButton("Resume")
+        self.resume_button = _compact_button("Resume")
         self.resume_button.setToolTip("Continue this run from its last checkpoint")
-        self.evaluate_button = QPushButton("Evaluate")
+        self.evaluate_button = _compact_button("Evaluate")
         self.evaluate_button.setToolTip("Confusion matrix and per-class accuracy of this run")
-        self.export_button = QPushButton("Export…")
+        self.export_button = _compact_button("Export…")
         self.export_button.setToolTip("Export this run's model")
-        self.delete_button = QPushButton("Delete…")
+        self.delete_button = _compact_button("Delete…")
         self.delete_button.setToolTip("Move this run's folder to the trash")
         for b in (
             self.open_button,
@@ -645,6 +646,15 @@ class RunsPanel(QWidget):
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self.refresh()  # runs may have come or gone while another tab was shown
+
+
+def _compact_button(text: str) -> QToolButton:
+    """A button as wide as its label: the row of five must not set the tab's (and so the
+    window's) minimum width."""
+    button = QToolButton()
+    button.setText(text)
+    button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+    return button
 
 
 # ---------------------------------------------------------------------- the window's side
