@@ -132,9 +132,11 @@ def run_torchrun(argv: list[str], processes: int, out: Path | None, resume: bool
                 return
             received.append(signum)
             with contextlib.suppress(OSError):
+                name = signal.Signals(signum).name
+                again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
                 err(
-                    f"{signal.Signals(signum).name}: every process stops after this step and "
-                    "a checkpoint is saved (Ctrl-C again to abort)"
+                    f"{name}: every process stops after this step and a checkpoint is saved "
+                    f"({again} aborts)"
                 )
             # The workers themselves, with the same signal (130 for Ctrl-C, 143 for SIGTERM):
             # torchrun's agent would give them only 30 s to finish.

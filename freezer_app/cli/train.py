@@ -425,7 +425,8 @@ def _train(
             progress.bar = None
         name = signal.Signals(signum).name
         if main:
-            err(f"{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+            again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
+            err(f"{name}: stopping after this step and saving a checkpoint ({again} aborts)")
         control.stop()
 
     handled = [signal.SIGINT, signal.SIGTERM] + (

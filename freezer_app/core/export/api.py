@@ -282,6 +282,11 @@ def default_export_path(source: str | Path, fmt: str, checkpoint: str = "final")
     """RUN_DIR/export/NAME for a run folder; other sources need an explicit path."""
     _check_format(fmt)
     path = Path(str(source)).expanduser()
+    if not is_run_folder(path) and not path.exists() and ":" not in str(source):
+        raise ExportError(  # a path, not a model name: say that first
+            f"No run folder, bundle or weights file at {source}.",
+            "Check the path (freezer-app runs lists the runs in a folder).",
+        )
     if not is_run_folder(path):
         raise ExportError(
             f"Say where to write the export of {source}.",
