@@ -117,3 +117,29 @@ def test_the_ranks_loaders_share_every_epoch_and_validation_exactly(demo_data: P
             assert torch.equal(torch.cat([b0.x, b1.x]), x)
     val = [i for r in ranks for b in r.val_batches() for i in b.indices]
     assert sorted(val) == list(range(len(report.val)))
+
+
+def test_fewer_training_images_than_processes_is_refused_before_any_work(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """Every process needs an image of every step: 2 images cannot feed 4 processes."""
+    import shutil
+
+    from conftest import make_project
+
+    from freezer_app.core.errors import ProjectError
+    from freezer_app.core.run_folder import RunFolder
+    from freezer_app.core.train.distributed import Distributed
+    from freezer_app.core.train.setup import prepare
+
+    data = tmp_path / "tiny"
+    for split, count in (("train", 1), ("val", 1)):
+        for name in ("circles", "squares"):
+            (data / split / name).mkdir(parents=True)
+            for path in sorted((demo_data / split / name).iterdir())[:count]:
+                shutil.copy(path, data / split / name / path.name)
+    dist = Distributed(rank=1, world=4, local_rank=1, device=torch.device("cpu"))
+    project = make_project(data, batch_size=1)
+    with pytest.raises(ProjectError, match="2 training image\\(s\\) cannot be shared by 4"):
+        prepare(project, RunFolder(tmp_path / "run"), None, dist=dist)
+    assert not (tmp_path / "run").exists()

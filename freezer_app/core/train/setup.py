@@ -177,6 +177,12 @@ def prepare(
 
     if report is None:
         report = scan_folder(project.data.path, project.data.val_split, t.seed)
+    if len(report.train) < world:
+        # Every process needs an image of every step (DistributedDataParallel waits for all).
+        raise ProjectError(
+            f"{len(report.train)} training image(s) cannot be shared by {world} processes.",
+            "Use fewer processes (--nproc-per-node), or add training images.",
+        )
     if resume and project.data.classes and project.data.classes != report.classes:
         raise ProjectError(
             "The dataset's classes changed since this run started "
