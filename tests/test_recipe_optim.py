@@ -451,3 +451,29 @@ def test_a_schedule_phase_unfreezes_layers_with_their_multiplier(
     assert result.reason == "completed" and result.frozen_check_passed
     rates = _step_rates(run)
     assert all(lrs and lrs["x0.5"] == pytest.approx(0.5 * lr) for _, lr, lrs in rates)
+
+
+def test_a_resumed_lookahead_run_equals_the_uninterrupted_one(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """Lookahead syncs its slow weights every k steps: a resume mid-cycle must sync on the
+    same steps as the run that never stopped (same losses, same weights)."""
+    from safetensors.torch import load_file
+
+    settings = {"optimizer": "lookahead_adamw", "epochs": 2}  # k = 6: syncs at 6 and 12
+    whole = tmp_path / "whole"
+    project = make_project(demo_data, **settings)
+    assert Trainer(project, whole).run().reason == "completed"
+    cut = tmp_path / "cut"
+    assert Trainer(make_project(demo_data, max_steps=3, **settings), cut).run().reason == (
+        "step-limit"
+    )
+    resumed = Trainer(
+        make_project(demo_data, **settings),
+        cut,
+        resume=True,
+        resume_changes={"train.max_steps": None},
+    ).run()
+    assert resumed.reason == "completed"
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

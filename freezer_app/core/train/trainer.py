@@ -576,6 +576,11 @@ class Trainer:
         # so apply it before putting their state back (by name).
         self._apply_plan(FreezePlan.from_dict(ckpt["plan"]), "resume", announce=False)
         checkpoint.load_named_optimizer_state(parts.optimizer, parts.model, ckpt["optimizer"])
+        for group in parts.optimizer.param_groups:
+            if "lookahead_step" in group:
+                # Lookahead syncs its slow weights every k optimizer steps, counted from the
+                # run's start (the optimizer lives as long as the run): count on from here.
+                group["lookahead_step"] = self.step
         # Most schedules are a function of the step, rebuilt from the settings (a new epoch
         # count, which a resume may change, stretches the rest); plateau's state is saved.
         parts.scheduler.load_state_dict(ckpt.get("scheduler"), self.step)
