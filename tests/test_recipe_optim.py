@@ -135,6 +135,7 @@ def test_optimizer_names_are_checked_with_close_matches() -> None:
     for ok in ("adamw", "sgd", "SGD", "lookahead_sgd", "lamb"):
         assert optimizer_problem(ok) is None, ok
     assert "adamax" in (optimizer_problem("adamx") or "")
+    assert "Did you mean: lookahead_adamax" in (optimizer_problem("lookahead_adamx") or "")
     assert "second-order" in (optimizer_problem("adahessian") or "")
     assert optimizer_problem("lookahead_nothing") is not None
     assert optimizer_problem("something_adamw") is not None

@@ -145,7 +145,11 @@ def optimizer_problem(name: str) -> str | None:
     if not name.strip() or len(parts) > 2 or (len(parts) == 2 and parts[0] != "lookahead"):
         base = ""
     if base not in known:
-        close = difflib.get_close_matches(name.strip().lower(), known, n=5, cutoff=0.5)
+        # lookahead_X: suggest lookahead_ + the names close to X.
+        wrapped = name.strip().lower().startswith("lookahead_")
+        asked = name.strip().lower().removeprefix("lookahead_")
+        close = difflib.get_close_matches(asked, known, n=5, cutoff=0.5)
+        close = [f"lookahead_{c}" for c in close] if wrapped else close
         hint = f"Did you mean: {', '.join(close)}?" if close else ""
         return (
             f"{name!r} is not one of timm's optimizers. {hint} Any name of "
