@@ -310,6 +310,12 @@ def test_auto_augment_policies_are_checked_with_a_clear_error(
     assert "rand-z9" in err and "Unknown RandAugment config section" in err
     assert "Traceback" not in err
     assert not (demo_data / "x").exists()
+    # timm itself skips a section without a number: refused here, not trained as rand-m9.
+    project.data.augmentation = "light"
+    for misspelt in ("rand-m9-bogus", "augmix-zz"):
+        project.data.auto_augment = misspelt
+        with pytest.raises(ProjectError, match="not a KEY\\+number section"):
+            project.validate()
 
 
 def test_augmentation_settings_map_onto_create_transform() -> None:

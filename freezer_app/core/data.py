@@ -10,6 +10,7 @@ import itertools
 import math
 import os
 import random
+import re
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -453,6 +454,14 @@ def auto_augment_problem(policy: str | None) -> str | None:
     aa = timm_policy(policy)
     if aa is None:
         return None
+    # timm skips a section without a number (rand-m9-bogus trains as rand-m9): each section
+    # after the name must be KEY+VALUE (m9, mstd0.5, inc1, w0.2), or the policy is misspelt.
+    name, *sections = aa.split("-")
+    if name in ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a"):
+        for section in sections:
+            # (a "t..." section names timm's transform set, e.g. rand-m9-t3a)
+            if not re.fullmatch(r"[a-z]+\d[\d.]*|t\w+", section):
+                return f"{section!r} in {aa!r} is not a KEY+number section (e.g. m9, mstd0.5)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
