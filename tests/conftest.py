@@ -138,3 +138,22 @@ def close_windows(qtbot, windows: list) -> None:
     QThreadPool.globalInstance().waitForDone(60_000)
     for w in windows:
         w.deleteLater()
+
+
+def shown_window(qtbot, tmp_path: Path, project, monkeypatch):
+    """A main window showing `project`, its dataset check and model preview done, runs kept
+    under tmp_path, and every modal question answered "discard" (a modal dialog would block
+    an offscreen test). Close it with close_windows."""
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QMessageBox
+
+    from freezer_app.gui.main_window import MainWindow
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
+    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    w.set_project(project, None)
+    w.resize(1400, 900)
+    w.show()
+    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
+    w._runs_root = lambda: tmp_path / "runs"  # keep runs out of the user's folders
+    return w

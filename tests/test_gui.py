@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_project
+from conftest import close_windows, make_project, shown_window
 from PySide6.QtCore import QSettings, Qt, QThreadPool
 from PySide6.QtWidgets import QMessageBox
 
@@ -23,25 +23,9 @@ from freezer_app.gui.tree_model import GRAD, BarRole
 
 @pytest.fixture
 def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
-    # A modal question would block an offscreen test forever: answer "discard" unless a test
-    # says otherwise.
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
-    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-    project = make_project(demo_data, epochs=2)
-    w.set_project(project, None)
-    w.resize(1400, 900)
-    w.show()
-    # The dataset check, then the model preview for its class count, run in the background.
-    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
-    w._runs_root = lambda: tmp_path / "runs"  # keep runs out of the user's folders
+    w = shown_window(qtbot, tmp_path, make_project(demo_data, epochs=2), monkeypatch)
     yield w
-    if w.session is not None:
-        w.stop_training()
-        qtbot.waitUntil(lambda: w.session is None, timeout=60_000)
-    w.project_ctl.undo_stack.setClean()
-    w.close()
-    QThreadPool.globalInstance().waitForDone(60_000)  # background checks, evaluations, exports
-    w.deleteLater()
+    close_windows(qtbot, [w])
 
 
 def type_setting(qtbot, w: MainWindow, key: str, text: str) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_project
-from PySide6.QtCore import QSettings, Qt, QThreadPool
-from PySide6.QtWidgets import QAbstractItemView, QApplication, QLineEdit, QMessageBox
+from conftest import close_windows, make_project, shown_window
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QAbstractItemView, QApplication, QLineEdit
 
 from freezer_app.core.run_folder import RunFolder, read_jsonl
 from freezer_app.gui.main_window import MainWindow
@@ -18,21 +18,9 @@ from freezer_app.gui.tree_model import HEADERS, INHERITED_COLOUR, LR_MULT
 
 @pytest.fixture
 def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
-    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-    w.set_project(make_project(demo_data, epochs=1), None)
-    w.resize(1400, 900)
-    w.show()
-    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
-    w._runs_root = lambda: tmp_path / "runs"
+    w = shown_window(qtbot, tmp_path, make_project(demo_data, epochs=1), monkeypatch)
     yield w
-    if w.session is not None:
-        w.stop_training()
-        qtbot.waitUntil(lambda: w.session is None, timeout=60_000)
-    w.project_ctl.undo_stack.setClean()
-    w.close()
-    QThreadPool.globalInstance().waitForDone(60_000)
-    w.deleteLater()
+    close_windows(qtbot, [w])
 
 
 def _cell(w: MainWindow, path: str):

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_project
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QThreadPool, QUrl
+from conftest import close_windows, make_project, shown_window
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QFont, QFontMetrics
-from PySide6.QtWidgets import QMessageBox, QStyleOptionViewItem
+from PySide6.QtWidgets import QStyleOptionViewItem
 
 from freezer_app.core.evaluate import (
     ClassMetrics,
@@ -34,21 +34,14 @@ from freezer_app.gui.tree_view import FROZEN_TEXT, BarDelegate
 
 @pytest.fixture
 def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch) -> MainWindow:
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
-    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-    w.set_project(make_project(demo_data, epochs=1, plan=FreezePlan(preset="train-last:1")), None)
-    w.resize(1400, 900)
-    w.show()
-    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
-    w._runs_root = lambda: tmp_path / "runs"  # keep runs out of the user's folders
+    w = shown_window(
+        qtbot,
+        tmp_path,
+        make_project(demo_data, epochs=1, plan=FreezePlan(preset="train-last:1")),
+        monkeypatch,
+    )
     yield w
-    if w.session is not None:
-        w.stop_training()
-        qtbot.waitUntil(lambda: w.session is None, timeout=60_000)
-    w.project_ctl.undo_stack.setClean()
-    w.close()
-    QThreadPool.globalInstance().waitForDone(60_000)
-    w.deleteLater()
+    close_windows(qtbot, [w])
 
 
 def _train(w: MainWindow, qtbot) -> object:

@@ -228,22 +228,12 @@ def test_cli_summary_and_errors(
 # ---------------------------------------------------------------------- the window
 @pytest.fixture
 def window(qtbot, tmp_path: Path, demo_data: Path, monkeypatch):
-    from PySide6.QtCore import QSettings, QThreadPool
-    from PySide6.QtWidgets import QMessageBox
+    from conftest import close_windows, shown_window
 
-    from freezer_app.gui.main_window import MainWindow
-
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
-    w = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-    w.set_project(make_project(demo_data, plan=FreezePlan("head-only")), None)
-    w.resize(1400, 900)
-    w.show()
-    qtbot.waitUntil(lambda: w.report is not None and w.preview_task is None, timeout=30_000)
+    project = make_project(demo_data, plan=FreezePlan("head-only"))
+    w = shown_window(qtbot, tmp_path, project, monkeypatch)
     yield w
-    w.project_ctl.undo_stack.setClean()
-    w.close()
-    QThreadPool.globalInstance().waitForDone(60_000)
-    w.deleteLater()
+    close_windows(qtbot, [w])
 
 
 def test_window_button_finds_plots_and_applies_an_undoable_rate(qtbot, window, monkeypatch) -> None:
