@@ -1012,6 +1012,7 @@ class MainWindow(QMainWindow):
             return None
         source = self.run_dir if self.run_dir and (self.run_dir / "project.json").exists() else None
         dialog = ExportDialog(source, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one per Export…: not kept
         dialog.open()
         return dialog
 

@@ -691,7 +691,9 @@ def _export(window: MainWindow, path: Path) -> None:
 
     if _busy(window, "Export"):
         return
-    ExportDialog(path, window).open()  # the window, its parent, keeps it
+    dialog = ExportDialog(path, window)
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # freed when closed
+    dialog.open()
 
 
 def _run_data(window: MainWindow, path: Path) -> tuple[str, float | None, int]:
