@@ -90,6 +90,23 @@ def decode_thumbnails(
             batch, last = [], time.monotonic()
 
 
+def start_thumbnails(
+    paths: list[str],
+    on_batch: Callable[[list[tuple[int, QImage]]], None],
+    on_end: Callable[..., None],
+    size: int = THUMBNAIL_SIZE,
+) -> tasks.Task:
+    """decode_thumbnails on the thread pool: batches to `on_batch`, then `on_end` (done,
+    failed or cancelled). Slots should be bound methods, which Qt drops with their view."""
+    task = tasks.Task(
+        lambda _progress, cancelled: decode_thumbnails(paths, task.partial, cancelled, size)
+    )
+    task.signals.partial.connect(on_batch)
+    task.signals.done.connect(on_end)
+    task.signals.failed.connect(on_end)
+    return tasks.start(task)
+
+
 @functools.cache
 def placeholder_icon(size: int = THUMBNAIL_SIZE) -> QIcon:
     """A plain grey square shown until an image's thumbnail is decoded."""
@@ -388,13 +405,9 @@ class EvaluateView(QWidget):
         if not rows:
             return
         paths = [path for path, _text, _tip in rows]
-        task = tasks.Task(
-            lambda _progress, cancelled: decode_thumbnails(paths, task.partial, cancelled)
+        self.thumbnail_task = start_thumbnails(
+            paths, self._thumbnails_decoded, self._thumbnails_done
         )
-        task.signals.partial.connect(self._thumbnails_decoded)
-        task.signals.done.connect(self._thumbnails_done)
-        task.signals.failed.connect(self._thumbnails_done)
-        self.thumbnail_task = tasks.start(task)
 
     def _cancel_thumbnails(self) -> None:
         if self.thumbnail_task is not None:

@@ -35,7 +35,7 @@ from freezer_app.core.data import DataReport, conversion_note
 from freezer_app.core.project import Project
 from freezer_app.core.text import printable
 from freezer_app.gui import tasks
-from freezer_app.gui.evaluate_view import decode_thumbnails
+from freezer_app.gui.evaluate_view import start_thumbnails
 from freezer_app.gui.forms import ScheduleEditor, SettingsForm, form_settings
 from freezer_app.gui.guide import plain
 from freezer_app.gui.project_controller import ProjectController, touches
@@ -431,15 +431,9 @@ class DataPanel(QWidget):
     def _decode_thumbnails(self, paths: list[str]) -> None:
         if not paths:
             return
-        task = tasks.Task(
-            lambda _progress, cancelled: decode_thumbnails(
-                paths, task.partial, cancelled, THUMB_SIZE
-            )
+        self.thumbnail_task = start_thumbnails(
+            paths, self._thumbnails_decoded, self._thumbnails_done, THUMB_SIZE
         )
-        task.signals.partial.connect(self._thumbnails_decoded)
-        task.signals.done.connect(self._thumbnails_done)
-        task.signals.failed.connect(self._thumbnails_done)
-        self.thumbnail_task = tasks.start(task)
 
     def _cancel_thumbnails(self) -> None:
         if self.thumbnail_task is not None:
