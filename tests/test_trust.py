@@ -226,6 +226,12 @@ def test_window_asks_before_running_a_projects_code_and_remembers_per_file_and_h
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
     w = MainWindow(settings)
     qtbot.addWidget(w)
+
+    def settle(win: MainWindow) -> None:
+        # The data scan ends with the class count, which rebuilds the preview (running the
+        # .py again): let both finish before the file changes, or the window rightly asks again.
+        qtbot.waitUntil(lambda: win.scan_task is None and win.preview_task is None, timeout=30_000)
+
     try:
         answers.append(QMessageBox.StandardButton.No)
         assert not w.open_project(folder / "project.json")
@@ -239,7 +245,7 @@ def test_window_asks_before_running_a_projects_code_and_remembers_per_file_and_h
         assert w.open_project(folder / "project.json")
         # Asked before anything ran; the preview that runs it is built in the background.
         assert len(asked) == 2
-        qtbot.waitUntil(lambda: w.preview_task is None, timeout=30_000)
+        settle(w)
         assert marker.exists()
         assert w.controller.tree is not None and "classifier" in w.controller.tree.nodes
 
@@ -248,6 +254,7 @@ def test_window_asks_before_running_a_projects_code_and_remembers_per_file_and_h
         w2 = MainWindow(settings)
         qtbot.addWidget(w2)
         assert w2.open_project(folder / "project.json")
+        settle(w2)
         assert len(asked) == 2
         # ...until the file changes: then it asks again.
         py.write_text(py.read_text() + "\n# changed\n")
