@@ -39,6 +39,20 @@ def test_a_tail_shorter_than_the_ranks_joins_the_batch_before() -> None:
     assert merge_short_tail([[0, 1], [2, 3]], world=2) == [[0, 1], [2, 3]]
 
 
+@pytest.mark.parametrize("n", range(9, 40))
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_no_rank_trains_on_a_single_image_when_full_batches_give_it_more(
+    n: int, world: int
+) -> None:
+    # BatchNorm1d in training refuses one image ("Expected more than 1 value per channel").
+    batch = 2 * world + 1
+    batches = EpochBatchSampler(n, batch, seed=n, world=world).batches()
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert all(len(shard(b, r, world)) >= 2 for b in batches for r in range(world))
+    # A batch the user asked to be one image per rank stays so.
+    assert merge_short_tail([[0, 1], [2, 3]], world=2) == [[0, 1], [2, 3]]
+
+
 def _torchrun(tmp_path: Path, mode: str) -> list[dict]:
     out = tmp_path / mode
     out.mkdir()

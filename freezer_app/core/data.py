@@ -670,7 +670,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         1 value per channel"), so when shuffling the last two batches share their
         batch_size + 1 images instead: in halves (batch 8: 5 and 4), or, for batch size 2, as
         one batch of 3. Every index still appears exactly once. (With batch size 1 every batch
-        holds one image, as asked.)
+        holds one image, as asked.) With several processes a short tail joins the batch
+        before it instead (shards.merge_short_tail), so that no rank's share is one image.
         """
         if self.shuffle and self.weights is not None:
             g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
@@ -682,11 +683,14 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             order = list(range(self.n))
         size = self.batch_size
         out = [order[i : i + size] for i in range(0, self.n, size)]
+        if self.world > 1:
+            # Each rank gets two images or more whenever a full batch gives it two.
+            return merge_short_tail(out, self.world, 2 if size >= 2 * self.world else 1)
         if self.shuffle and size >= 2 and len(out) > 1 and len(out[-1]) == 1:
             tail = out.pop(-2) + out.pop()  # size + 1 images
             half = (len(tail) + 1) // 2
             out += [tail[:half], tail[half:]] if size >= 3 else [tail]
-        return merge_short_tail(out, self.world) if self.world > 1 else out
+        return out
 
     def draws(self) -> list[list[int]] | None:
         """For each image of `batches()`, how many times this epoch drew it before (drawing
