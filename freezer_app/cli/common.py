@@ -29,6 +29,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_int(text: str) -> int:
+    """A number of things to list: 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _project_setting(key: str) -> Any:
     from freezer_app.core import settings
     from freezer_app.core.project import Project

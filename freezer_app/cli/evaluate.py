@@ -12,7 +12,9 @@ from freezer_app.cli.common import (
     add_model_options,
     add_trust_option,
     code_trust,
+    count_int,
     err,
+    positive_int,
 )
 
 MODEL_HELP = "a run or bundle folder, a weights file, timm:NAME, torchvision:NAME, FILE.py:CALLABLE"
@@ -21,7 +23,8 @@ MODEL_HELP = "a run or bundle folder, a weights file, timm:NAME, torchvision:NAM
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
-        help="accuracy, per-class precision/recall and confusion matrix on an image folder",
+        help="accuracy, per-class precision/recall, confusion matrix and its most confused "
+        "pairs on an image folder",
         description="Evaluate MODEL on DIR: its val/ folder if it has train/ and val/, otherwise "
         "all images (one sub-folder per class, named as the model's classes). A run evaluated "
         "on the folder it trained on scores only the images it held out.",
@@ -33,7 +36,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=int, metavar="N", help="data loading processes")
-    p.add_argument("--worst", type=int, default=5, metavar="N", help="list the N worst images")
+    p.add_argument(
+        "--worst", type=count_int, default=5, metavar="N", help="list the N worst images"
+    )
+    p.add_argument(
+        "--confused",
+        type=count_int,
+        default=10,
+        metavar="N",
+        help="list the N most confused pairs of classes (true class, predicted class)",
+    )
     p.add_argument(
         "--all-images",
         action="store_true",
@@ -47,7 +59,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     add_model_options(p)
     add_trust_option(p)
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image")
+    p.add_argument(
+        "--top-k", type=positive_int, default=5, metavar="K", help="classes to show per image"
+    )
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=run_predict)
@@ -88,9 +102,9 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     result.model = f"{args.model} ({loaded.spec}, {loaded.weights_note})"
     if args.json:
-        print(json.dumps(result.to_dict(worst=args.worst), indent=2))
+        print(json.dumps(result.to_dict(worst=args.worst, most_confused=args.confused), indent=2))
     else:
-        print(result.summary(worst=args.worst))
+        print(result.summary(worst=args.worst, most_confused=args.confused))
     return EXIT_OK
 
 

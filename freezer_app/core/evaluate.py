@@ -2,8 +2,8 @@
 
 Both take any model string (run folder, bundle, weights file, ``timm:NAME``...) or an already
 loaded model, and return plain data the CLI prints and the GUI draws: accuracy, per-class
-precision and recall, the confusion matrix with the images behind every cell, and the worst
-predictions.
+precision and recall, the confusion matrix with the images behind every cell, its most
+confused pairs of classes, and the worst predictions.
 
 Which images: a folder with ``train/`` and ``val/`` is evaluated on ``val/``; any other folder
 (one sub-folder per class) on all of its images.
@@ -56,6 +56,17 @@ class ClassMetrics:
 
 
 @dataclass
+class Confusion:
+    """One off-diagonal confusion-matrix cell: images of class `true` predicted as `predicted`
+    (indices into `classes`)."""
+
+    true: int
+    predicted: int
+    count: int
+    share_of_true: float  # count / images of the true class
+
+
+@dataclass
 class Evaluation:
     model: str
     data: str  # the folder whose images were evaluated
@@ -75,11 +86,25 @@ class Evaluation:
         hits = [p for p in self.predictions if p.true == true and p.predicted == predicted]
         return sorted(hits, key=lambda p: -p.confidence)
 
+    def most_confused(self, n: int | None = 10) -> list[Confusion]:
+        """The n off-diagonal cells with the most images (all of them with n=None), most first;
+        equal counts in class order (true, then predicted). Empty cells are left out: with many
+        classes they are most of the matrix and say nothing."""
+        cells = [
+            Confusion(t, p, count, count / sum(row))
+            for t, row in enumerate(self.confusion)
+            for p, count in enumerate(row)
+            if t != p and count > 0
+        ]
+        # The sort is stable and the cells were built in class order: that breaks the ties.
+        cells.sort(key=lambda c: -c.count)
+        return cells if n is None else cells[: max(0, n)]
+
     def worst(self, n: int = 10) -> list[ImagePrediction]:
         """The n images the model got most wrong: lowest probability for the true class."""
         return sorted(self.predictions, key=lambda p: p.true_probability)[:n]
 
-    def to_dict(self, worst: int = 10) -> dict[str, Any]:
+    def to_dict(self, worst: int = 10, most_confused: int = 10) -> dict[str, Any]:
         return {
             "model": self.model,
             "data": self.data,
@@ -91,6 +116,15 @@ class Evaluation:
             "per_class": [asdict(c) for c in self.per_class],
             "confusion": self.confusion,
             "worst": [self._named(p) for p in self.worst(worst)],
+            "most_confused": [
+                {
+                    "true": self.classes[c.true],
+                    "predicted": self.classes[c.predicted],
+                    "count": c.count,
+                    "share_of_true": c.share_of_true,
+                }
+                for c in self.most_confused(most_confused)
+            ],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "notes": self.notes,
         }
@@ -104,8 +138,9 @@ class Evaluation:
             "true_probability": p.true_probability,
         }
 
-    def summary(self, worst: int = 5) -> str:
-        """Accuracy, a per-class table, the confusion matrix and the worst predictions."""
+    def summary(self, worst: int = 5, most_confused: int = 10) -> str:
+        """Accuracy, a per-class table, the confusion matrix, the most confused pairs and the
+        worst predictions."""
         lines = [
             f"model: {self.model}",
             f"data: {self.data} ({self.count} images, "
@@ -128,13 +163,23 @@ class Evaluation:
         lines.append(" " * width + "".join(f"  {c[:col]:>{col}}" for c in names))
         for name, row in zip(names, self.confusion):
             lines.append(f"{name:<{width}}" + "".join(f"  {v:>{col}}" for v in row))
+        # With many classes the matrix is hard to read: name its largest off-diagonal cells.
+        confused = self.most_confused(most_confused)
+        if confused:
+            lines += ["", "most confused (images of the true class, and their share of it):"]
+            for c in confused:
+                lines.append(
+                    f"  {names[c.true]} predicted as {names[c.predicted]}: "
+                    f"{c.count} ({c.share_of_true:.0%})"
+                )
         wrong = [p for p in self.worst(worst) if not p.correct]
         if wrong:
-            lines += ["", "most confident mistakes:"]
+            # Ordered as worst(): the lowest probability given to the true class first.
+            lines += ["", "worst mistakes (lowest probability of the true class first):"]
             for p in wrong:
                 lines.append(
-                    f"  {p.path}: {self.classes[p.true]} predicted as "
-                    f"{self.classes[p.predicted]} ({p.confidence:.2f})"
+                    f"  {p.path}: {self.classes[p.true]} {p.true_probability:.2f}, predicted "
+                    f"{self.classes[p.predicted]} {p.confidence:.2f}"
                 )
         if self.skipped:
             lines += ["", f"skipped {len(self.skipped)} unreadable file(s):"]

@@ -1,5 +1,6 @@
-"""The Evaluate tab: accuracy, a clickable confusion matrix, per-class metrics, the worst
-predictions, and top-k predictions for images dropped on the window."""
+"""The Evaluate tab: accuracy, a clickable confusion matrix, per-class metrics, the most
+confused pairs of classes, the worst predictions, and top-k predictions for images dropped on
+the window."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ THUMBNAILS = 60  # images shown at once; enough to see what goes wrong without s
 THUMBNAIL_SIZE = 88  # pixels: the icon size of the image list
 TILE_WIDTH = 150  # pixels: the grid cell of one image, its text below the icon
 SHOWN_TOP = 3  # predictions written under a dropped image's tile (all top-k in its tooltip)
+MOST_CONFUSED = 20  # pairs listed beside the matrix (it scrolls); the rest are rarer still
 
 
 def decode_thumbnail(path: str, size: int = THUMBNAIL_SIZE) -> QImage:
@@ -215,6 +217,8 @@ class EvaluateView(QWidget):
         self.val_split: float | None = None
         self.seed = 0
         self.evaluation: Evaluation | None = None
+        self.shown_cell: tuple[int, int] | None = None  # the matrix cell the image list shows
+        self.confused_cells: list[tuple[int, int]] = []  # (true, predicted) of each listed row
         self.task: tasks.Task | None = None
         self._task_source: Path | None = None  # the model the running task is of
         self.thumbnail_task: tasks.Task | None = None  # decoding the image list's icons
@@ -266,7 +270,47 @@ class EvaluateView(QWidget):
         self.table.setWordWrap(False)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        top.addWidget(self.table)
+        # Beside the matrix: the per-class table above the most confused pairs, both in sight
+        # (with many classes the matrix is too dense to read, and this list says where to look).
+        side = QSplitter(Qt.Orientation.Vertical)
+        side.setChildrenCollapsible(False)
+        side.addWidget(self.table)
+        confused_box = QWidget()
+        confused_layout = QVBoxLayout(confused_box)
+        confused_layout.setContentsMargins(0, 4, 0, 0)
+        self.confused_title = QLabel("Most confused pairs")
+        self.confused_title.setToolTip(
+            "The confusion-matrix cells off the diagonal with the most images"
+        )
+        # Wrapped: at the window's narrowest the title must not widen this side.
+        self.confused_title.setWordWrap(True)
+        confused_layout.addWidget(self.confused_title)
+        # Three columns, the share beside the count: at the window's narrowest this side gets
+        # ~170 px, and every column less leaves more for the names.
+        self.confused = QTableWidget(0, 3)
+        self.confused.setHorizontalHeaderLabels(["True", "Predicted", "Images"])
+        self.confused.horizontalHeaderItem(2).setToolTip(
+            "Images of the true class predicted as the other class, and their share of the "
+            "true class's images"
+        )
+        # As the per-class table: numbers as wide as they are, names share the rest, elided in
+        # the middle, full in the tooltip. Rows one line high: a compact list.
+        header = self.confused.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.confused.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.confused.setWordWrap(False)
+        self.confused.verticalHeader().setVisible(False)
+        self.confused.verticalHeader().setDefaultSectionSize(
+            QFontMetrics(self.confused.font()).lineSpacing() + 8
+        )
+        self.confused.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.confused.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.confused.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        confused_layout.addWidget(self.confused)
+        side.addWidget(confused_box)
+        top.addWidget(side)
         top.setSizes([330, 270])
         self.top = top
         splitter.addWidget(top)
@@ -293,6 +337,10 @@ class EvaluateView(QWidget):
         self.predict_button.clicked.connect(self._pick_images)
         self.cancel.clicked.connect(self._cancel)
         self.matrix.cellClicked.connect(self.show_cell)
+        # A click shows a row's images; so do the arrow keys (the current row changes). A click
+        # on the current row shows it again after the matrix showed another cell.
+        self.confused.cellClicked.connect(self._confused_row)
+        self.confused.currentCellChanged.connect(self._confused_row)
         self._update_buttons()
 
     # ------------------------------------------------------------------ inputs
@@ -507,18 +555,66 @@ class EvaluateView(QWidget):
                 else:
                     item.setToolTip(m.name)
                 self.table.setItem(r, c, item)
+        self._show_confused(result)
         self._fit_table()
         self.show_images(
             "Worst predictions (lowest probability of the true class)", result.worst(THUMBNAILS)
         )
 
+    def _show_confused(self, result: Evaluation) -> None:
+        """List the most confused pairs: (true, predicted) names, images, share of the true
+        class."""
+        cells = result.most_confused(MOST_CONFUSED)
+        self.confused_cells = [(c.true, c.predicted) for c in cells]
+        names = result.classes
+        self.confused.blockSignals(True)  # refilling is not the user picking a row
+        self.confused.clearContents()
+        self.confused.setRowCount(len(cells))
+        for r, c in enumerate(cells):
+            true, predicted = names[c.true], names[c.predicted]
+            tip = (
+                f"{c.count} image(s) of {true} ({c.share_of_true:.0%}) predicted as "
+                f"{predicted}. Click to see them."
+            )
+            for col, (text, item_tip) in enumerate(
+                [(true, true), (predicted, predicted), (f"{c.count} ({c.share_of_true:.0%})", tip)]
+            ):
+                item = QTableWidgetItem(text)
+                item.setToolTip(item_tip)
+                if col >= 2:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                self.confused.setItem(r, col, item)
+        self.confused.setCurrentCell(-1, -1)
+        self.confused.clearSelection()
+        self.confused.blockSignals(False)
+        total = len(result.most_confused(None))
+        if not cells:
+            self.confused_title.setText("Most confused pairs: none, every image got its class")
+        else:
+            of = f" ({len(cells)} of {total})" if total > len(cells) else ""
+            self.confused_title.setText(f"Most confused pairs{of}: click one to see its images")
+
+    def _confused_row(self, row: int, *_column: int) -> None:
+        if not 0 <= row < len(self.confused_cells):
+            return
+        cell = self.confused_cells[row]
+        if cell != self.shown_cell:  # a click on a new row also changes the current one
+            self.show_cell(*cell)
+
+    @staticmethod
+    def _needed_width(table: QTableWidget, names: int) -> int:
+        """Pixels `table` needs to show its first `names` columns unelided, the rest as is."""
+        header = table.horizontalHeader()
+        needed = sum(table.sizeHintForColumn(c) + 8 for c in range(names))
+        needed += sum(header.sectionSize(c) for c in range(names, table.columnCount()))
+        return needed + table.frameWidth() * 2 + table.verticalScrollBar().sizeHint().width()
+
     def _fit_table(self) -> None:
-        """Widen the table's side of the splitter (up to half) when the class names need it,
+        """Widen the tables' side of the splitter (up to half) when the class names need it,
         so that they show in full rather than elided."""
-        header = self.table.horizontalHeader()
-        needed = self.table.sizeHintForColumn(0) + 8
-        needed += sum(header.sectionSize(c) for c in range(1, self.table.columnCount()))
-        needed += self.table.frameWidth() * 2 + self.table.verticalScrollBar().sizeHint().width()
+        needed = max(self._needed_width(self.table, 1), self._needed_width(self.confused, 2))
         sizes = self.top.sizes()
         total = sum(sizes)
         if total > 0 and sizes[1] < needed:
@@ -533,6 +629,18 @@ class EvaluateView(QWidget):
         self.show_images(
             f"True {c[true]}, predicted {c[predicted]}: {len(items)} image(s)", items[:THUMBNAILS]
         )
+        self.shown_cell = (true, predicted)
+        # The list marks the pair shown (clicked there or in the matrix), or nothing.
+        row = (
+            self.confused_cells.index(self.shown_cell)
+            if self.shown_cell in self.confused_cells
+            else -1
+        )
+        self.confused.blockSignals(True)
+        self.confused.setCurrentCell(row, 0 if row >= 0 else -1)
+        if row < 0:
+            self.confused.clearSelection()
+        self.confused.blockSignals(False)
 
     def tile_line(self, text: str) -> str:
         """One line of a tile's text, elided in the middle to the tile's width (a file name's
@@ -542,6 +650,7 @@ class EvaluateView(QWidget):
 
     def show_images(self, title: str, items: list[ImagePrediction]) -> None:
         assert self.evaluation is not None
+        self.shown_cell = None  # show_cell sets it after this, for a cell's images
         classes = self.evaluation.classes
         line = self.tile_line
         self._set_images(
@@ -578,6 +687,7 @@ class EvaluateView(QWidget):
                 "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top) if r.top else ""
             )
             rows.append((r.path, text, tip))
+        self.shown_cell = None
         self.banner.setStyleSheet("")
         shown = min(k, SHOWN_TOP)
         more = f" (top {k} in each image's tooltip)" if k > shown else ""
