@@ -26,8 +26,10 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -49,6 +51,10 @@ THUMBNAIL_SIZE = 88  # pixels: the icon size of the image list
 TILE_WIDTH = 150  # pixels: the grid cell of one image, its text below the icon
 SHOWN_TOP = 3  # predictions written under a dropped image's tile (all top-k in its tooltip)
 MOST_CONFUSED = 20  # pairs listed beside the matrix (it scrolls); the rest are rarer still
+# The Evaluate view's width (pixels) from which the matrix sits beside the tables: below it (the
+# window at its narrowest gives ~370) the matrix got a sliver between its names and the tables.
+WIDE_PX = 700
+MIN_NAME_CHARS = 12  # a class-name column is never narrower than this many characters
 
 
 def decode_thumbnail(path: str, size: int = THUMBNAIL_SIZE) -> QImage:
@@ -122,10 +128,14 @@ class ConfusionMatrix(QWidget):
 
     Every class is named on both axes (upright along the bottom, one per line height, elided
     in the middle when long, full on hover) until there are more classes than lines; then
-    every k-th, and zooming shows the rest."""
+    every k-th, and zooming shows the rest. The names get at most a quarter of the plot's
+    width (left) and height (bottom), so that the cells keep most of the room; the counts
+    show in the cells while they fit."""
 
     cellClicked = Signal(int, int)
-    LABEL_PX = 140  # pixels: a longer class name is elided in the middle
+    LABEL_PX = 140  # pixels: the most a class name gets; a longer one is elided in the middle
+    MIN_LABEL_PX = 48  # pixels: the least, however small the plot (a few characters each side)
+    LABEL_SHARE = 0.25  # of the plot's width (names on the left) or height (along the bottom)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -148,16 +158,54 @@ class ConfusionMatrix(QWidget):
         plot.invertY(True)
         plot.setAspectLocked(True)
         plot.hideButtons()
-        layout.addWidget(self.view)
+        layout.addWidget(self.view, 1)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setLookupTable(pg.colormap.get("CET-L12").getLookupTable(nPts=256))
         plot.addItem(self.image)
         self.labels: list[pg.TextItem] = []
+        self._count_px = QSize()  # the largest count's text: the cells show counts while it fits
         self.view.scene().sigMouseClicked.connect(self._clicked)
         self.view.scene().sigMouseMoved.connect(self._moved)
+        plot.vb.sigResized.connect(self._show_counts_if_they_fit)
+        plot.vb.sigRangeChanged.connect(self._show_counts_if_they_fit)
         self.n = 0
         self.classes: list[str] = []
         self.counts = np.zeros((0, 0))
+
+    def label_px(self) -> tuple[int, int]:
+        """Pixels the (left, bottom) names may take now: a share of the plot's width and height,
+        between MIN_LABEL_PX and LABEL_PX."""
+        size = self.view.size()
+
+        def share(pixels: int) -> int:
+            return max(self.MIN_LABEL_PX, min(self.LABEL_PX, int(pixels * self.LABEL_SHARE)))
+
+        return share(size.width()), share(size.height())
+
+    def _fit_labels(self) -> None:
+        """Elide the names to the room there is now (only when that changed)."""
+        left, bottom = self.label_px()
+        for axis, pixels in ((self.left_axis, left), (self.bottom_axis, bottom)):
+            if axis.max_label_px != pixels:
+                axis.max_label_px = pixels
+                axis.names = axis.names  # elided again
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_labels()
+
+    def cell_px(self) -> float:
+        """Pixels one cell is wide on screen now."""
+        pixel = self.view.getPlotItem().vb.viewPixelSize()[0]
+        return 1.0 / pixel if pixel > 0 else 0.0
+
+    def _show_counts_if_they_fit(self, *_args: object) -> None:
+        if not self.labels:
+            return
+        cell = self.cell_px()
+        fits = cell >= self._count_px.width() + 2 and cell >= self._count_px.height()
+        for label in self.labels:
+            label.setVisible(fits)
 
     def show_matrix(self, classes: list[str], confusion: list[list[int]]) -> None:
         plot = self.view.getPlotItem()
@@ -179,7 +227,12 @@ class ConfusionMatrix(QWidget):
                     text.setPos(j + 0.5, i + 0.5)
                     plot.addItem(text)
                     self.labels.append(text)
+        widest = str(int(counts.max())) if counts.size else "0"
+        fm = QFontMetrics(self.labels[0].textItem.font() if self.labels else self.font())
+        self._count_px = QSize(fm.horizontalAdvance(widest), fm.ascent())
+        self._fit_labels()
         plot.setRange(xRange=(0, self.n), yRange=(0, self.n), padding=0.02)
+        self._show_counts_if_they_fit()
 
     def cell_at(self, scene_pos: QPointF) -> tuple[int, int] | None:
         """(true, predicted) of the cell under a scene position, or None."""
@@ -225,10 +278,12 @@ class EvaluateView(QWidget):
         # Images dropped while an evaluation or prediction runs: predicted when it ends.
         self.queued: list[str] = []
         layout = QVBoxLayout(self)
-        row = QHBoxLayout()
+        # The model on a line of its own: beside the buttons, at the window's narrowest, it
+        # would wrap a word a line.
         self.model_label = QLabel("Train a model, or choose a run folder or bundle to evaluate.")
         self.model_label.setWordWrap(True)
-        row.addWidget(self.model_label, 1)
+        layout.addWidget(self.model_label)
+        row = QHBoxLayout()
         self.choose = QPushButton("Model…")
         self.choose.setToolTip("Evaluate a run folder or an exported bundle")
         self.run_button = QPushButton("Evaluate")
@@ -239,6 +294,7 @@ class EvaluateView(QWidget):
         )
         for b in (self.choose, self.run_button, self.predict_button):
             row.addWidget(b)
+        row.addStretch(1)
         layout.addLayout(row)
         progress_row = QHBoxLayout()
         self.progress = QProgressBar()
@@ -253,40 +309,33 @@ class EvaluateView(QWidget):
         layout.addWidget(self.banner)
 
         splitter = QSplitter(Qt.Orientation.Vertical)
-        top = QSplitter(Qt.Orientation.Horizontal)
         self.matrix = ConfusionMatrix()
-        top.addWidget(self.matrix)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "Images"])
         self.table.horizontalHeaderItem(2).setToolTip(
             "Share of the class's images predicted correctly (per-class accuracy)"
         )
-        # Numbers as wide as they are; the class column takes the rest, and when that is too
-        # narrow a name is elided in its middle (its start and end tell classes apart), full
-        # in the tooltip.
+        # Numbers as wide as they are; the class column takes the rest (never less than
+        # MIN_NAME_CHARS, see _fit_table), and when that is too narrow a name is elided in its
+        # middle (its start and end tell classes apart), full in the tooltip.
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setWordWrap(False)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        # Beside the matrix: the per-class table above the most confused pairs, both in sight
-        # (with many classes the matrix is too dense to read, and this list says where to look).
-        side = QSplitter(Qt.Orientation.Vertical)
-        side.setChildrenCollapsible(False)
-        side.addWidget(self.table)
         confused_box = QWidget()
         confused_layout = QVBoxLayout(confused_box)
         confused_layout.setContentsMargins(0, 4, 0, 0)
+        self.confused_box = confused_box
         self.confused_title = QLabel("Most confused pairs")
         self.confused_title.setToolTip(
             "The confusion-matrix cells off the diagonal with the most images"
         )
-        # Wrapped: at the window's narrowest the title must not widen this side.
+        # Wrapped: a long title must not widen the tables' side.
         self.confused_title.setWordWrap(True)
         confused_layout.addWidget(self.confused_title)
-        # Three columns, the share beside the count: at the window's narrowest this side gets
-        # ~170 px, and every column less leaves more for the names.
+        # Three columns, the share beside the count: every column less leaves more for names.
         self.confused = QTableWidget(0, 3)
         self.confused.setHorizontalHeaderLabels(["True", "Predicted", "Images"])
         self.confused.horizontalHeaderItem(2).setToolTip(
@@ -294,7 +343,7 @@ class EvaluateView(QWidget):
             "true class's images"
         )
         # As the per-class table: numbers as wide as they are, names share the rest, elided in
-        # the middle, full in the tooltip. Rows one line high: a compact list.
+        # the middle, full in the tooltip.
         header = self.confused.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
@@ -302,18 +351,35 @@ class EvaluateView(QWidget):
         self.confused.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.confused.setWordWrap(False)
         self.confused.verticalHeader().setVisible(False)
-        self.confused.verticalHeader().setDefaultSectionSize(
-            QFontMetrics(self.confused.font()).lineSpacing() + 8
-        )
         self.confused.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.confused.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.confused.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
         confused_layout.addWidget(self.confused)
-        side.addWidget(confused_box)
-        top.addWidget(side)
-        top.setSizes([330, 270])
-        self.top = top
-        splitter.addWidget(top)
+        # Rows one line high: compact lists.
+        for table in (self.table, self.confused):
+            table.verticalHeader().setDefaultSectionSize(
+                QFontMetrics(table.font()).lineSpacing() + 8
+            )
+
+        # Two arrangements of the same widgets (see _arrange). Wide: the matrix beside the
+        # per-class table and the most confused pairs, one above the other, all in sight (with
+        # many classes the matrix is too dense to read, and the list says where to look).
+        # Narrow (the window at its narrowest): the matrix beside the tables leaves it a sliver,
+        # and under them too little height, so each gets a tab of the whole area; the images
+        # stay below, in sight of whichever is clicked.
+        self.top = QSplitter(Qt.Orientation.Horizontal)
+        self.top.setChildrenCollapsible(False)
+        self.side = QSplitter(Qt.Orientation.Vertical)
+        self.side.setChildrenCollapsible(False)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.arrangement = QStackedWidget()
+        self.arrangement.addWidget(self.top)
+        self.arrangement.addWidget(self.tabs)
+        self.wide: bool | None = None  # which arrangement is shown
+        self._narrow_tab: QWidget | None = None  # the tab shown when last narrow
+        self._arrange(wide=False)  # until the view is laid out (resizeEvent)
+        splitter.addWidget(self.arrangement)
         bottom = QWidget()
         bottom_layout = QVBoxLayout(bottom)
         bottom_layout.setContentsMargins(0, 0, 0, 0)
@@ -603,17 +669,74 @@ class EvaluateView(QWidget):
         if cell != self.shown_cell:  # a click on a new row also changes the current one
             self.show_cell(*cell)
 
+    # ------------------------------------------------------------------ arrangement
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._arrange(self.width() >= WIDE_PX)
+
+    def _arrange(self, wide: bool) -> None:
+        """Wide: the matrix beside the per-class table above the most confused pairs. Narrow:
+        a tab each (the matrix first). The same widgets move; nothing is rebuilt."""
+        if wide == self.wide:
+            return
+        if self.wide is False:
+            self._narrow_tab = self.tabs.currentWidget()  # shown again when narrow again
+        self.wide = wide
+        if wide:
+            self.side.addWidget(self.table)
+            self.side.addWidget(self.confused_box)
+            self.top.addWidget(self.matrix)
+            self.top.addWidget(self.side)  # after the matrix
+            for widget in (self.matrix, self.table, self.confused_box, self.side):
+                widget.show()
+            self.arrangement.setCurrentWidget(self.top)
+            width = max(self.top.width(), self.width() - 20)
+            self.top.setSizes([width * 11 // 20, width * 9 // 20])
+            height = max(self.side.height(), 300)
+            self.side.setSizes([height // 2, height - height // 2])
+            self._fit_table()
+        else:
+            self.tabs.addTab(self.matrix, "Confusion matrix")
+            self.tabs.addTab(self.table, "Per class")
+            self.tabs.addTab(self.confused_box, "Most confused")
+            self.tabs.setTabToolTip(2, self.confused_title.toolTip())
+            self.tabs.setCurrentWidget(self._narrow_tab or self.matrix)
+            self.arrangement.setCurrentWidget(self.tabs)
+
     @staticmethod
-    def _needed_width(table: QTableWidget, names: int) -> int:
-        """Pixels `table` needs to show its first `names` columns unelided, the rest as is."""
+    def _column_widths(table: QTableWidget, names: int) -> tuple[list[int], int]:
+        """(pixels each of the first `names` columns needs to show its longest name whole,
+        pixels the other columns need)."""
         header = table.horizontalHeader()
-        needed = sum(table.sizeHintForColumn(c) + 8 for c in range(names))
-        needed += sum(header.sectionSize(c) for c in range(names, table.columnCount()))
-        return needed + table.frameWidth() * 2 + table.verticalScrollBar().sizeHint().width()
+
+        def needed(c: int) -> int:
+            return max(table.sizeHintForColumn(c) + 8, header.sectionSizeHint(c))
+
+        rest = sum(needed(c) for c in range(names, table.columnCount()))
+        return [needed(c) for c in range(names)], rest
+
+    @classmethod
+    def _needed_width(cls, table: QTableWidget, names: int, least: bool = False) -> int:
+        """Pixels `table` needs to show its first `names` columns unelided (or, with `least`,
+        MIN_NAME_CHARS of each name), the rest as is."""
+        widths, rest = cls._column_widths(table, names)
+        if least:
+            chars = QFontMetrics(table.font()).horizontalAdvance("n" * MIN_NAME_CHARS) + 8
+            widths = [
+                min(w, max(chars, table.horizontalHeader().sectionSizeHint(c)))
+                for c, w in enumerate(widths)
+            ]
+        frame = table.frameWidth() * 2 + table.verticalScrollBar().sizeHint().width()
+        return sum(widths) + rest + frame
 
     def _fit_table(self) -> None:
-        """Widen the tables' side of the splitter (up to half) when the class names need it,
-        so that they show in full rather than elided."""
+        """Keep the class names readable: each table no narrower than MIN_NAME_CHARS of every
+        name; and side by side, widen the tables' side (up to half) when the names need it, so
+        that they show in full rather than elided."""
+        for table, names in ((self.table, 1), (self.confused, 2)):
+            table.setMinimumWidth(self._needed_width(table, names, least=True))
+        if not self.wide:
+            return
         needed = max(self._needed_width(self.table, 1), self._needed_width(self.confused, 2))
         sizes = self.top.sizes()
         total = sum(sizes)
