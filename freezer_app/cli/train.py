@@ -117,13 +117,16 @@ def project_from_args(args: argparse.Namespace) -> Any:
     from freezer_app.core.project import Project, absolute_model
 
     given = settings.given_flags(args, Project)
+    command = getattr(args, "command", "train")  # or lr-find, which reads a project the same way
     if args.project:
+        _refuse_run_folder(Path(args.project), command, getattr(args, "out", None))
         project = Project.load(args.project)
     else:
         if "model" not in given or "data.path" not in given:
+            out = " --out runs/first" if command == "train" else ""
             raise FreezerError(
                 "Say what to train: --model MODEL --data DIR (or a PROJECT.json).",
-                "Example: freezer-app train --model timm:resnet18 --data ./images --out runs/first",
+                f"Example: freezer-app {command} --model timm:resnet18 --data ./images{out}",
             )
         project = Project()
     if "pretrained" in given and "weights" in given and given["pretrained"] and given["weights"]:
@@ -154,6 +157,21 @@ def project_from_args(args: argparse.Namespace) -> Any:
     if args.unfreeze_schedule:
         project.plan.schedule = timeline.parse_schedule(args.unfreeze_schedule)
     return project
+
+
+def _refuse_run_folder(path: Path, command: str, out: str | None) -> None:
+    """A run folder given where its project.json is meant: say what to pass instead."""
+    inside = path / "project.json"
+    if not (path.is_dir() and inside.is_file()):
+        return  # Project.load says what is wrong with anything else
+    if command == "train":
+        hint = (
+            f"To repeat that run: freezer-app train {inside}{f' --out {out}' if out else ''}; "
+            f"to continue it: freezer-app train --resume {path}"
+        )
+    else:
+        hint = f"To use that run's project: freezer-app {command} {inside}"
+    raise FreezerError(f"{path} is a run folder, not a project file.", hint)
 
 
 def _code_trust(args: argparse.Namespace) -> Any:

@@ -553,6 +553,14 @@ class Project:
     @classmethod
     def load(cls, path: str | Path) -> Project:
         path = Path(path).expanduser()
+        if path.is_dir():
+            inside = path / "project.json"
+            raise ProjectError(
+                f"{path} is a folder, not a project file.",
+                f"It holds a run's project: pass {inside}."
+                if inside.is_file()
+                else "Pass a project file (PROJECT.json), e.g. a run folder's project.json.",
+            )
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:

@@ -566,29 +566,83 @@ def _plan_or_fail(src: ExportSource) -> FreezePlan:
 
 
 def freeze_plan_code(src: ExportSource, model_dir: str | None = None) -> str:
-    """A runnable script: build the model, then freeze it as the plan says. model_dir: as
-    for construction_code (a bundle's script names its own copy of the model file)."""
+    """freeze_plan.py: `freeze(model)` applies the plan to the user's own model (in place,
+    and returns it); `build_model()` builds the architecture the plan was made for. Exec'd
+    where a `model` is defined, the file freezes that model; run alone it builds one and
+    freezes it; imported, it only defines the two functions. model_dir: as for
+    construction_code (a bundle's script names its own copy of the model file)."""
     plan = _plan_or_fail(src)
     spec = src.loaded.spec
     name = f"{Path(spec.name).name}:{spec.factory}" if model_dir and spec.kind == FILE else spec
     tree = ModelTree(src.loaded.module, str(name))
-    body = plan_code(tree, resolve(plan, tree), plan)
-    header = [f'"""Freezer freeze plan for {name} ({src.loaded.num_classes} classes)."""']
+    lines = [
+        f'"""Freezer freeze plan for {name} ({src.loaded.num_classes} classes): {plan.describe()}.',
+        "",
+        "Freeze your own model (this architecture, e.g. with your weights loaded):",
+        "",
+        "    from freeze_plan import freeze",
+        "",
+        "    freeze(model)",
+        "    params = [p for p in model.parameters() if p.requires_grad]  # for the optimizer",
+        "",
+        'or exec(open("freeze_plan.py").read()) where `model` is defined: that model is frozen.',
+        "Run alone (python freeze_plan.py), it builds the architecture with fresh weights",
+        "(build_model) and freezes that.",
+        '"""',
+    ]
     if plan.schedule:
-        header.append("# Gradual unfreezing (see freeze_plan.json), from epoch:")
-        header += [
+        lines.append("# Gradual unfreezing (see freeze_plan.json), from epoch:")
+        lines += [
             f"#   {p.epoch}: {p.preset} {p.freeze or ''} {p.unfreeze or ''}" for p in plan.schedule
         ]
-    lines = [
-        *header,
+    lines += [
         "",
-        *construction_code(src, model_dir),
-        "# To start from the fine-tuned weights of a bundle:",
-        "# from safetensors.torch import load_file",
-        '# model.load_state_dict(load_file("model.safetensors"))',
         "",
+        "def freeze(model):",
+        '    """Freeze `model` as the plan says, in place, and return it."""',
+        *_indented(_freeze_body(plan_code(tree, resolve(plan, tree), plan))),
+        "    return model",
+        "",
+        "",
+        "def build_model():",
+        '    """The architecture the plan was made for, with fresh weights."""',
+        *_indented(construction_code(src, model_dir)),
+        "    # To start from the fine-tuned weights of a bundle:",
+        "    # from safetensors.torch import load_file",
+        '    # model.load_state_dict(load_file("model.safetensors"))',
+        "    return model",
+        "",
+        "",
+        'if "model" in globals():',
+        "    # exec'd where `model` is defined: freeze that model (it is not replaced).",
+        "    freeze(model)  # noqa: F821 (defined by the code that exec'd this file)",
+        'elif __name__ == "__main__" or globals().get("__spec__") is None:',
+        "    # Run alone (python freeze_plan.py, runpy.run_path), not imported: build and freeze.",
+        "    model = freeze(build_model())",
     ]
-    return "\n".join(lines) + "\n" + body
+    return "\n".join(lines) + "\n"
+
+
+def _freeze_body(code: str) -> list[str]:
+    """The lines of plan_code that set requires_grad (and hold frozen norms in eval), to run
+    inside freeze(model): blank lines single, the optimizer advice (in the docstring) left out."""
+    lines = code.rstrip("\n").split("\n")
+    advice = next(
+        (i for i, line in enumerate(lines) if line.startswith("# Give the optimizer")), None
+    )
+    if advice is not None:
+        lines = lines[:advice]
+    body: list[str] = []
+    for line in lines:
+        if line.strip() or (body and body[-1].strip()):
+            body.append(line)
+    while body and not body[-1].strip():
+        body.pop()
+    return body
+
+
+def _indented(lines: list[str]) -> list[str]:
+    return [f"    {line}" if line.strip() else "" for line in lines]
 
 
 def export_code(src, out, force, progress, should_cancel) -> ExportResult:

@@ -673,6 +673,8 @@ class Trainer:
                 reason = self._train()
                 self._save_weights(self.folder.weights)
                 self.writer.wait()  # every file is on disk before the run says it is done
+                if reason == "step-limit":  # at an epoch's end: its checkpoint is saved
+                    self._say_resumable(reason)
             except _StopRequested as stop:
                 try:
                     # A NaN among the last unflushed steps must not be saved as a clean stop.
@@ -685,13 +687,7 @@ class Trainer:
                     self._save_checkpoint()
                     self._save_weights(self.folder.weights)
                     self.writer.wait()
-                    what = "stopped" if reason == "stopped" else "reached the step limit"
-                    self.emit(
-                        LogEvent(
-                            f"{what} at step {self.step}; checkpoint saved. Continue with: "
-                            f"freezer-app train --resume {self.folder.path}"
-                        )
-                    )
+                    self._say_resumable(reason)
         except _NonFiniteLoss as e:
             reason, kind, message, hint = self._non_finite(e)
         except WriteError as e:
@@ -777,6 +773,16 @@ class Trainer:
         self._release()
         self.emit(result)
         return result
+
+    def _say_resumable(self, reason: str) -> None:
+        """Tell how to continue a run that stopped short ("stopped" or "step-limit")."""
+        what = "stopped" if reason == "stopped" else "reached the step limit"
+        self.emit(
+            LogEvent(
+                f"{what} at step {self.step}; checkpoint saved. Continue with: "
+                f"freezer-app train --resume {self.folder.path}"
+            )
+        )
 
     def _non_finite(self, e: _NonFiniteLoss) -> tuple[str, str, str, str]:
         with contextlib.suppress(WriteError):
@@ -1062,8 +1068,12 @@ class Trainer:
             stop = self._end_epoch(images / seconds, seconds)
             if stop:
                 return "early-stopped"
-            if t.max_steps and self.step >= t.max_steps:
-                return "completed"
+            if t.max_steps and self.step >= t.max_steps and self.epoch < t.epochs:
+                # The step limit fell on an epoch boundary with epochs still to train: the
+                # run stopped short, as one stopped mid-epoch (its checkpoint was just saved;
+                # --resume continues it). A limit that falls on the last step of the last
+                # epoch ends the run it would have been anyway: "completed".
+                return "step-limit"
         return "completed"
 
     def _training_seconds(self, epoch_start: float) -> float:
