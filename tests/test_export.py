@@ -352,7 +352,14 @@ def test_exports_open_again_as_models(run: Path, demo_data: Path, tmp_path: Path
     assert original.data_config["input_size"] == (3, 32, 32)  # the run's image size
     with torch.no_grad():
         assert torch.equal(opened.module(x), ref)
+    # Freezer's pth export is known by the model.config.json it writes beside it.
+    from_pth = load_model(str(pth))
+    with torch.no_grad():
+        assert torch.equal(from_pth.module(x), ref)
+    assert from_pth.label_names == ["circles", "squares", "stripes"]
+    assert list(from_pth.data_config["input_size"]) == [3, 32, 32]
     # A bare .pth is anonymous; beside a config.json it is known.
+    pth.with_name("model.config.json").unlink()
     with pytest.raises(WeightsError, match="Cannot tell which architecture"):
         load_model(str(pth))
     shutil.copy(bundle / "config.json", pth.parent / "config.json")

@@ -68,15 +68,26 @@ def add_parsers(sub: Any) -> None:
 
 
 def _loaded(args: argparse.Namespace) -> Any:
+    """The model to score with: its trained classifier, never a new random one (a
+    --num-classes other than the weights' is refused; without it the weights' count is used)."""
     from freezer_app.core.catalog import load_model
 
-    return load_model(
+    loaded = load_model(
         args.model,
         num_classes=args.num_classes,
         pretrained=args.pretrained,
         weights=args.weights,
         trust=code_trust(args),
+        trained_head=True,
     )
+    if loaded.weights_note == "randomly initialised":
+        # A library name alone builds the architecture with random weights: say so, since
+        # its scores would otherwise read as a real model's.
+        err(
+            f"warning: {args.model} has random weights (no trained weights were given): its "
+            "scores mean nothing. Give a run folder or bundle, --weights FILE, or --pretrained."
+        )
+    return loaded
 
 
 def run_eval(args: argparse.Namespace) -> int:

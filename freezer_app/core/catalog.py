@@ -6,7 +6,9 @@ A model is named by one string, the same in the CLI, project files and the GUI:
 - ``torchvision:NAME``  a torchvision classification model
 - ``PATH.py:CALLABLE``  the user's own factory returning an ``nn.Module``
 - ``DIR``               an exported bundle (``config.json`` + ``model.safetensors``) or a run folder
-- ``FILE.safetensors`` / ``FILE.pth``  weights whose architecture is recorded beside them
+- ``FILE.safetensors`` / ``FILE.pth``  weights whose architecture is recorded in them (Freezer's
+  safetensors metadata) or beside them (``FILE.config.json`` of a pth export, a bundle's
+  ``config.json``, a run's ``project.json``)
 - ``NAME``              bare: timm first, then torchvision
 
 Building a ``PATH.py`` model runs that file: `load_model` and `preview_model` ask their
@@ -24,6 +26,8 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +49,7 @@ from freezer_app.core.trust import USER, CodeFile, CodeTrust
 from freezer_app.core.weights import (
     WEIGHT_SUFFIXES,
     check_fit,
+    head_classes,
     load_weights,
     read_metadata,
     read_shapes,
@@ -200,11 +205,48 @@ def resolve_source(text: str, named_in: str = "") -> ModelSource:
     if named_in and not candidate.is_absolute():
         # A name read from a file is a library name, never a path in the current directory.
         return ModelSource(parse_model(text, named_in))
-    if ".py:" not in text and (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
-        if not candidate.exists():
-            raise WeightsError(f"No such file or folder: {candidate}", "Check the path.")
+    if not _names_path(text):
+        return ModelSource(parse_model(text, named_in))
+    if not candidate.exists():
+        raise WeightsError(
+            f"No such file or folder: {candidate}",
+            "Check the path (`freezer-app runs DIR` lists the runs in a folder). A library "
+            "model is named timm:NAME or torchvision:NAME.",
+        )
+    if candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES:
         return _source_from_path(candidate)
-    return ModelSource(parse_model(text, named_in))
+    if candidate.suffix == ".py":
+        raise ModelNotFoundError(
+            f"{text} names no function that builds the model.",
+            f"Write PATH.py:FUNCTION, e.g. {text}:build (a function returning the nn.Module).",
+        )
+    raise ModelNotFoundError(
+        f"{candidate} is not a model Freezer can open.",
+        "A model is a run or bundle folder, a weights file ("
+        + ", ".join(WEIGHT_SUFFIXES)
+        + "), timm:NAME, torchvision:NAME or FILE.py:FUNCTION.",
+    )
+
+
+# A library prefix: timm:, torchvision:, timm's own hf-hub: and local-dir: (never a drive letter).
+_PREFIX = re.compile(r"[A-Za-z][\w-]+:")
+
+
+def _names_path(text: str) -> bool:
+    """Whether a model string is written as a file or folder rather than a library name: an
+    existing folder, or text with a path separator, a leading `.` or `~`, or the suffix of a
+    weights file or .py. `timm:NAME`, `torchvision:NAME` and other `PREFIX:` forms (timm's
+    `hf-hub:ORG/NAME`) are names, as is `PATH.py:CALLABLE` (a factory, built elsewhere)."""
+    if ".py:" in text or _PREFIX.match(text):
+        return False
+    candidate = Path(text).expanduser()
+    return (
+        candidate.is_dir()
+        or "/" in text
+        or os.sep in text
+        or text.startswith((".", "~"))
+        or candidate.suffix in (*WEIGHT_SUFFIXES, ".py")
+    )
 
 
 def _named_in(path: Path, text: str) -> tuple[str, str]:
@@ -255,21 +297,33 @@ def _source_from_path(path: Path) -> ModelSource:
     if beside is not None:
         return beside
     raise WeightsError(
-        f"Cannot tell which architecture {path.name} belongs to.",
-        "Name it: --model ARCH --weights FILE (e.g. --model timm:resnet18 --weights model.pth).",
+        f"Cannot tell which architecture {path.name} belongs to: nothing beside it names one "
+        f"({_pth_config(path).name}, config.json or project.json).",
+        "Name the architecture as MODEL and give the file as its weights: MODEL --weights FILE, "
+        f"e.g. `freezer-app predict timm:resnet18 --weights {path} IMAGE` (the number of "
+        "classes is read from the weights).",
     )
 
 
 def _architecture(text: str, named_in: str = "") -> ModelSpec:
     """The architecture a model string names; a bundle, run folder or weights file names its own."""
-    candidate = Path(text).expanduser()
-    if ".py:" not in text and (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
+    if _names_path(text):
         return resolve_source(text, named_in).spec
     return parse_model(text, named_in)
 
 
+def _pth_config(path: Path) -> Path:
+    """MODEL.config.json: what Freezer's pth export writes beside MODEL.pth (labels,
+    preprocessing, architecture; core/export `pth_config_path`)."""
+    return path.with_name(path.stem + ".config.json")
+
+
 def _source_beside(path: Path) -> ModelSource | None:
-    """What a config.json or project.json next to a weights file (or one folder up) says."""
+    """What a Freezer `FILE.config.json` beside a weights file says, else a config.json or
+    project.json next to it (or one folder up)."""
+    described = _source_from_pth_config(_pth_config(path), path)
+    if described is not None:
+        return described
     for folder in (path.parent, path.parent.parent):
         if (folder / "config.json").exists():
             return _source_from_config(folder / "config.json", path)
@@ -311,40 +365,61 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-# What _source_from_config reads from a bundle's config.json: (where, key) -> (test, expected).
-_CONFIG_TYPES: dict[tuple[str, str], tuple[Any, str]] = {
-    ("", "architecture"): (lambda v: isinstance(v, str) and bool(v), "a model name (text)"),
+# The preprocessing Freezer reads from a config: key -> (test, expected).
+_DATA_TYPES: dict[str, tuple[Any, str]] = {
+    "input_size": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_count(x) for x in v),
+        "a list of 3 whole numbers (channels, height, width)",
+    ),
+    "mean": (
+        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) for x in v),
+        "a list of numbers",
+    ),
+    "std": (
+        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x > 0 for x in v),
+        "a list of positive numbers",
+    ),
+    "interpolation": (lambda v: isinstance(v, str), "text (e.g. bicubic)"),
+    "crop_pct": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "crop_mode": (lambda v: isinstance(v, str), "text (e.g. center)"),
+}
+_CLASS_TYPES: dict[tuple[str, str], tuple[Any, str]] = {
     ("", "num_classes"): (_is_count, "a whole number of 1 or more"),
     ("", "label_names"): (
         lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
         "a list of class names (text)",
     ),
+}
+
+# What _source_from_config reads from a bundle's config.json: (where, key) -> (test, expected).
+_CONFIG_TYPES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("", "architecture"): (lambda v: isinstance(v, str) and bool(v), "a model name (text)"),
+    **_CLASS_TYPES,
     ("", "freezer"): (lambda v: isinstance(v, dict), "an object"),
     ("", "pretrained_cfg"): (lambda v: isinstance(v, dict), "an object"),
     ("", "model_args"): (lambda v: isinstance(v, dict), "an object"),
     ("freezer", "model"): (lambda v: isinstance(v, str) and bool(v), "a model string (text)"),
-    ("pretrained_cfg", "input_size"): (
-        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_count(x) for x in v),
-        "a list of 3 whole numbers (channels, height, width)",
-    ),
-    ("pretrained_cfg", "mean"): (
-        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) for x in v),
-        "a list of numbers",
-    ),
-    ("pretrained_cfg", "std"): (
-        lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and x > 0 for x in v),
-        "a list of positive numbers",
-    ),
-    ("pretrained_cfg", "interpolation"): (lambda v: isinstance(v, str), "text (e.g. bicubic)"),
-    ("pretrained_cfg", "crop_pct"): (lambda v: _is_number(v) and v > 0, "a positive number"),
-    ("pretrained_cfg", "crop_mode"): (lambda v: isinstance(v, str), "text (e.g. center)"),
+    **{("pretrained_cfg", k): v for k, v in _DATA_TYPES.items()},
+}
+
+# What _source_from_pth_config reads from the MODEL.config.json of a pth export.
+_PTH_CONFIG_TYPES: dict[tuple[str, str], tuple[Any, str]] = {
+    **_CLASS_TYPES,
+    ("", "library"): (lambda v: isinstance(v, str), "text (timm, torchvision or file)"),
+    ("", "constructor"): (lambda v: isinstance(v, str), "Python code (text)"),
+    **{("", k): v for k, v in _DATA_TYPES.items()},
 }
 
 
-def _check_config_types(config: dict[str, Any], config_path: Path) -> None:
+def _check_config_types(
+    config: dict[str, Any],
+    config_path: Path,
+    types: dict[tuple[str, str], tuple[Any, str]] = _CONFIG_TYPES,
+    again: str = "export the bundle again",
+) -> None:
     """Each value Freezer reads from config.json has the type it needs (absent and, outside
     pretrained_cfg, null are fine): a wrong one is named, instead of failing later."""
-    for (where, key), (ok, expected) in _CONFIG_TYPES.items():
+    for (where, key), (ok, expected) in types.items():
         section = config.get(where) if where else config
         if not isinstance(section, dict) or key not in section:
             continue
@@ -356,7 +431,7 @@ def _check_config_types(config: dict[str, Any], config_path: Path) -> None:
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
         raise WeightsError(
             f'{config_path}: "{name}" must be {expected}, not {shown} ({_kind_of(value)}).',
-            "Correct that value in config.json, or export the bundle again.",
+            f"Correct that value in {config_path.name}, or {again}.",
         )
 
 
@@ -384,6 +459,39 @@ def _source_from_config(config_path: Path, weights: Path | None) -> ModelSource:
         config.get("label_names"),
         data_config or None,
         transform_input if isinstance(transform_input, bool) else None,
+    )
+
+
+def _source_from_pth_config(config_path: Path, weights: Path) -> ModelSource | None:
+    """What the MODEL.config.json of Freezer's pth export says about MODEL.pth; None when
+    there is none, or it is not Freezer's (no "model" and "library")."""
+    if not config_path.is_file():
+        return None
+    config = _read_json(config_path)
+    model, library = config.get("model"), config.get("library")
+    if not (isinstance(model, str) and model and isinstance(library, str)):
+        return None
+    _check_config_types(config, config_path, _PTH_CONFIG_TYPES, "export the model again")
+    constructor = config.get("constructor") or ""
+    if library == FILE:
+        # The export names the user's model file by name and its factory in the constructor
+        # code ("build(num_classes=3)"); the file is looked for beside the config.
+        factory = re.match(r"\s*([A-Za-z_]\w*)\(", constructor)
+        if not factory:
+            raise WeightsError(
+                f'{config_path}: "constructor" does not name the factory function of {model}.',
+                "Export the model again, or name it: MODEL.py:FUNCTION --weights FILE.",
+            )
+        model = f"{model}:{factory.group(1)}"
+    flag = re.search(r"transform_input=(True|False)", constructor)
+    data_config = {k: config[k] for k in _DATA_TYPES if config.get(k) is not None}
+    return ModelSource(
+        parse_model(*_named_in(config_path, model)),
+        weights,
+        config.get("num_classes"),
+        config.get("label_names"),
+        data_config or None,
+        flag.group(1) == "True" if flag else None,
     )
 
 
@@ -428,8 +536,7 @@ def _trained_transform_input(spec: ModelSpec, model: str, pretrained: bool) -> b
         return torchvision_compat.constructor_kwargs(spec.name, pretrained=True).get(
             "transform_input"
         )
-    candidate = Path(model).expanduser()
-    if ".py:" in model or not (candidate.is_dir() or candidate.suffix in WEIGHT_SUFFIXES):
+    if not _names_path(model):
         return None
     try:
         source = resolve_source(model)
@@ -693,10 +800,12 @@ def load_model(
     weights: str | Path | None = None,
     meta: bool = False,
     trust: CodeTrust | None = None,
+    trained_head: bool = False,
 ) -> LoadedModel:
     """Build a model from a model string.
 
-    num_classes: size of the classifier (None keeps the library's or the bundle's default).
+    num_classes: size of the classifier. None: the bundle's or run's; with weights whose
+        classifier has another size, the weights' own; else the library's default.
     pretrained: download (or take from cache) the library's pretrained weights.
     weights: a local .safetensors/.pth file; head keys are dropped when the class count differs.
     meta: allocate nothing (meta device), for an instant architecture preview. Weights are
@@ -704,9 +813,12 @@ def load_model(
         read or copied.
     trust: whether a factory .py may run (core/trust.py). The default runs a .py that `text`
         names itself (the user's own string) and refuses one named inside a file.
+    trained_head: the classifier must be the trained one (eval, predict): a num_classes other
+        than the weights' (or the pretrained weights') is refused, never met with a new,
+        randomly initialised head.
     """
     _check_classes(num_classes)
-    return _load(resolve_source(text), num_classes, pretrained, weights, meta, trust)
+    return _load(resolve_source(text), num_classes, pretrained, weights, meta, trust, trained_head)
 
 
 def _check_classes(num_classes: int | None) -> None:
@@ -717,36 +829,48 @@ def _check_classes(num_classes: int | None) -> None:
         )
 
 
-def _load(
-    source: ModelSource,
+def _pretrained_classes(spec: ModelSpec) -> int | None:
+    """How many classes the library's pretrained weights for `spec` classify (no download)."""
+    try:
+        if spec.kind == TIMM:
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(spec.name)
+            return int(cfg.num_classes) if cfg and cfg.num_classes else None
+        if spec.kind == TORCHVISION:
+            weights = torchvision.models.get_model_weights(spec.name).DEFAULT
+            return len(weights.meta["categories"])
+    except (RuntimeError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+    return None
+
+
+def _untrained_head(what: str, has: int | None, asked: int | None, outputs: int) -> FreezerError:
+    """A classifier that would be new (random) where the trained one is needed."""
+    if has is None:
+        return FreezerError(
+            f"{what} hold a classifier that does not fit this model's {outputs} outputs: "
+            "a new head would be untrained and its predictions random.",
+            "Pass --num-classes N, the number of classes the weights were trained for.",
+        )
+    return FreezerError(
+        f"{what} hold a classifier for {has} classes, not {asked} (--num-classes {asked}): "
+        f"a new head for {asked} classes would be untrained and its predictions random.",
+        f"Leave out --num-classes (the weights' {has} classes are used), or pass "
+        f"--num-classes {has}.",
+    )
+
+
+def _build(
+    spec: ModelSpec,
     num_classes: int | None,
     pretrained: bool,
-    weights: str | Path | None,
     meta: bool,
-    trust: CodeTrust | None,
-) -> LoadedModel:
-    _check_classes(num_classes)
-    spec = source.spec
-    if num_classes is None:
-        num_classes = source.num_classes
-    weights_path = Path(weights).expanduser() if weights else source.weights
-    if pretrained and weights_path is not None:
-        raise FreezerError(
-            "Choose either pretrained weights or a weights file, not both.",
-            "Drop --pretrained or --weights.",
-        )
-    transform_input = source.transform_input
-    if transform_input is None and weights_path is not None and source.weights is None:
-        # Weights from a run or bundle carry the flag they were trained with.
-        try:
-            beside = _source_beside(weights_path)
-        except FreezerError:
-            beside = None
-        if beside is not None and beside.spec == spec:
-            transform_input = beside.transform_input
+    transform_input: bool | None,
+) -> tuple[nn.Module, list[str], str]:
+    """The module, the head keys of pretrained weights left out, and where its weights are from."""
     note = "randomly initialised"
     dropped: list[str] = []
-    _allow_code(spec, trust)
     try:
         if meta:
             module = _build_on_meta(spec, num_classes)
@@ -771,18 +895,80 @@ def _load(
         ) from e
     if transform_input is not None and spec.kind == TORCHVISION:
         torchvision_compat.set_transform_input(spec.name, module, transform_input)
+    return module, dropped, note
+
+
+def _load(
+    source: ModelSource,
+    num_classes: int | None,
+    pretrained: bool,
+    weights: str | Path | None,
+    meta: bool,
+    trust: CodeTrust | None,
+    trained_head: bool = False,
+) -> LoadedModel:
+    _check_classes(num_classes)
+    spec = source.spec
+    asked = num_classes
+    if num_classes is None:
+        num_classes = source.num_classes
+    weights_path = Path(weights).expanduser() if weights else source.weights
+    if pretrained and weights_path is not None:
+        raise FreezerError(
+            "Choose either pretrained weights or a weights file, not both.",
+            "Drop --pretrained or --weights.",
+        )
+    if trained_head and pretrained and asked is not None:
+        has = _pretrained_classes(spec)
+        if has is not None and has != asked:
+            raise _untrained_head(f"The pretrained weights of {spec}", has, asked, asked)
+    transform_input = source.transform_input
+    if weights_path is not None and source.weights is None:
+        # Weights from a run or bundle carry the flag they were trained with and, for
+        # predicting with their trained head, their class names and preprocessing.
+        try:
+            beside = _source_beside(weights_path)
+        except FreezerError:
+            beside = None
+        if beside is not None and beside.spec == spec:
+            if transform_input is None:
+                transform_input = beside.transform_input
+            if trained_head:
+                source = ModelSource(
+                    spec,
+                    None,
+                    source.num_classes,
+                    source.label_names or beside.label_names,
+                    source.data_config or beside.data_config,
+                    transform_input,
+                )
+    _allow_code(spec, trust)
+    module, dropped, note = _build(spec, num_classes, pretrained, meta, transform_input)
     heads, _ = find_head_paths(module)
     if weights_path is not None:
-        if meta:
-            # A preview only checks the fit: names and shapes from the file's header (or a
-            # memory map), never its tensor data.
-            dropped = check_fit(module, read_shapes(weights_path), heads, weights_path.name)
+        # A preview only checks the fit: names and shapes from the file's header (or a
+        # memory map), never its tensor data.
+        state = None if meta else read_state_dict(weights_path)
+        shapes = read_shapes(weights_path) if state is None else _shapes(state)
+        dropped = check_fit(module, shapes, heads, weights_path.name)
+        if dropped:
+            has = head_classes(module, shapes, dropped)
+            if asked is None and has is not None:
+                # No number of classes was asked for: the weights' classifier is the model's,
+                # not a new random one (of the library's default size or a stale count).
+                module, _, _ = _build(spec, has, False, meta, transform_input)
+                heads, _ = find_head_paths(module)
+            elif trained_head:
+                raise _untrained_head(
+                    f"The weights in {weights_path}", has, asked, _count_classes(module, heads)
+                )
+        if state is None:
+            dropped = check_fit(module, shapes, heads, weights_path.name)
         else:
-            state = read_state_dict(weights_path)
-            dropped = load_weights(module, state, heads, str(weights_path.name))
+            dropped = load_weights(module, state, heads, weights_path.name)
         note = f"weights from {weights_path.name}"
         if dropped:
-            note += f" (head re-initialised for {num_classes} classes)"
+            note += f" (head re-initialised for {_count_classes(module, heads)} classes)"
     module.eval()
     labels = (
         source.label_names
@@ -799,6 +985,10 @@ def _load(
         weights_note=note,
         dropped_head_keys=dropped,
     )
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def preview_model(

@@ -116,6 +116,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
+            _check_torch_file(path)
             state = _torch_load(path)
     return _unwrap(state, path)
 
@@ -135,6 +136,7 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
             with safe_open(str(path), framework="pt") as f:
                 state = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
             return _unwrap_shapes(state, path)
+        _check_torch_file(path)
         try:
             loaded = _torch_load(path, mmap=True)
         except RuntimeError as e:
@@ -184,25 +186,80 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
+_NOT_WEIGHTS_HINT = (
+    "Freezer reads .safetensors files and PyTorch checkpoints saved with torch.save "
+    "(.pth, .pt, .bin, .ckpt)."
+)
+
+
+def _not_weights(path: Path, why: str = "") -> WeightsError:
+    return WeightsError(
+        f"{path.name} is not a weights file Freezer can read{why}.", _NOT_WEIGHTS_HINT
+    )
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that cannot be a torch.save checkpoint before torch's unpickler reads it:
+    a zip archive (PyTorch >= 1.6), a pickle (older torch.save: protocol 2 or later starts with
+    0x80) or a tar archive (the oldest). A text file fed to the unpickler fails in many odd
+    ways (KeyError, IndexError, or torch's advice to load it with weights_only=False)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(262)
+    except OSError as e:
+        raise WeightsError(
+            f"Could not read {path}: {e.strerror or e}", "Check the file's permissions."
+        ) from None
+    if not head:
+        raise _not_weights(path, " (it is empty)")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x80")) or head[257:262] == b"ustar":
+        return
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        raise WeightsError(
+            f"{path.name} is a safetensors file with the suffix {path.suffix or '(none)'}.",
+            f"Rename it to {path.stem}.safetensors.",
+        )
+    text = all(b >= 32 or b in b"\t\r\n" for b in head)
+    raise _not_weights(path, " (it holds text)" if text else "")
+
+
 @contextlib.contextmanager
 def _read_errors(path: Path) -> Iterator[None]:
-    """Reading errors as WeightsErrors that say what is wrong with the file."""
+    """Reading errors as WeightsErrors that say what is wrong with the file.
+
+    torch's own message for a refused pickle advises loading it with weights_only=False
+    (which runs whatever code the file names); it is never passed on."""
     try:
         yield
+    except WeightsError:
+        raise
     except pickle.UnpicklingError as e:
         named = _UNSUPPORTED_GLOBAL.search(str(e))
+        if not named and "not allowed" not in str(e):
+            # Nothing refused by name: a damaged pickle, or not a checkpoint at all.
+            raise _not_weights(path) from None
         what = f"Python objects ({named.group(1)})" if named else "Python objects"
         raise WeightsError(
-            f"{path.name} contains {what}, not just tensors, and is not loaded "
-            "because unpickling it could run code.",
-            "Save only the weights (torch.save(model.state_dict(), PATH)) or use .safetensors. "
-            f"Detail: {str(e).splitlines()[0]}",
+            f"{path.name} contains {what}, not just tensors, and is not loaded: rebuilding "
+            "them could run code.",
+            "Save only the weights (torch.save(model.state_dict(), PATH)) or use .safetensors.",
         ) from None
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
         raise WeightsError(
-            f"Could not read weights from {path}: {str(e).splitlines()[0] if str(e) else e!r}",
+            f"Could not read weights from {path}: {_first_line(e)}",
             "The file may be truncated or not a PyTorch/safetensors weights file.",
         ) from None
+    except (KeyError, IndexError, TypeError, AttributeError):
+        # torch's weights_only unpickler on bytes that are not a pickle it wrote.
+        raise _not_weights(path) from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message; never torch's advice to load with
+    weights_only=False."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else repr(e)
+    return type(e).__name__ if "weights_only" in line else line
 
 
 def _unwrap_shapes(state: dict[str, tuple[int, ...]], path: Path) -> dict[str, tuple[int, ...]]:
@@ -303,6 +360,17 @@ def check_fit(
             "Pick the model these weights were saved from, or train without them.",
         )
     return dropped
+
+
+def head_classes(
+    model: nn.Module, shapes: Mapping[str, tuple[int, ...]], dropped: Iterable[str]
+) -> int | None:
+    """How many classes the classifier in weights of these shapes has: the leading size of
+    its head tensors that did not fit `model` (`check_fit`'s dropped keys). None when they
+    disagree or there are none."""
+    shapes = _model_names(model, shapes)
+    sizes = {shapes[k][0] for k in dropped if shapes.get(k)}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 _V = TypeVar("_V")
