@@ -136,6 +136,7 @@ class ConfusionMatrix(QWidget):
     LABEL_PX = 140  # pixels: the most a class name gets; a longer one is elided in the middle
     MIN_LABEL_PX = 48  # pixels: the least, however small the plot (a few characters each side)
     LABEL_SHARE = 0.25  # of the plot's width (names on the left) or height (along the bottom)
+    EMPTY_TEXT = "Evaluate to see the confusion matrix"
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -168,9 +169,13 @@ class ConfusionMatrix(QWidget):
         self.view.scene().sigMouseMoved.connect(self._moved)
         plot.vb.sigResized.connect(self._show_counts_if_they_fit)
         plot.vb.sigRangeChanged.connect(self._show_counts_if_they_fit)
+        # Until there is a result: no axes (an empty plot's ticks mean nothing), a line instead.
+        self.empty_text = pg.TextItem(self.EMPTY_TEXT, color="#757575", anchor=(0.5, 0.5))
+        plot.addItem(self.empty_text, ignoreBounds=True)
         self.n = 0
         self.classes: list[str] = []
         self.counts = np.zeros((0, 0))
+        self.clear()
 
     def label_px(self) -> tuple[int, int]:
         """Pixels the (left, bottom) names may take now: a share of the plot's width and height,
@@ -207,11 +212,40 @@ class ConfusionMatrix(QWidget):
         for label in self.labels:
             label.setVisible(fits)
 
-    def show_matrix(self, classes: list[str], confusion: list[list[int]]) -> None:
+    @property
+    def empty(self) -> bool:
+        """No result shown: the axes hidden, the empty text in their place."""
+        return self.empty_text.isVisible()
+
+    def _remove_counts(self) -> None:
         plot = self.view.getPlotItem()
         for label in self.labels:
             plot.removeItem(label)
         self.labels = []
+
+    def clear(self) -> None:
+        """No matrix: no axes, ticks or cells, only a line saying how to get one."""
+        plot = self.view.getPlotItem()
+        self._remove_counts()
+        self.n = 0
+        self.classes, self.counts = [], np.zeros((0, 0))
+        self.image.clear()
+        self.image.setToolTip("")
+        self.left_axis.names = self.bottom_axis.names = []
+        for side in ("left", "bottom"):
+            plot.hideAxis(side)
+        plot.vb.setMouseEnabled(x=False, y=False)  # nothing to pan or zoom
+        plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+        self.empty_text.setPos(0.5, 0.5)
+        self.empty_text.setVisible(True)
+
+    def show_matrix(self, classes: list[str], confusion: list[list[int]]) -> None:
+        plot = self.view.getPlotItem()
+        self._remove_counts()
+        self.empty_text.setVisible(False)
+        for side in ("left", "bottom"):
+            plot.showAxis(side)
+        plot.vb.setMouseEnabled(x=True, y=True)
         counts = np.array(confusion, dtype=float)
         self.n = len(classes)
         self.classes, self.counts = list(classes), counts
@@ -414,7 +448,10 @@ class EvaluateView(QWidget):
         self, source: Path | None, data: str = "", val_split: float | None = None, seed: int = 0
     ) -> None:
         """What to evaluate, on which folder; with val_split/seed (a folder without val/), only
-        the images a run held out for validation are scored, never its training images."""
+        the images a run held out for validation are scored, never its training images.
+        Another model than the one shown clears the results of the previous one."""
+        if source != self.source:
+            self.clear_results()
         self.source = source
         if data:
             self.data = data
@@ -423,6 +460,21 @@ class EvaluateView(QWidget):
             f"Model: <b>{source}</b>" if source else "No model to evaluate yet."
         )
         self._update_buttons()
+
+    def clear_results(self) -> None:
+        """No evaluation or predictions shown: the empty matrix, tables and image list."""
+        self.evaluation = None
+        self.shown_cell = None
+        self.confused_cells = []
+        self.matrix.clear()
+        self.table.setRowCount(0)
+        self.confused.blockSignals(True)
+        self.confused.setRowCount(0)
+        self.confused.blockSignals(False)
+        self.confused_title.setText("Most confused pairs")
+        self.banner.setStyleSheet("")
+        self.banner.setText("")
+        self._set_images("Worst predictions", [])
 
     def _update_buttons(self) -> None:
         idle = self.task is None
@@ -790,12 +842,16 @@ class EvaluateView(QWidget):
         )
 
     def show_predictions(self, results: list[PredictionResult]) -> None:
+        """A tile per image: its top classes, or in short why it could not be read (the full
+        reason in its tooltip); the banner counts both."""
         rows = []
-        k = max((len(r.top) for r in results), default=0)
+        read = [r for r in results if not r.error]
+        k = max((len(r.top) for r in read), default=0)
         for r in results:
             name = self.tile_line(Path(r.path).name)
             if r.error:
-                text = f"{name}\n{r.error}"
+                text = f"{name}\n{self.tile_line(short_reason(r.error))}"
+                tip = f"{r.path}\n{r.error}"
             else:
                 text = "\n".join(
                     [
@@ -806,15 +862,35 @@ class EvaluateView(QWidget):
                         ),
                     ]
                 )
-            tip = r.path + (
-                "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top) if r.top else ""
-            )
+                tip = r.path + (
+                    "\n" + "\n".join(f"{c.label}: {c.probability:.4f}" for c in r.top)
+                    if r.top
+                    else ""
+                )
             rows.append((r.path, text, tip))
         self.shown_cell = None
-        self.banner.setStyleSheet("")
-        shown = min(k, SHOWN_TOP)
-        more = f" (top {k} in each image's tooltip)" if k > shown else ""
-        self.banner.setText(
-            f"Predictions for {len(results)} image(s): the top {shown} classes under each{more}"
-        )
+        unread = len(results) - len(read)
+        if not read:
+            self.banner.setStyleSheet("color: #b00020")
+            self.banner.setText(
+                f"{unread} image(s) could not be read: nothing to predict. "
+                "Hover over a tile for the reason."
+            )
+        else:
+            self.banner.setStyleSheet("")
+            shown = min(k, SHOWN_TOP)
+            more = f" (top {k} in each image's tooltip)" if k > shown else ""
+            of = f"{len(read)} of {len(results)}" if unread else f"{len(read)}"
+            self.banner.setText(
+                f"Predictions for {of} image(s): the top {shown} classes under each{more}"
+                + (f"; {unread} could not be read (hover over its tile for why)" if unread else "")
+            )
         self._set_images("Predictions", rows)
+
+
+def short_reason(error: str) -> str:
+    """Why an image could not be read, in a tile's few words (core's full reason goes in the
+    tooltip): "file not found", "not an image", "cannot read image"."""
+    if error.startswith("cannot read image"):
+        return "not an image" if "cannot identify image file" in error else "cannot read image"
+    return error.split(" (")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl
@@ -36,8 +37,10 @@ from freezer_app.core.export import (
     replace_refusal,
 )
 from freezer_app.gui import tasks
-from freezer_app.gui.guide import in_window_words, plain
+from freezer_app.gui.guide import in_window_words, model_list_phrases, plain
 
+# timm:NAME, torchvision:NAME, hf-hub:..., PATH.py:FUNCTION (never a drive letter's "C:").
+MODEL_STRING = re.compile(r"[A-Za-z][\w-]+:|.*\.py:")
 REPORT_LINES = (5, 12)  # the result's box: at least / at most this many lines, then it scrolls
 
 
@@ -173,6 +176,16 @@ class ExportDialog(QDialog):
         if not source or not out:
             self._error("Choose what to export and where to.", "")
             return
+        # From chooses a folder or file: one that is not there is said as such (core would try
+        # the text as a library model's name). A model string (timm:NAME, FILE.py:FUNCTION)
+        # is core's to check.
+        if not MODEL_STRING.match(source) and not Path(source).expanduser().exists():
+            self._error(
+                f"Run folder or file not found: {source}.",
+                # (Browse… picks folders; a weights file is typed or pasted.)
+                "Choose a run folder or bundle with Browse…, or type the path of a weights file.",
+            )
+            return
         # A target no export may replace (a folder Freezer did not write, a folder where a file
         # goes...) is refused here as the CLI refuses it, whatever --force: never offered.
         refusal = replace_refusal(self.fmt(), out)
@@ -202,6 +215,9 @@ class ExportDialog(QDialog):
                 should_cancel=should_cancel,
             )
 
+        # A new export: the previous one's result goes (an error below says so alone); answering
+        # No to Replace above started nothing and keeps it.
+        self._clear_result()
         task = tasks.Task(work)
         task.signals.progress.connect(self._progress)
         task.signals.message.connect(self.status.setText)
@@ -239,7 +255,18 @@ class ExportDialog(QDialog):
         self._finished_task()
         self._error(message, hint)
 
+    def _clear_result(self) -> None:
+        """No export's result shown: no report, nothing for Open folder to open."""
+        self.result = None
+        self.report.clear()
+        self.report.setVisible(False)
+        self.open_button.setEnabled(False)
+        self.status.setStyleSheet("")
+        self.status.setText("")
+
     def _error(self, message: str, hint: str) -> None:
+        """The error alone: no earlier export's result under it."""
+        self._clear_result()
         self.status.setStyleSheet("color: #b00020")
         self.status.setText(self.in_own_words(f"{message} {hint}".strip()))
 
@@ -258,6 +285,7 @@ class ExportDialog(QDialog):
             r"--checkpoint best": f"{weights} set to {choice('best')}",
             r"--checkpoint ema": f"{weights} set to {choice('ema')}",
             r"--out(?: PATH)?(?![\w-])": to,
+            **model_list_phrases(),  # (the window's own tab names, below, when it is the parent)
         }
         window = self.parent()
         if hasattr(window, "act_resume_run"):  # the main window: its controls and menus

@@ -165,10 +165,23 @@ def menu_path(window: MainWindow, action: QAction) -> str:
     return plain(action.text())
 
 
+def model_list_phrases(place: str = "Model tab") -> dict[str, str]:
+    """`freezer-app models SEARCH` in core's hints → the window's model list (its search field
+    is on the Model tab)."""
+    where = f"the model list on the {place}"
+    return {
+        r"\b[Ll]ist models with `?freezer-app models(?: [A-Z_]+)?`?": f"Search {where}",
+        r"`?freezer-app models(?: [A-Z_]+)?`?": where,
+    }
+
+
 def window_phrases(window: MainWindow) -> dict[str, str]:
-    """Command lines in core's messages that this window does with a menu item."""
+    """Command lines in core's messages that this window does with a menu item or a tab."""
+    tabs = window.left
+    model_tab = f"{plain(tabs.tabText(tabs.indexOf(window.model_panel)))} tab"
     return {
         r"`?freezer-app train --resume [A-Z_/.]+`?": menu_path(window, window.act_resume_run),
+        **model_list_phrases(model_tab),
     }
 
 
