@@ -166,7 +166,7 @@ class BoolEditor(Editor):
 class SettingsForm(QWidget):
     """A form over some of the project's settings, generated from the schema."""
 
-    error = Signal(str)  # a message for the status bar
+    error = Signal(str)  # a refusal for the status bar; "" when a value is accepted
 
     def __init__(
         self, controller: ProjectController, settings: list[Setting], parent: QWidget | None = None
@@ -204,6 +204,8 @@ class SettingsForm(QWidget):
         except FreezerError as e:
             self.error.emit(e.message)
             self.editors[setting.key].show(self.controller.value(setting.key))
+            return
+        self.error.emit("")  # accepted: a refusal still on show is no longer the case
 
     def _project_changed(self, keys: set[str]) -> None:
         for key, editor in self.editors.items():

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTabWidget,
     QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -39,7 +40,7 @@ from freezer_app.core.catalog import (
 from freezer_app.core.data import DataReport, scan_folder
 from freezer_app.core.device import device_label, select_device
 from freezer_app.core.errors import Cancelled, FreezerError
-from freezer_app.core.freeze import Phase
+from freezer_app.core.freeze import FreezePlan, Phase
 from freezer_app.core.project import Project
 from freezer_app.core.run_folder import evaluation_split, is_run_folder, new_run_dir
 from freezer_app.core.train import launcher
@@ -109,6 +110,10 @@ class MainWindow(QMainWindow):
         self.preview_task: tasks.Task | None = None
         self._preview_want: tuple[tuple, str | None] | None = None
         self.last_finished: ev.Finished | None = None
+        # The plan a run ended with after freeze edits made in the tree during it (and the
+        # model it trained): not the project's until "Keep the run's last plan".
+        self._run_plan: tuple[str, FreezePlan] | None = None
+        self._form_error = ""  # the last value a form refused, while the status bar says so
 
         # ---------------------------------------------------------------- widgets
         self.tree_model = FreezeTreeModel()
@@ -248,6 +253,13 @@ class MainWindow(QMainWindow):
             None,
             "Continue a run folder from its checkpoint",
         )
+        self.act_keep_run_plan = self._action(
+            "&Keep the run's last plan",
+            self.keep_run_plan,
+            None,
+            "Make the freeze plan the last run ended with (after its freeze edits) the "
+            "project's, as one undoable edit",
+        )
         self.act_filter = self._action(
             "Filter modules", lambda: self.tree_panel.filter.setFocus(), "Ctrl+F"
         )
@@ -275,7 +287,9 @@ class MainWindow(QMainWindow):
         self.act_undo = self.project_ctl.undo_stack.createUndoAction(self, "&Undo")
         self.act_undo.setShortcut(K.Undo)
         self.act_redo = self.project_ctl.undo_stack.createRedoAction(self, "&Redo")
-        self.act_redo.setShortcut(K.Redo)
+        # Ctrl+Shift+Z everywhere, and the platform's own Redo (Ctrl+Y on Windows) as well.
+        redo_keys = [QKeySequence("Ctrl+Shift+Z"), QKeySequence(K.Redo)]
+        self.act_redo.setShortcuts(list(dict.fromkeys(redo_keys)))
 
         menu = self.menuBar().addMenu("&File")
         for a in (self.act_new, self.act_open):
@@ -296,6 +310,7 @@ class MainWindow(QMainWindow):
             self.act_pause,
             self.act_stop,
             self.act_resume_run,
+            self.act_keep_run_plan,
             self.act_evaluate,
             self.act_open_run,
         ):
@@ -341,7 +356,14 @@ class MainWindow(QMainWindow):
         self.status_progress_bar.setFixedWidth(140)
         self.status_progress_bar.setTextVisible(True)
         self.status_progress_bar.hide()
+        self.status_speed.hide()  # a run's speed, shown while it trains
+        # After a run with freeze edits: one click makes its last plan the project's.
+        self.keep_plan_button = QToolButton()
+        self.keep_plan_button.setDefaultAction(self.act_keep_run_plan)
+        self.keep_plan_button.setAutoRaise(True)
+        self.keep_plan_button.hide()
         for w in (
+            self.keep_plan_button,
             self.status_state,
             self.status_progress_bar,
             self.status_progress,
@@ -349,8 +371,53 @@ class MainWindow(QMainWindow):
             self.status_params,
             self.status_speed,
         ):
-            w.setContentsMargins(8, 0, 8, 0)
+            if isinstance(w, QLabel):
+                w.setContentsMargins(6, 0, 6, 0)
             bar.addPermanentWidget(w)
+        # A message gets the room it needs: these give way, in this order, while it shows.
+        self._status_yielding = (
+            self.status_speed,
+            self.status_device,
+            self.status_params,
+            self.status_progress,
+        )
+        self._status_yielded: list[QWidget] = []
+        bar.messageChanged.connect(lambda _text: self._fit_status_message())
+
+    def _status_message_room(self) -> int:
+        """The width QStatusBar draws a message in: from its left margin to the first visible
+        permanent widget (QStatusBarPrivate::messageRect)."""
+        bar = self.statusBar()
+        bar.layout().activate()
+        permanent = (self.keep_plan_button, self.status_state, self.status_progress_bar)
+        shown = [w for w in (*permanent, *self._status_yielding) if w.isVisible()]
+        right = min((w.x() for w in shown), default=bar.width() - 12) - 2
+        return right - 6
+
+    def _fit_status_message(self) -> None:
+        """Show the status bar's message whole: the less urgent labels step aside while it
+        is on screen (and come back after); the whole message is also its tooltip."""
+        bar = self.statusBar()
+        text = bar.currentMessage()
+        bar.setToolTip(text)
+        for w in self._status_yielded:
+            # The run's speed is shown only while a run trains.
+            w.setVisible(w is not self.status_speed or self._running())
+        self._status_yielded = []
+        if not text or not bar.isVisible():
+            return
+        need = bar.fontMetrics().horizontalAdvance(text)
+        for w in self._status_yielding:
+            if need <= self._status_message_room():
+                break
+            if w.isVisible():
+                w.hide()
+                self._status_yielded.append(w)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.statusBar().currentMessage():
+            QTimer.singleShot(0, self._fit_status_message)
 
     def _show_device(self) -> None:
         setting = self.project.train.device
@@ -363,6 +430,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.project_ctl.changed.connect(self._project_changed)
+        self.project_ctl.changed.connect(self._sync_keep_plan)
         self.project_ctl.dirtyChanged.connect(self._title)
         self.model_panel.modelChosen.connect(self.choose_model)
         self.model_panel.pretrainedChanged.connect(
@@ -374,7 +442,7 @@ class MainWindow(QMainWindow):
         self.data_panel.cancelRequested.connect(self._cancel_scan)
         self.tree_panel.cancelRequested.connect(self._preview_cancelled)
         for form in (self.data_panel.form, self.settings_panel.form):
-            form.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
+            form.error.connect(self._form_message)
         schedule = self.settings_panel.schedule
         schedule.error.connect(lambda message: self.statusBar().showMessage(message, 8000))
         schedule.fineTuneRequested.connect(self._fine_tune_schedule)
@@ -406,6 +474,16 @@ class MainWindow(QMainWindow):
         self.run_ctl.ended.connect(self._on_run_ended)
         attach_runs_panel(self)
 
+    def _form_message(self, message: str) -> None:
+        """A value a form refused (for 8 s), or "" once it accepts one: the refusal goes."""
+        bar = self.statusBar()
+        if message:
+            self._form_error = message
+            bar.showMessage(message, 8000)
+        elif self._form_error and bar.currentMessage() == self._form_error:
+            bar.clearMessage()
+            self._form_error = ""
+
     def _project_changed(self, keys: set[str]) -> None:
         """What follows from a project edit (or undo): the preview, the dataset check, …"""
         if touches(keys, "model", "weights"):
@@ -431,13 +509,26 @@ class MainWindow(QMainWindow):
         name = self.project_path.name if self.project_path else "untitled"
         self.setWindowTitle(f"{'*' if self.dirty else ''}{name} — Freezer")
 
+    def _refused_while_running(self, what: str) -> bool:
+        """A run trains a copy of the project shown: the window keeps showing that project
+        (its tree edits go to the run) until the run ends. True: refused, and said so."""
+        if not self._running():
+            return False
+        self.statusBar().showMessage(f"Stop training before {what}.", 5000)
+        return True
+
     def new_project(self, confirm: bool = True) -> None:
+        if self._refused_while_running("starting a new project"):
+            return
         if confirm and not self._maybe_save():
             return
         self.set_project(Project(), None)
 
-    def set_project(self, project: Project, path: Path | None) -> None:
-        """Show a project: model preview, dataset check, settings, freeze plan."""
+    def set_project(self, project: Project, path: Path | None) -> bool:
+        """Show a project: model preview, dataset check, settings, freeze plan. Refused (False)
+        while a run trains: its tree edits would go to a run of another project."""
+        if self._refused_while_running("opening another project"):
+            return False
         self.report = None
         self._cancel_scan()
         if not project.data.path:
@@ -445,7 +536,10 @@ class MainWindow(QMainWindow):
         self.project_ctl.replace(project, path)
         self.run_ctl.clear_views()
         self._resumed_runs_root = None
+        self._run_plan = None  # a run of another project
+        self._sync_keep_plan()
         self._refresh_runs()
+        return True
 
     def _refresh_runs(self) -> None:
         """The Runs tab lists the runs of the project shown (when it is on screen; showing it
@@ -454,6 +548,8 @@ class MainWindow(QMainWindow):
             self.runs_panel.refresh()
 
     def open_project_dialog(self) -> None:
+        if self._refused_while_running("opening another project"):
+            return
         if not self._maybe_save():
             return
         path, _ = QFileDialog.getOpenFileName(
@@ -463,6 +559,8 @@ class MainWindow(QMainWindow):
             self.open_project(Path(path))
 
     def open_project(self, path: Path) -> bool:
+        if self._refused_while_running("opening another project"):
+            return False
         try:
             project = Project.load(path)
             # A .py the project names runs only after the user says yes (or said so before).
@@ -869,7 +967,11 @@ class MainWindow(QMainWindow):
         self.act_train.setEnabled(not running)
         self.act_pause.setEnabled(running)
         self.act_stop.setEnabled(running)
-        self.act_resume_run.setEnabled(not running)
+        # The project shown is the one the run trains (its tree edits go to the run): another
+        # project, or another run's, waits until the run has ended.
+        for action in (self.act_resume_run, self.act_new, self.act_open):
+            action.setEnabled(not running)
+        self.recent_menu.setEnabled(bool(self._recent()) and not running)
         self.act_pause.setText("&Pause")
         # Undo/redo edit the project, which a run does not follow; tree edits go to the run.
         self.act_undo.setEnabled(not running and self.project_ctl.undo_stack.canUndo())
@@ -878,8 +980,12 @@ class MainWindow(QMainWindow):
         for w in (self.model_panel, self.data_panel, self.settings_panel):
             w.setEnabled(not running)
         self.status_state.setText("training" if running else "idle")
+        self.status_speed.setVisible(running)
         if running:
+            self._run_plan = None  # a new run: the last one's plan is in its folder
             self.right.setCurrentWidget(self.loss_plot)
+        self._sync_keep_plan()
+        self._fit_status_message()
 
     def _runs_root(self) -> Path:
         if self.project_path is not None:
@@ -933,6 +1039,8 @@ class MainWindow(QMainWindow):
         return True
 
     def resume_run_dialog(self) -> None:
+        if self._refused_while_running("resuming another run"):
+            return
         if not self._maybe_save():  # the run's project replaces this one
             return
         folder = QFileDialog.getExistingDirectory(
@@ -942,6 +1050,8 @@ class MainWindow(QMainWindow):
             self.resume_run(Path(folder))
 
     def resume_run(self, folder: Path) -> bool:
+        if self._refused_while_running("resuming another run"):
+            return False
         try:
             project = Project.load(folder / "project.json")
         except FreezerError as e:
@@ -952,7 +1062,8 @@ class MainWindow(QMainWindow):
         except FreezerError as e:
             self.error_dialog("Cannot resume the run", e.message, e.hint or "")
             return False
-        self.set_project(project, None)
+        if not self.set_project(project, None):
+            return False
         self._resumed_runs_root = folder.parent
         self.run_ctl.start(self.project_ctl.snapshot(), folder, resume=True)
         return True
@@ -976,6 +1087,19 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, result: ev.Finished) -> None:
         self.last_finished = result
+        edited = self.run_ctl.edits_applied > 0 and self.run_ctl.last_plan is not None
+        if edited:
+            # The run trained with freeze edits made in the tree: they are in its project.json
+            # and plans.jsonl; the project keeps its own plan unless the user keeps the run's.
+            assert self.run_ctl.last_plan is not None
+            self._run_plan = (self.run_ctl.model, self.run_ctl.last_plan)
+            self.log.add(
+                f"The run's last freeze plan ({self.run_ctl.last_plan.describe()}) is in "
+                f"{result.run_dir} (project.json, plans.jsonl), not in the project: the next "
+                "Train starts from the project's plan ("
+                f"{self.project.plan.describe()}). Run ▸ Keep the run's last plan makes it "
+                "the project's."
+            )
         if result.reason == "error":
             self.error_dialog("Training stopped", result.message, result.hint, result.details)
         else:
@@ -986,6 +1110,14 @@ class MainWindow(QMainWindow):
             )
             text = f"Run {result.reason} after {result.steps} steps: {best}frozen check {result.frozen_check_summary}"
             self.log.add(text)
+            self.status_progress.setToolTip(text)  # the last run's summary, while it is shown
+            if edited:
+                verdict = result.frozen_check_summary.split(":")[0]
+                text = (
+                    f"Run {result.reason} after {result.steps} steps ({best}frozen check "
+                    f"{verdict}). Its freeze edits are in the run folder, not the project: "
+                    f"Train starts from {self.project.plan.describe()}."
+                )
             self.statusBar().showMessage(text, 15000)
             if (Path(result.run_dir) / "model.safetensors").exists():
                 run = Path(result.run_dir)
@@ -1002,9 +1134,52 @@ class MainWindow(QMainWindow):
 
     def _on_run_ended(self) -> None:
         self.redraw_all()
+        result = self.last_finished
+        if result is not None and self.status_progress.text().startswith("last run"):
+            verdict = result.frozen_check_summary.split(":")[0]
+            self.status_progress.setText(f"{self.status_progress.text()}, frozen check {verdict}")
         self._set_running(False)
         if self.close_when_stopped:
             self.close()
+
+    def _keepable_run_plan(self) -> FreezePlan | None:
+        """The plan the last run ended with, when it differs from the project's and fits the
+        model shown (the project's model is still the one the run trained)."""
+        if self._run_plan is None or self._running():
+            return None
+        model, plan = self._run_plan
+        project_plan = self.project.plan
+        if model != self.project.model:
+            return None
+        if project_plan.same_selection(plan) and not (project_plan.schedule or project_plan.edits):
+            return None
+        return plan
+
+    def _sync_keep_plan(self, *_args: object) -> None:
+        can = self._keepable_run_plan() is not None
+        self.act_keep_run_plan.setEnabled(can)
+        if self.keep_plan_button.isVisibleTo(self) != can:
+            self.keep_plan_button.setVisible(can)
+
+    def keep_run_plan(self) -> None:
+        """Run ▸ Keep the run's last plan: the selection the run ended with becomes the
+        project's plan (its schedule and edits, which the run already went through, go), as
+        one undoable edit."""
+        if self._refused_while_running("keeping a run's plan"):
+            return
+        plan = self._keepable_run_plan()
+        if plan is None:
+            return
+        current = self.project.plan
+        kept = current.with_selection(plan.preset, plan.freeze, plan.unfreeze)
+        kept.bn_policy = plan.bn_policy
+        kept.schedule, kept.edits = [], []
+        label = f"Keep the run's last plan ({plan.describe()})"
+        dropped = [w for w, on in (("schedule", current.schedule), ("edits", current.edits)) if on]
+        if dropped:
+            label += f", without the project's {' and '.join(dropped)}"
+        self.controller.apply(kept, label)
+        self.statusBar().showMessage(f"{label}: Undo (Ctrl+Z) brings the previous one back.", 8000)
 
     def export_dialog(self) -> ExportDialog | None:
         if self._running():
@@ -1094,9 +1269,12 @@ class MainWindow(QMainWindow):
         for path in recent:
             action = self.recent_menu.addAction(path)
             action.triggered.connect(lambda _=False, p=path: self._open_recent(Path(p)))
-        self.recent_menu.setEnabled(bool(recent))
+        running = self._running() if hasattr(self, "run_ctl") else False
+        self.recent_menu.setEnabled(bool(recent) and not running)
 
     def _open_recent(self, path: Path) -> None:
+        if self._refused_while_running("opening another project"):
+            return
         if self._maybe_save():
             self.open_project(path)
 

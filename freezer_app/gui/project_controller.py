@@ -88,8 +88,11 @@ class ProjectController(QObject):
         return True
 
     def set_value(self, key: str, value: Any, text: str = "") -> bool:
-        label = text or f"Set {key} to {schema.format_value(schema.find(Project, key), value)}"
-        return self.set_values({key: value}, label)
+        if not text:
+            # The words the form shows ("Mixup α"), not the project key ("train.mixup").
+            setting = schema.find(Project, key)
+            text = f"Set {setting.label} to {schema.format_value(setting, value)}"
+        return self.set_values({key: value}, text)
 
     def note(self, changes: dict[str, Any]) -> None:
         """Facts the window learns rather than edits the user makes (the dataset's classes):

@@ -67,6 +67,12 @@ class RunController(QObject):
         self._step = 0
         self.paused = False
         self._last_mask = None
+        # What the run trained last, and how many freeze edits sent from the tree it applied
+        # (they are in its folder, not in the project: the window says so at the end).
+        self.model = ""
+        self.last_plan: FreezePlan | None = None
+        self.edits_sent = 0
+        self.edits_applied = 0
         # Plots are redrawn from a timer, and only the one on screen: drawing is what costs,
         # so ~10 redraws a second keep the window responsive however fast steps arrive.
         self.redraw_timer = QTimer(self)
@@ -88,6 +94,8 @@ class RunController(QObject):
         assert self.session is None
         self.run_dir = run_dir
         self._step, self.paused = 0, False
+        self.model, self.last_plan = project.model, project.plan.selection()
+        self.edits_sent = self.edits_applied = 0
         self.views.log.add(f"starting {'resumed ' if resume else ''}run in {run_dir}")
         session = TrainingSession(project, run_dir, resume=resume, parent=self)
         session.events.connect(self._on_events)
@@ -122,6 +130,7 @@ class RunController(QObject):
 
     def _send_plan(self, plan: FreezePlan) -> None:
         if self.session is not None:
+            self.edits_sent += 1
             self.session.worker.set_plan(plan)
             self.views.status.showMessage(
                 "Freeze edit sent: takes effect at the next training step", 4000
@@ -250,6 +259,9 @@ class RunController(QObject):
     def _plan_applied(self, event: ev.PlanApplied) -> None:
         v = self.views
         self._last_mask = event.mask
+        self.last_plan = event.plan.selection()
+        if event.reason == "edit" and self.edits_sent:
+            self.edits_applied += 1
         self.freeze.follow_run(event.plan, event.mask, event.reason)
         if event.reason in ("schedule", "edit"):
             label = f"{event.reason}: {event.plan.describe()}"

@@ -67,6 +67,12 @@ def human(n: float) -> str:
     return f"{int(n)}"
 
 
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
 @dataclass(eq=False)
 class _Item:
     parent: int
@@ -97,6 +103,8 @@ class FreezeTreeModel(QAbstractItemModel):
         self._layer_frozen: np.ndarray | None = None
         self._measured_mask: np.ndarray | None = None  # the plan the live values belong to
         self._measured_step = 0
+        # Per parameter: trains differently now than when the live values were measured.
+        self._changed: np.ndarray | None = None
         self.stale = False  # the live values belong to another plan than the one shown
         self._max_grad = 1.0
         self._max_ratio = 1.0
@@ -262,6 +270,12 @@ class FreezeTreeModel(QAbstractItemModel):
             return self.stale
         return None
 
+    def _moved(self, item: _Item) -> bool:
+        """Whether this row trains differently now than when its live value was measured."""
+        if self._changed is None:
+            return False
+        return bool(self._changed[self._indices(item)].any())
+
     def _display(self, item: _Item, col: int) -> str | None:
         tree = self.tree
         assert tree is not None
@@ -350,6 +364,11 @@ class FreezeTreeModel(QAbstractItemModel):
         tree = self.tree
         assert tree is not None
         if col in (GRAD, UPDATE) and self.stale and self._bar(item, col) is not None:
+            if self._moved(item):
+                return (
+                    "Frozen in the plan shown: exactly 0. The value measured under an earlier "
+                    "freeze plan (the run's), when it trained, is not shown."
+                )
             return (
                 "Measured under an earlier freeze plan (the run's), not the plan shown now: "
                 "train again to see values for this plan."
@@ -379,6 +398,13 @@ class FreezeTreeModel(QAbstractItemModel):
             return None
         slots = item.layer_slots
         frozen = bool(self._layer_frozen[slots].all())
+        if self._moved(item):
+            # Its trainability changed since the value was measured: frozen now reads exactly
+            # 0 (a fact of the plan, not a measurement); trainable now has no value yet.
+            now = self._plan_in_effect()
+            if now is not None and not now[self._indices(item)].any():
+                return 0.0, True
+            return None
         if col == GRAD:
             return float(np.sqrt(np.square(self._grad[slots]).sum())) / self._max_grad, frozen
         update = float(np.sqrt(np.square(self._update[slots]).sum()))
@@ -431,12 +457,18 @@ class FreezeTreeModel(QAbstractItemModel):
 
     def _drop_stale_telemetry(self) -> None:
         """Live values belong to the plan they were measured under: when another plan is
-        shown they are greyed (and say so), never drawn as current."""
+        shown they are greyed (and say so), never drawn as current; a row whose trainability
+        changed since shows what the plan shown says instead: `0 (frozen)` when frozen now,
+        nothing when it trains now."""
         if self._grad is None or self._measured_mask is None:
             return
         now = self._plan_in_effect()
-        stale = now is None or not np.array_equal(now, self._measured_mask)
-        if stale != self.stale:
+        same_shape = now is not None and now.shape == self._measured_mask.shape
+        changed = (now != self._measured_mask) if same_shape else None
+        stale = changed is None or bool(changed.any())
+        moved = not _same(changed, self._changed)
+        self._changed = changed if stale else None
+        if stale != self.stale or moved:
             self.stale = stale
             self._emit_all(GRAD, UPDATE)
             self.telemetryStale.emit(stale)
@@ -467,6 +499,7 @@ class FreezeTreeModel(QAbstractItemModel):
         """Per-layer values of one telemetry step, measured under `measured_mask` (the
         per-parameter plan in effect then)."""
         self._measured_mask = None if measured_mask is None else measured_mask.copy()
+        self._changed = None
         if self.stale:
             self.stale = False
             self.telemetryStale.emit(False)
@@ -480,6 +513,7 @@ class FreezeTreeModel(QAbstractItemModel):
     def clear_telemetry(self, reset: bool = True) -> None:
         self._grad = self._update = self._weight = self._layer_frozen = None
         self._measured_mask = None
+        self._changed = None
         self.stale = False
         if reset:
             self._emit_all(GRAD, UPDATE)
