@@ -26,6 +26,7 @@ from freezer_app.gui.plots import (
     MEAN_BAR_RGB,
     GradientFlowPlot,
     UpdateHeatmap,
+    elide_distinct,
     layer_labels,
 )
 from freezer_app.gui.tree_model import GRAD, PARAMS, TRAINABLE, TYPE, UPDATE, BarRole
@@ -346,3 +347,12 @@ def test_big_counts_and_long_type_names_fit_their_columns(window: MainWindow) ->
     # While there is room, every column shows without scrolling sideways.
     total = sum(header.sectionSize(c) for c in range(header.count()))
     assert total <= view.viewport().width() or header.sectionSize(0) == panel.MIN_NAME_WIDTH
+
+
+@pytest.mark.parametrize("pixels", [48, 70, 100, 140])
+def test_names_differing_only_in_the_middle_stay_apart_and_fit(qtbot, pixels: int) -> None:
+    fm = QFontMetrics(QFont())
+    names = [f"a_rather_long_class_name_number_{i:02d}_of_the_set" for i in range(12)]
+    labels = elide_distinct(names, fm, pixels)
+    assert len(set(labels)) == len(names)
+    assert all(fm.horizontalAdvance(label) <= pixels for label in labels)

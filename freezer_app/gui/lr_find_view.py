@@ -398,7 +398,7 @@ def open_lr_finder(window: Any) -> LrFindDialog | None:
         window.statusBar().showMessage("Still checking the dataset; try again in a moment.", 5000)
         return None
     if window.report is None:
-        _say_data_problem(window)
+        window.say_data_problem()
         return None
     project = window.project_ctl.snapshot()
     try:
@@ -415,20 +415,6 @@ def open_lr_finder(window: Any) -> LrFindDialog | None:
     dialog.show()
     dialog.start()
     return dialog
-
-
-def _say_data_problem(window: Any) -> None:
-    """Why there is no dataset to test on, as Train says it (MainWindow.start_training): no
-    folder chosen yet, or the Data tab's reason the chosen one cannot be used."""
-    if not window.project.data.path:
-        window.left.setCurrentWidget(window.data_panel)
-        window.error_dialog(
-            "No dataset",
-            "Choose an image folder first.",
-            "Drop a folder on the window or use Browse on the Data tab.",
-        )
-    else:
-        window.error_dialog("The dataset cannot be used", window.data_panel.summary.text(), "")
 
 
 def _track(window: Any, task: tasks.Task) -> None:

@@ -996,6 +996,19 @@ class MainWindow(QMainWindow):
         # A resumed run's project has no file of its own: its runs are beside it.
         return self._resumed_runs_root or default_runs_dir()
 
+    def say_data_problem(self) -> None:
+        """Why there is no dataset to train or test on: no folder chosen yet, or the Data
+        tab's reason the chosen one cannot be used."""
+        if not self.project.data.path:
+            self.left.setCurrentWidget(self.data_panel)
+            self.error_dialog(
+                "No dataset",
+                "Choose an image folder first.",
+                "Drop a folder on the window or use Browse on the Data tab.",
+            )
+        else:
+            self.error_dialog("The dataset cannot be used", self.data_panel.summary.text(), "")
+
     def start_training(self) -> bool:
         """What Train (button, menu, Ctrl+Return) does: check everything, then start a run of
         a copy of the project."""
@@ -1013,15 +1026,7 @@ class MainWindow(QMainWindow):
             )
             return False
         if self.report is None:
-            if not self.project.data.path:
-                self.left.setCurrentWidget(self.data_panel)
-                self.error_dialog(
-                    "No dataset",
-                    "Choose an image folder first.",
-                    "Drop a folder on the window or use Browse on the Data tab.",
-                )
-            else:
-                self.error_dialog("The dataset cannot be used", self.data_panel.summary.text(), "")
+            self.say_data_problem()
             return False
         project = self.project_ctl.snapshot()
         try:

@@ -638,8 +638,9 @@ class UpdateHeatmap(QWidget, _LayerHover):
 
 def elide_distinct(texts: list[str], fm: QFontMetrics, pixels: int) -> list[str]:
     """Texts elided in the middle to `pixels`, still telling each other apart: texts that
-    would elide alike drop the start they share instead (…or_squares_on… vs …or_stripes_on…);
-    any still alike are kept whole."""
+    would elide alike drop the start they share instead (…or_squares_on… vs …or_stripes_on…),
+    and their end too when the room is too small for both (…er_00…); any still alike are kept
+    whole."""
     middle = Qt.TextElideMode.ElideMiddle
     labels = [fm.elidedText(t, middle, pixels) for t in texts]
     groups: dict[str, list[int]] = {}
@@ -654,8 +655,14 @@ def elide_distinct(texts: list[str], fm: QFontMetrics, pixels: int) -> list[str]
             min(len(t) for t in group),
         )
         start = max(0, shared - 3)  # a few shared characters as context
-        for i in members:
-            labels[i] = fm.elidedText("…" + texts[i][start:], middle, pixels)
+        tails = ["…" + texts[i][start:] for i in members]
+        elided = [fm.elidedText(t, middle, pixels) for t in tails]
+        if len(set(elided)) < len(elided):
+            # Too narrow for the difference and the end: keep the difference, drop the end.
+            right = Qt.TextElideMode.ElideRight
+            elided = [fm.elidedText("…" + texts[i][shared:], right, pixels) for i in members]
+        for i, label in zip(members, elided):
+            labels[i] = label
     counts: dict[str, int] = {}
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
