@@ -80,6 +80,24 @@ def test_step_limit_at_the_last_step_of_the_last_epoch_is_completed(
 
 
 # ---------------------------------------------------------------------- 2. code export
+def test_code_export_of_a_model_file_named_with_a_dash_imports(
+    small_data: Path, factory_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # my-model.py is no Python module name: freeze_plan.py loads it by its path instead.
+    dashed = factory_file.with_name("my-model.py")
+    dashed.write_text(factory_file.read_text())
+    run, out = tmp_path / "run", tmp_path / "code"
+    train = ["train", "--model", f"{dashed}:build", "--data", str(small_data), *SMALL]
+    assert main([*train, "--max-steps", "1", "--preset", "head-only", "--out", str(run)]) == 0
+    assert main(["export", str(run), "--format", "code", "--out", str(out), "--trust-code"]) == 0
+    capsys.readouterr()
+    code = "from freeze_plan import build_model, freeze; m = freeze(build_model()); print('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
 def test_code_export_freezes_the_users_own_model(
     first_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -125,6 +143,13 @@ def test_code_export_freezes_the_users_own_model(
         other = timm.create_model("test_resnet", num_classes=3)
         out["returns_it"] = freeze_plan.freeze(other) is other
         out["import_grad"] = {{n: p.requires_grad for n, p in other.named_parameters()}}
+
+        def inside_a_function():
+            model = timm.create_model("test_resnet", num_classes=3)
+            exec(open({str(script)!r}).read())  # `model` is a local here
+            return {{n: p.requires_grad for n, p in model.named_parameters()}}
+
+        out["function_grad"] = inside_a_function()
         print(json.dumps(out))
         """
     )
@@ -138,6 +163,7 @@ def test_code_export_freezes_the_users_own_model(
     assert got["bn1_eval"]
     assert got["import_builds_nothing"] and got["returns_it"]
     assert got["import_grad"] == expected_grad
+    assert got["function_grad"] == expected_grad
 
     # Run alone, it builds the architecture and freezes that.
     alone = subprocess.run(

@@ -138,6 +138,9 @@ def test_a_pth_export_of_a_model_file_needs_trust(
 ) -> None:
     out = tmp_path / "exported" / "net.pth"
     export(f"{factory_file}:build", "pth", out)
+    # Without the model file beside it: what to copy where, or how to name it.
+    code, _, err = _cli(capsys, "predict", str(out), str(image))
+    assert code == 2 and f"Copy {factory_file.name} beside net.pth" in err
     shutil.copy(factory_file, out.parent / factory_file.name)
     code, _, err = _cli(capsys, "predict", str(out), str(image))
     assert code == 2 and "--trust-code" in err
@@ -268,3 +271,17 @@ def test_predicting_with_random_weights_is_said(
     assert code == 0 and "random weights" in err and "--pretrained" in err
     code, _, err = _cli(capsys, "predict", str(run), str(image))
     assert code == 0 and "random weights" not in err
+
+
+def test_an_existing_folder_with_a_colon_in_its_name_is_a_path(
+    run: Path,
+    tmp_path: Path,
+    image: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shutil.copytree(run, tmp_path / "exp:1")
+    monkeypatch.chdir(tmp_path)
+    code, printed, err = _cli(capsys, "predict", "exp:1", str(image))
+    assert code == 0, err
+    assert any(c in printed for c in CLASSES)

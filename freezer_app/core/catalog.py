@@ -236,13 +236,15 @@ def _names_path(text: str) -> bool:
     """Whether a model string is written as a file or folder rather than a library name: an
     existing folder, or text with a path separator, a leading `.` or `~`, or the suffix of a
     weights file or .py. `timm:NAME`, `torchvision:NAME` and other `PREFIX:` forms (timm's
-    `hf-hub:ORG/NAME`) are names, as is `PATH.py:CALLABLE` (a factory, built elsewhere)."""
+    `hf-hub:ORG/NAME`) are names, as is `PATH.py:CALLABLE` (a factory, built elsewhere),
+    unless a file or folder of that name exists (a run folder named `exp:1`)."""
+    candidate = Path(text).expanduser()
+    if candidate.exists():
+        return True
     if ".py:" in text or _PREFIX.match(text):
         return False
-    candidate = Path(text).expanduser()
     return (
-        candidate.is_dir()
-        or "/" in text
+        "/" in text
         or os.sep in text
         or text.startswith((".", "~"))
         or candidate.suffix in (*WEIGHT_SUFFIXES, ".py")
@@ -483,6 +485,15 @@ def _source_from_pth_config(config_path: Path, weights: Path) -> ModelSource | N
                 "Export the model again, or name it: MODEL.py:FUNCTION --weights FILE.",
             )
         model = f"{model}:{factory.group(1)}"
+        py = config_path.parent / Path(model.rsplit(":", 1)[0]).name
+        if not py.is_file():
+            # The pth export does not copy the user's model file (a bundle does).
+            raise WeightsError(
+                f"{weights.name} was exported from your model file {py.name}, which is not "
+                f"beside it in {config_path.parent}.",
+                f"Copy {py.name} beside {weights.name} (then add --trust-code), or name it: "
+                f"PATH/{py.name}:{factory.group(1)} --weights {weights}.",
+            )
     flag = re.search(r"transform_input=(True|False)", constructor)
     data_config = {k: config[k] for k in _DATA_TYPES if config.get(k) is not None}
     return ModelSource(

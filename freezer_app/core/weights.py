@@ -236,8 +236,13 @@ def _read_errors(path: Path) -> Iterator[None]:
     except pickle.UnpicklingError as e:
         named = _UNSUPPORTED_GLOBAL.search(str(e))
         if not named and "not allowed" not in str(e):
-            # Nothing refused by name: a damaged pickle, or not a checkpoint at all.
-            raise _not_weights(path) from None
+            # Nothing refused by name: a damaged pickle, one in a form the safe reader does
+            # not take (an old pickle protocol), or not a checkpoint at all.
+            raise WeightsError(
+                f"{path.name} could not be read as weights: {_first_line(e)}",
+                "Save the weights again with torch.save(model.state_dict(), PATH) (a recent "
+                "PyTorch) or as .safetensors; the file may also be damaged.",
+            ) from None
         what = f"Python objects ({named.group(1)})" if named else "Python objects"
         raise WeightsError(
             f"{path.name} contains {what}, not just tensors, and is not loaded: rebuilding "

@@ -466,8 +466,9 @@ class FreezeTreeModel(QAbstractItemModel):
         same_shape = now is not None and now.shape == self._measured_mask.shape
         changed = (now != self._measured_mask) if same_shape else None
         stale = changed is None or bool(changed.any())
-        moved = not _same(changed, self._changed)
-        self._changed = changed if stale else None
+        kept = changed if stale else None  # None when current: nothing to repaint then
+        moved = not _same(kept, self._changed)
+        self._changed = kept
         if stale != self.stale or moved:
             self.stale = stale
             self._emit_all(GRAD, UPDATE)

@@ -546,11 +546,26 @@ def construction_code(src: ExportSource, model_dir: str | None = None) -> list[s
             torchvision_compat.loader_code(spec.name, n, transform_input(src)),
         ]
     path = Path(spec.name)
+    folder = model_dir or str(path.parent.resolve())
+    if path.stem.isidentifier():
+        return [
+            "import sys",
+            "",
+            f"sys.path.insert(0, {folder!r})",
+            f"from {path.stem} import {spec.factory}  # your model file",
+            "",
+            f"model = {constructor_code(src)}",
+        ]
+    # A file name that is no Python name (my-model.py) cannot be imported by name.
     return [
-        "import sys",
+        "import importlib.util",
+        "import os",
         "",
-        f"sys.path.insert(0, {model_dir or str(path.parent.resolve())!r})",
-        f"from {path.stem} import {spec.factory}  # your model file",
+        f"_spec = importlib.util.spec_from_file_location({'user_model'!r}, "
+        f"os.path.join({folder!r}, {path.name!r}))  # your model file",
+        "_module = importlib.util.module_from_spec(_spec)",
+        "_spec.loader.exec_module(_module)",
+        f"{spec.factory} = _module.{spec.factory}",
         "",
         f"model = {constructor_code(src)}",
     ]
@@ -576,7 +591,8 @@ def freeze_plan_code(src: ExportSource, model_dir: str | None = None) -> str:
     name = f"{Path(spec.name).name}:{spec.factory}" if model_dir and spec.kind == FILE else spec
     tree = ModelTree(src.loaded.module, str(name))
     lines = [
-        f'"""Freezer freeze plan for {name} ({src.loaded.num_classes} classes): {plan.describe()}.',
+        # Raw: a Windows path (C:\\Users\\...) in the name is no escape sequence.
+        f'r"""Freezer freeze plan for {name} ({src.loaded.num_classes} classes): {plan.describe()}.',
         "",
         "Freeze your own model (this architecture, e.g. with your weights loaded):",
         "",
@@ -613,12 +629,15 @@ def freeze_plan_code(src: ExportSource, model_dir: str | None = None) -> str:
         "    return model",
         "",
         "",
-        'if "model" in globals():',
-        "    # exec'd where `model` is defined: freeze that model (it is not replaced).",
-        "    freeze(model)  # noqa: F821 (defined by the code that exec'd this file)",
-        'elif __name__ == "__main__" or globals().get("__spec__") is None:',
-        "    # Run alone (python freeze_plan.py, runpy.run_path), not imported: build and freeze.",
-        "    model = freeze(build_model())",
+        "try:",
+        "    # exec'd where `model` is defined (a name lookup also sees a function's locals).",
+        "    model  # noqa: B018, F821",
+        "except NameError:",
+        '    if __name__ == "__main__" or globals().get("__spec__") is None:',
+        "        # Run alone (python freeze_plan.py, runpy.run_path), not imported: build one.",
+        "        model = freeze(build_model())",
+        "else:",
+        "    freeze(model)  # that model, frozen in place (it is not replaced)",
     ]
     return "\n".join(lines) + "\n"
 
