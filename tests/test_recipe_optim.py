@@ -454,14 +454,16 @@ def test_a_schedule_phase_unfreezes_layers_with_their_multiplier(
     assert all(lrs and lrs["x0.5"] == pytest.approx(0.5 * lr) for _, lr, lrs in rates)
 
 
-def test_a_resumed_lookahead_run_equals_the_uninterrupted_one(
-    demo_data: Path, tmp_path: Path
+@pytest.mark.parametrize("optimizer", ["lookahead_adamw", "lamb", "adan"])
+def test_a_resumed_run_with_step_counting_optimizer_equals_the_uninterrupted_one(
+    demo_data: Path, tmp_path: Path, optimizer: str
 ) -> None:
-    """Lookahead syncs its slow weights every k steps: a resume mid-cycle must sync on the
-    same steps as the run that never stopped (same losses, same weights)."""
+    """Lookahead syncs its slow weights every k steps; Lamb and Adan count steps per group for
+    their bias correction: a resume mid-run must go on counting as the run that never
+    stopped (same losses, same weights)."""
     from safetensors.torch import load_file
 
-    settings = {"optimizer": "lookahead_adamw", "epochs": 2}  # k = 6: syncs at 6 and 12
+    settings = {"optimizer": optimizer, "epochs": 2}  # lookahead k = 6: syncs at 6 and 12
     whole = tmp_path / "whole"
     project = make_project(demo_data, **settings)
     assert Trainer(project, whole).run().reason == "completed"

@@ -64,6 +64,35 @@ def named_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     return {name_of[id(p)]: dict(s) for p, s in state.items()}
 
 
+# Counters some optimizers keep per param group rather than per parameter: timm's Lamb and
+# Adan count their steps in group["step"] for bias correction.
+GROUP_COUNTERS = ("step",)
+
+
+def named_group_counters(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """Each group's counters, keyed by every parameter name of the group, so that they find
+    their group again on resume whatever order the groups are rebuilt in."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, Any] = {}
+    for group in getattr(optimizer, "_base_optimizer", optimizer).param_groups:
+        counters = {k: group[k] for k in GROUP_COUNTERS if k in group}
+        if counters:
+            out.update({name_of[id(p)]: counters for p in group["params"]})
+    return out
+
+
+def load_group_counters(
+    optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]
+) -> None:
+    """Put saved group counters back: a restarted counter would redo the bias correction of
+    a first step in the middle of a run."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    for group in getattr(optimizer, "_base_optimizer", optimizer).param_groups:
+        found = next((saved[n] for p in group["params"] if (n := name_of[id(p)]) in saved), None)
+        if found:
+            group.update(found)
+
+
 def load_named_optimizer_state(
     optimizer: torch.optim.Optimizer, model: nn.Module, saved: dict[str, Any]
 ) -> list[str]:

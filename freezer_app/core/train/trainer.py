@@ -506,6 +506,7 @@ class Trainer:
             {
                 "model": parts.model.state_dict(),
                 "optimizer": checkpoint.named_optimizer_state(parts.optimizer, parts.model),
+                "optimizer_groups": checkpoint.named_group_counters(parts.optimizer, parts.model),
                 "scheduler": parts.scheduler.state_dict(),
                 "scaler": parts.scaler.state_dict() if parts.scaler else None,
                 "rng": self._rng_state(),
@@ -576,6 +577,8 @@ class Trainer:
         # so apply it before putting their state back (by name).
         self._apply_plan(FreezePlan.from_dict(ckpt["plan"]), "resume", announce=False)
         checkpoint.load_named_optimizer_state(parts.optimizer, parts.model, ckpt["optimizer"])
+        counters = ckpt.get("optimizer_groups") or {}
+        checkpoint.load_group_counters(parts.optimizer, parts.model, counters)
         for group in parts.optimizer.param_groups:
             if "lookahead_step" in group:
                 # Lookahead syncs its slow weights every k optimizer steps, counted from the
