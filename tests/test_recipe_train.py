@@ -417,6 +417,8 @@ def test_ema_alone_before_the_project_file(demo_data: Path, tmp_path: Path) -> N
     assert fill_flags_alone(["train", "--ema", "0.99", "p.json"], Project)[2] == "0.99"
     assert fill_flags_alone(["train", "--ema", "off"], Project)[2] == "off"
     assert fill_flags_alone(["train", "--ema", "--epochs", "2"], Project)[2] == "--epochs"
+    # A word that is neither a number nor a project file is the flag's bad value.
+    assert fill_flags_alone(["train", "--ema", "abc"], Project)[2] == "abc"
     project = make_project(demo_data, epochs=1, max_steps=2)
     path = tmp_path / "p.json"
     project.save(path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -473,7 +474,10 @@ def fill_flags_alone(argv: list[str], cls: type) -> list[str]:
         try:
             float(following)  # a number, in range or not: argparse checks it and says so
         except ValueError:
-            if following != s.spec.none_word:
+            # A project file follows (`--ema p.json`); any other word is a bad value, which
+            # argparse then names (`--ema abc` is no missing project file "abc").
+            project = following.endswith(".json") or os.path.exists(following)
+            if following != s.spec.none_word and project:
                 out.append(s.spec.flag_alone)
     return out
 

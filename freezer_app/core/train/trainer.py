@@ -205,11 +205,15 @@ class Trainer:
         assert parts is not None and dist is not None
         per = parts.global_batch / dist.world
         share = f"{per:g}" if per == int(per) else f"{int(per)}-{int(per) + 1}"
+        accum = parts.accum_steps
+        step = (
+            f"; {accum} batches per step: {parts.global_batch * accum} images" if accum > 1 else ""
+        )
         self._emit_after_start(
             LogEvent(
                 f"{dist.world} processes ({parts.device.type}, "
                 f"{'nccl' if parts.device.type == 'cuda' else 'gloo'}): global batch "
-                f"{parts.global_batch} ({share} images per process)"
+                f"{parts.global_batch} ({share} images per process){step}"
             )
         )
         if self.project.train.sync_bn and parts.device.type != "cuda":
