@@ -36,6 +36,7 @@ class StubHub:
 def hub(monkeypatch: pytest.MonkeyPatch) -> type[StubHub]:
     StubHub.calls, StubHub.uploaded, StubHub.fail = [], [], None
     monkeypatch.setattr(huggingface_hub, "HfApi", StubHub)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_stub")
     return StubHub
 
 
@@ -70,7 +71,8 @@ def test_push_refuses_what_is_not_a_bundle_and_reports_hub_errors(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["push", str(tmp_path), "me/shapes"]) == 2
-    assert "not a bundle Freezer exported" in capsys.readouterr().err
+    message = capsys.readouterr().err
+    assert "not a bundle Freezer exported" in message and "uploading" not in message
     bundle = export(run, "bundle", tmp_path / "bundle").path
     assert main(["push", bundle, "not a repo"]) == 2
     assert "not a Hub repository id" in capsys.readouterr().err
@@ -79,3 +81,18 @@ def test_push_refuses_what_is_not_a_bundle_and_reports_hub_errors(
     message = capsys.readouterr().err
     assert "could not be reached: Name or service not known" in message and "HF_TOKEN" in message
     assert hub.calls and hub.calls[-1][0] == "create_repo"  # nothing uploaded
+
+
+def test_push_without_a_hub_login_says_so_before_any_network(
+    run: Path,  # noqa: F811
+    tmp_path: Path,
+    hub: type[StubHub],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    bundle = export(run, "bundle", tmp_path / "bundle").path
+    assert main(["push", bundle, "me/shapes"]) == 2
+    message = capsys.readouterr().err
+    assert "not logged in" in message and "hf auth login" in message
+    assert "uploading" not in message and hub.calls == []

@@ -28,8 +28,12 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from freezer_app.core.export.push import push_bundle
 
-    err(f"uploading {args.bundle} to {args.repo_id}...")
-    url = push_bundle(args.bundle, args.repo_id, private=args.private)
+    url = push_bundle(
+        args.bundle,
+        args.repo_id,
+        private=args.private,
+        starting=lambda: err(f"uploading {args.bundle} to {args.repo_id}..."),
+    )
     load = f'timm.create_model("hf-hub:{args.repo_id}", pretrained=True)'
     if args.json:
         print(json.dumps({"url": url, "repo_id": args.repo_id, "load": load}))

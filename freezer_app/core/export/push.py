@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,16 @@ def check_bundle(folder: Path) -> None:
         )
 
 
-def push_bundle(folder: str | Path, repo_id: str, private: bool = False, api: Any = None) -> str:
+def push_bundle(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    api: Any = None,
+    starting: Callable[[], None] | None = None,
+) -> str:
     """Create the model repository if needed and upload the bundle; returns the repo's URL.
-    api: a huggingface_hub.HfApi (the default one, with the user's saved token or HF_TOKEN)."""
+    api: a huggingface_hub.HfApi (the default one, with the user's saved token or HF_TOKEN).
+    starting: called once everything checkable here has been checked, before the upload."""
     folder = Path(folder).expanduser()
     if not REPO_ID.match(repo_id):
         raise ExportError(
@@ -53,7 +61,17 @@ def push_bundle(folder: str | Path, repo_id: str, private: bool = False, api: An
             raise ExportError(
                 "Pushing needs the huggingface_hub package.", "pip install huggingface_hub"
             ) from None
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            # Said here rather than after a round trip that the Hub refuses.
+            raise ExportError(
+                "You are not logged in to the Hugging Face Hub.",
+                "Log in with `hf auth login`, or set HF_TOKEN to a token with write access.",
+            )
         api = HfApi()
+    if starting is not None:
+        starting()
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(
