@@ -251,3 +251,15 @@ def test_missing_data_example_names_the_command_that_was_run(
     assert f"Example: freezer-app {command} --model " in err
     other = "lr-find" if command == "train" else "train"
     assert f"freezer-app {other}" not in err
+
+
+def test_two_schedule_phases_at_one_epoch_and_multiplier_patterns_are_refused(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule = ["--epochs", "2", "--unfreeze-schedule", "1:train-all,1:head-only"]
+    assert _train(small_data, tmp_path / "a", *schedule) == 2
+    assert "two phases after epoch 1" in capsys.readouterr().err
+    for pattern in ("layer*=0.5", "type:Linear=2"):
+        assert _train(small_data, tmp_path / "b", "--lr-mult", pattern) == 2
+        assert "is a pattern" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

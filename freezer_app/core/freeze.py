@@ -270,6 +270,13 @@ def check_lr_mult(plan: FreezePlan, tree: ModelTree) -> None:
                 "Keep one entry per path in plan.lr_mult.",
             )
         seen.add(m.path)
+        if any(c in m.path for c in "*?[") or m.path.startswith("type:"):
+            raise SelectorError(
+                f"A learning-rate multiplier names one module or parameter: {m.path!r} is a "
+                "pattern.",
+                "Give each path its own multiplier (e.g. --lr-mult layer3=0.5 --lr-mult "
+                "layer4=0.5); a module's multiplier covers everything inside it.",
+            )
         if not m.path or (m.path not in tree.nodes and m.path not in tree.name_to_index):
             raise SelectorError(
                 f"No module or parameter named {m.path!r} in {tree.label} "

@@ -78,6 +78,14 @@ def check(plan: FreezePlan, tree: ModelTree) -> dict[tuple[str, int], np.ndarray
     error here (the run refuses it when its time comes and goes on with the plan in force),
     except for the plan's own selection, which must train something.
     """
+    epochs = [p.epoch for p in plan.schedule]
+    twice = sorted({e for e in epochs if epochs.count(e) > 1})
+    if twice:
+        # Both would take over at the same step and only the last would count.
+        raise SelectorError(
+            f"The gradual-unfreezing schedule has two phases after epoch {twice[0]}.",
+            "Keep one phase per epoch (e.g. --unfreeze-schedule 1:train-last:1,3:train-all).",
+        )
     masks: dict[tuple[str, int], np.ndarray] = {}
     for entry in entries(plan, 1):
         try:
