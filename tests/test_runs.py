@@ -108,6 +108,15 @@ def test_status_of_killed_running_and_damaged_runs(runs_root: Path, tmp_path: Pa
     info = read_run(damaged).info
     assert info.status == "finished" and info.steps == 16 and "damaged" in info.detail
 
+    # A record whose numbers were edited away is left out and counted, not a raw exception.
+    odd = tmp_path / "odd"
+    shutil.copytree(head, odd)
+    with (odd / "metrics.jsonl").open("a") as f:
+        f.write('{"type": "epoch", "epoch": "x"}\n{"type": "step", "step": null}\n')
+    info = read_run(odd).info
+    assert info.status == "finished" and info.steps == 16
+    assert "2 record(s) of metrics.jsonl without a step or epoch number" in info.detail
+
 
 def test_plan_summary_words_the_timeline() -> None:
     plan = FreezePlan(preset="head-only", unfreeze=["layer4"]).to_dict()

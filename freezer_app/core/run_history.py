@@ -222,6 +222,11 @@ def _ended_cleanly(folder: RunFolder, steps: int) -> bool:
         return True
 
 
+def _counts(record: dict[str, Any], *keys: str) -> bool:
+    """Whether the record's `keys` hold whole numbers (a hand-edited line may not)."""
+    return all(math.isfinite(n := _number(record.get(k))) and n == int(n) for k in keys)
+
+
 def _number(value: Any) -> float:
     try:
         number = float(value)
@@ -259,8 +264,17 @@ def read_run(path: str | Path) -> Run:
             info.epochs_planned = int(train.get("epochs"))  # type: ignore[arg-type]
 
         records, note = _records(folder.metrics)
-        step_rows = [r for r in records if r.get("type") == "step"]
-        epoch_rows = [r for r in records if r.get("type") == "epoch"]
+        step_rows = [r for r in records if r.get("type") == "step" and _counts(r, "step")]
+        epoch_rows = [
+            r for r in records if r.get("type") == "epoch" and _counts(r, "step", "epoch")
+        ]
+        damaged = (
+            sum(r.get("type") in ("step", "epoch") for r in records)
+            - len(step_rows)
+            - len(epoch_rows)
+        )
+        if damaged and not note:
+            note = f"{damaged} record(s) of {folder.metrics.name} without a step or epoch number"
         curves = RunCurves(
             steps=np.array([int(_number(r.get("step"))) for r in step_rows], dtype=np.int64)
             if step_rows
