@@ -17,8 +17,8 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QSizeGrip, QWidget
 from test_gui import type_setting
+from test_gui_project import pause_after, wait_finished
 
-from freezer_app.core import events as ev
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import read_jsonl
 from freezer_app.gui.guide import ShortcutsDialog
@@ -44,25 +44,6 @@ def click_box(qtbot, w: MainWindow, path: str) -> None:
     rect = view.visualRect(index)
     pos = rect.topLeft() + QPoint(rect.height() // 2 + 2, rect.height() // 2)
     qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
-
-
-def pause_after(qtbot, w: MainWindow, step: int) -> None:
-    """Press Pause as soon as the window has seen `step` (the run stops at its next step)."""
-
-    def watch(batch: list) -> None:
-        if not w.session.worker.control.paused and any(
-            isinstance(e, ev.StepEvent) and e.step >= step for e in batch
-        ):
-            w.act_pause.trigger()
-
-    w.session.events.connect(watch)
-    qtbot.waitUntil(lambda: w.status_state.text() == "paused", timeout=60_000)
-    w.session.events.disconnect(watch)
-
-
-def wait_finished(qtbot, w: MainWindow, finished: list) -> ev.Finished:
-    qtbot.waitUntil(lambda: bool(finished) and w.session is None, timeout=120_000)
-    return finished[0]
 
 
 def drag_onto(w: MainWindow, path: Path) -> bool:
