@@ -17,7 +17,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QSizeGrip, QWidget
 from test_gui import type_setting
-from test_gui_project import pause_after, wait_finished
+from test_gui_project import click_box, pause_after, wait_finished
 
 from freezer_app.core.freeze import FreezePlan
 from freezer_app.core.run_folder import read_jsonl
@@ -33,17 +33,6 @@ def windows(qtbot):
     made: list[MainWindow] = []
     yield made
     close_windows(qtbot, made)
-
-
-def click_box(qtbot, w: MainWindow, path: str) -> None:
-    """Click the check box of a module's row in the real tree view."""
-    w.tree_panel.expand_to_depth(2)
-    view = w.tree_panel.view
-    index = w.tree_panel.view_index(w.tree_model.index_for_path(path))
-    view.scrollTo(index)
-    rect = view.visualRect(index)
-    pos = rect.topLeft() + QPoint(rect.height() // 2 + 2, rect.height() // 2)
-    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
 
 
 def drag_onto(w: MainWindow, path: Path) -> bool:
